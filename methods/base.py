@@ -1,0 +1,142 @@
+"""The `Method` contract every KD method implements (DESIGN.md, "Method").
+
+A method is an `nn.Module` registered by name in `kdbench.registries.METHODS`. The engine
+builds it from the probed feature shapes of the student and the teacher, trains its
+parameters together with the student's, and sums the weighted terms that `losses` returns:
+
+    total = ce_weight * CE(student_logits, y)
+          + kd_weight * KL(softmax(teacher_logits / T) || softmax(student_logits / T)) * T^2
+          + method_weight * sum(method_terms)
+
+which is RepDistiller's -r / -a / -b convention (Tian et al., ICLR 2020, train_student.py).
+A method only writes `method_terms`; CE and the KD term are shared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdbench.features import Features, FeatureShapes
+
+
+class PairNotSupportedError(ValueError):
+    """A method cannot serve this teacher/student pair; raised before training starts."""
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know when it builds its extra modules."""
+
+    student_shapes: FeatureShapes
+    teacher_shapes: FeatureShapes | None
+    num_classes: int
+    num_train: int  # size of the training set (memory banks index it)
+    train_labels: Tensor  # (num_train,) int64, for class-aware negative sampling
+
+
+@dataclass
+class InitStage:
+    """An optional pre-training stage declared by a method (AB / FT / FSP style).
+
+    The engine trains `parameters` for `epochs` epochs on `loss(student_feats, teacher_feats)`
+    before the main stage, with the same data and optimizer recipe; nothing else about it is
+    method-specific.
+    """
+
+    epochs: int
+    parameters: list[nn.Parameter]
+    loss: object  # callable(student: Features, teacher: Features) -> dict[str, Tensor]
+
+
+def kd_kl_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Hinton et al. 2015: KL(p_t^T || p_s^T) * T^2, averaged over the batch."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
+    p_teacher = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set the class attributes and implement `method_terms`."""
+
+    name: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = True
+    # Which `Features` fields the method reads, beyond logits; the engine taps only these.
+    student_features: ClassVar[tuple[str, ...]] = ()
+    teacher_features: ClassVar[tuple[str, ...]] = ()
+    # Published defaults (cite the source in the subclass docstring). Shared keys:
+    # ce_weight (-r), kd_weight (-a), method_weight (-b), temperature (T).
+    defaults: ClassVar[dict] = {}
+    base_defaults: ClassVar[dict] = {
+        "ce_weight": 1.0,
+        "kd_weight": 0.0,
+        "method_weight": 0.0,
+        "temperature": 4.0,
+        "label_smoothing": 0.0,
+    }
+
+    def __init__(self, hp: dict, context: MethodContext):
+        super().__init__()
+        self.hp = hp
+        self.context = context
+
+    @classmethod
+    def resolve_hp(cls, overrides: dict | None = None) -> dict:
+        """Base defaults < the method's published defaults < user overrides; unknown keys refused."""
+        hp = {**cls.base_defaults, **cls.defaults}
+        for key, value in (overrides or {}).items():
+            if key not in hp:
+                raise ValueError(
+                    f"method '{cls.name}' has no hyper-parameter '{key}'; it has: {', '.join(sorted(hp))}"
+                )
+            hp[key] = type(hp[key])(value) if isinstance(hp[key], (int, float)) and not isinstance(hp[key], bool) else value
+        return hp
+
+    @classmethod
+    def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
+        """Raise PairNotSupportedError if the method cannot serve these shapes. Default: any pair."""
+
+    def init_stage(self) -> InitStage | None:
+        return None
+
+    def method_terms(
+        self, student: Features, teacher: Features | None, labels: Tensor, indices: Tensor
+    ) -> dict[str, Tensor]:
+        """The method's own loss terms, unweighted. Default: none (plain CE / KD)."""
+        return {}
+
+    def losses(self, student: Features, teacher: Features | None, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        """All weighted loss terms; the engine sums them."""
+        hp = self.hp
+        terms: dict[str, Tensor] = {}
+        if hp["ce_weight"]:
+            terms["ce"] = hp["ce_weight"] * F.cross_entropy(
+                student.logits, labels, label_smoothing=hp["label_smoothing"]
+            )
+        if hp["kd_weight"]:
+            terms["kd"] = hp["kd_weight"] * kd_kl_div(student.logits, teacher.logits, hp["temperature"])
+        for term_name, value in self.method_terms(student, teacher, labels, indices).items():
+            terms[term_name] = hp["method_weight"] * value
+        return terms
+
+    def set_epoch(self, epoch: int, num_epochs: int) -> None:
+        """Called by the engine at the start of each epoch (1-based), e.g. for DKD's warm-up."""
+
+
+def extra_parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = [
+    "Features",
+    "FeatureShapes",
+    "InitStage",
+    "Method",
+    "MethodContext",
+    "PairNotSupportedError",
+    "extra_parameter_count",
+    "kd_kl_div",
+]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.features import Features, FeatureShapes
+from kdbench.methods.logit_std import standardize_logits
 
 
 class PairNotSupportedError(ValueError):
@@ -76,6 +77,7 @@ class Method(nn.Module):
         "method_weight": 0.0,
         "temperature": 4.0,
         "label_smoothing": 0.0,
+        "logit_std": False,  # z-score logits before the KD softmax (Sun et al., CVPR 2024; logit_std.py)
     }
 
     def __init__(self, hp: dict, context: MethodContext):
@@ -92,7 +94,11 @@ class Method(nn.Module):
                 raise ValueError(
                     f"method '{cls.name}' has no hyper-parameter '{key}'; it has: {', '.join(sorted(hp))}"
                 )
-            hp[key] = type(hp[key])(value) if isinstance(hp[key], (int, float)) and not isinstance(hp[key], bool) else value
+            hp[key] = (
+                type(hp[key])(value)
+                if isinstance(hp[key], (int, float)) and not isinstance(hp[key], bool)
+                else value
+            )
         return hp
 
     @classmethod
@@ -108,7 +114,9 @@ class Method(nn.Module):
         """The method's own loss terms, unweighted. Default: none (plain CE / KD)."""
         return {}
 
-    def losses(self, student: Features, teacher: Features | None, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+    def losses(
+        self, student: Features, teacher: Features | None, labels: Tensor, indices: Tensor
+    ) -> dict[str, Tensor]:
         """All weighted loss terms; the engine sums them."""
         hp = self.hp
         terms: dict[str, Tensor] = {}
@@ -117,7 +125,11 @@ class Method(nn.Module):
                 student.logits, labels, label_smoothing=hp["label_smoothing"]
             )
         if hp["kd_weight"]:
-            terms["kd"] = hp["kd_weight"] * kd_kl_div(student.logits, teacher.logits, hp["temperature"])
+            student_logits, teacher_logits = student.logits, teacher.logits
+            if hp["logit_std"]:
+                student_logits = standardize_logits(student_logits)
+                teacher_logits = standardize_logits(teacher_logits)
+            terms["kd"] = hp["kd_weight"] * kd_kl_div(student_logits, teacher_logits, hp["temperature"])
         for term_name, value in self.method_terms(student, teacher, labels, indices).items():
             terms[term_name] = hp["method_weight"] * value
         return terms

@@ -1,0 +1,70 @@
+"""Read the declarative catalogs shipped in registry/ (kdbench.registry): pairs and presets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from kdbench.registries import UnknownNameError, unknown_name_message
+
+
+@cache
+def _load(name: str) -> dict:
+    return json.loads(resources.files("kdbench.registry").joinpath(name).read_text())
+
+
+@dataclass(frozen=True)
+class Pair:
+    teacher: str
+    student: str
+
+    def __str__(self) -> str:
+        return f"{self.teacher}:{self.student}"
+
+
+def registered_pairs(group: str | None = None) -> list[Pair]:
+    return [
+        Pair(p["teacher"], p["student"]) for p in _load("pairs.json")["pairs"] if group in (None, p["group"])
+    ]
+
+
+def pair_groups() -> list[str]:
+    return sorted({p["group"] for p in _load("pairs.json")["pairs"]})
+
+
+def parse_pairs(text: str) -> list[Pair]:
+    """'t:s,t2:s2' or a group name of registry/pairs.json ('repdistiller', 'quick')."""
+    if text in pair_groups():
+        return registered_pairs(text)
+    pairs = []
+    for item in text.split(","):
+        names = _model_names(item.strip())
+        if len(names) != 2 or not all(names):
+            raise ValueError(
+                f"bad pair '{item}': write teacher:student, e.g. resnet56:resnet20 "
+                f"(timm models as timm:NAME), or a group: {', '.join(pair_groups())}"
+            )
+        pairs.append(Pair(*names))
+    return pairs
+
+
+def _model_names(item: str) -> list[str]:
+    """Split 'teacher:student' where either side may itself be 'timm:NAME'."""
+    names: list[str] = []
+    parts = iter(item.split(":"))
+    for part in parts:
+        names.append(f"timm:{next(parts, '')}" if part == "timm" else part)
+    return names
+
+
+def presets() -> dict[str, dict]:
+    return _load("presets.json")["presets"]
+
+
+def preset(name: str) -> dict:
+    all_presets = presets()
+    if name not in all_presets:
+        raise UnknownNameError(unknown_name_message("preset", name, list(all_presets)))
+    return all_presets[name]

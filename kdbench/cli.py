@@ -1,0 +1,328 @@
+"""Command line: parses flags, builds a sweep request from a preset + overrides, calls the library.
+
+kdbench run [--preset quick] [--methods kd,crd] [--pairs t:s,...] [--vam on|off|both] ...
+kdbench report [--out DIR] [--format terminal|markdown|csv|latex|html] [--plot DIR]
+kdbench check --baseline FILE [--out DIR]
+kdbench list methods|models|datasets|pairs|presets
+kdbench teacher train NAME --dataset D
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+DEFAULT_OUT = "kdbench-results"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=DEFAULT_OUT, help="results store folder (default: %(default)s)")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="quick", help="preset filling unspecified flags (default: quick)")
+    parser.add_argument("--methods", help="comma list of method names, or 'all'")
+    parser.add_argument(
+        "--pairs", help="teacher:student[,teacher:student...] or a pair group (quick, repdistiller)"
+    )
+    parser.add_argument("--dataset", help="dataset name (kdbench list datasets)")
+    parser.add_argument(
+        "--data-root", help="dataset folder (default: $KDBENCH_DATA, then the system locations)"
+    )
+    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    parser.add_argument("--epochs", type=int, help="student epochs (lr decay points scale with it)")
+    parser.add_argument("--teacher-epochs", type=int, help="epochs of a teacher trained by kdbench")
+    parser.add_argument("--train-subset", type=int, help="train on a stratified subset of N images")
+    parser.add_argument("--val-split", type=float, help="hold out this fraction of train as validation")
+    parser.add_argument("--vam", choices=("on", "off", "both"), help="wrap the student with VAM")
+    parser.add_argument("--vam-groups", type=int, help="VAM virtual blocks per conv (default 4)")
+    parser.add_argument(
+        "--teacher", help="teacher checkpoint path ({'model': state_dict}); default: train + cache"
+    )
+    parser.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="override a method hyper-parameter, e.g. kd.temperature=2 (repeatable)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    parser.add_argument("--force", action="store_true", help="re-run specs that already have a record")
+    _add_common(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdbench", description="Knowledge-distillation benchmark and leaderboard."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run", help="train a grid of methods x pairs x seeds x VAM, then print the board"
+    )
+    _add_run_flags(run)
+    run.add_argument("--format", default="terminal", help="leaderboard format printed at the end")
+
+    report = commands.add_parser("report", help="leaderboard from the records of a store")
+    _add_common(report)
+    report.add_argument("--format", default="terminal", help="terminal, markdown, csv, latex or html")
+    report.add_argument("--dataset", help="dataset to tabulate (default: the one with most runs)")
+    report.add_argument(
+        "--plot", metavar="DIR", help="also write accuracy-vs-overhead and learning-curve PNGs"
+    )
+    report.add_argument("--no-published", action="store_true", help="omit the published reference rows")
+
+    check = commands.add_parser("check", help="CI: non-zero exit when a result regresses below a baseline")
+    _add_common(check)
+    check.add_argument(
+        "--baseline", required=True, help="baseline JSON (kdbench check --write-baseline makes one)"
+    )
+    check.add_argument(
+        "--write-baseline", action="store_true", help="write the baseline from the store instead"
+    )
+    check.add_argument(
+        "--tolerance", type=float, default=2.0, help="allowed drop in points (with --write-baseline)"
+    )
+
+    listing = commands.add_parser("list", help="list registered names")
+    listing.add_argument("what", choices=("methods", "models", "datasets", "pairs", "presets"))
+
+    teacher = commands.add_parser("teacher", help="teacher commands")
+    teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True)
+    train = teacher_commands.add_parser(
+        "train", help="train a teacher with the preset's teacher recipe and cache it"
+    )
+    train.add_argument("name", help="architecture (kdbench list models)")
+    _add_run_flags(train)
+    return parser
+
+
+def _parse_hp(items: list[str]) -> dict[str, dict]:
+    overrides: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"bad --hp '{item}': write METHOD.KEY=VALUE, e.g. kd.temperature=2")
+        parsed = value.lower() == "true" if value.lower() in ("true", "false") else value
+        overrides.setdefault(method, {})[name] = parsed
+    return overrides
+
+
+def _request_from_args(args, methods_override: list[str] | None = None, pairs_override=None):
+    from kdbench.catalog import parse_pairs, preset
+    from kdbench.registries import METHODS
+    from kdbench.spec import Recipe, VAMConfig
+    from kdbench.sweep import SweepRequest
+
+    chosen = preset(args.preset)
+    methods_text = args.methods or ",".join(chosen["methods"]) if chosen["methods"] != "all" else "all"
+    if args.methods:
+        methods_text = args.methods
+    if methods_override is not None:
+        methods = methods_override
+    elif methods_text == "all":
+        methods = sorted(METHODS.module_dict)
+    else:
+        methods = [m.strip() for m in methods_text.split(",") if m.strip()]
+    pairs_spec = args.pairs or chosen["pairs"]
+    pairs = pairs_override or parse_pairs(pairs_spec if isinstance(pairs_spec, str) else ",".join(pairs_spec))
+    recipe = Recipe.from_dict(chosen["recipe"])
+    teacher_recipe = Recipe.from_dict(chosen["teacher_recipe"])
+    if args.epochs:
+        recipe = recipe.with_epochs(args.epochs)
+    if args.teacher_epochs:
+        teacher_recipe = teacher_recipe.with_epochs(args.teacher_epochs)
+    if args.train_subset is not None:
+        recipe = replace(recipe, train_subset=args.train_subset or None)
+        teacher_recipe = replace(teacher_recipe, train_subset=args.train_subset or None)
+    if args.val_split is not None:
+        recipe = replace(recipe, val_split=args.val_split)
+    vam = args.vam or chosen["vam"]
+    vam_config = VAMConfig(groups=args.vam_groups) if args.vam_groups else VAMConfig()
+    return SweepRequest(
+        methods=methods,
+        pairs=pairs,
+        dataset=args.dataset or chosen["dataset"],
+        recipe=recipe,
+        teacher_recipe=teacher_recipe,
+        seeds=list(range(args.seeds if args.seeds else chosen["seeds"])),
+        vam_modes={"on": [True], "off": [False], "both": [False, True]}[vam],
+        vam_config=vam_config,
+        student_lr=chosen.get("student_lr", {}),
+        hp_overrides=_parse_hp(args.hp),
+        data_root=args.data_root,
+        teacher_path=args.teacher,
+        out=Path(args.out),
+        device=args.device,
+        force=args.force,
+    )
+
+
+def _print_board(out: Path, fmt: str, dataset: str | None = None, published: bool = True) -> bool:
+    from kdbench import report, store
+
+    records = store.load_records(out)
+    if not records:
+        print(f"no run records under {out}/runs; run `kdbench run --out {out}` first", file=sys.stderr)
+        return False
+    board = report.leaderboard(records, report.load_published() if published else None, dataset=dataset)
+    print(report.render(board, fmt))
+    return True
+
+
+def cmd_run(args) -> int:
+    from kdbench.sweep import Sweep
+
+    summary = Sweep(_request_from_args(args)).run()
+    print(
+        f"{len(summary.done)} trained, {len(summary.cached)} cached, {len(summary.failed)} failed "
+        f"(records in {args.out}/runs)",
+        file=sys.stderr,
+    )
+    dataset = args.dataset or None
+    _print_board(Path(args.out), args.format, dataset=dataset)
+    return 1 if summary.failed else 0
+
+
+def cmd_report(args) -> int:
+    from kdbench import report, store
+
+    if not _print_board(Path(args.out), args.format, args.dataset, published=not args.no_published):
+        return 1
+    if args.plot:
+        records = store.load_records(Path(args.out))
+        plot_dir = Path(args.plot)
+        for path in (
+            report.plot_accuracy_vs_overhead(records, plot_dir / "accuracy_vs_overhead.png"),
+            report.plot_learning_curves(records, plot_dir / "learning_curves.png"),
+        ):
+            print(f"wrote {path}", file=sys.stderr)
+    entropy = report.vam_entropy_table(store.load_records(Path(args.out)))
+    if not entropy.empty:
+        print("\nVAM attention row entropy (nats; log G = no specialisation), mean over seeds:")
+        print(entropy.to_string())
+    return 0
+
+
+def cmd_check(args) -> int:
+    import json
+
+    from kdbench import report, store
+
+    records = store.load_records(Path(args.out))
+    if args.write_baseline:
+        report.write_baseline(records, Path(args.baseline), args.tolerance)
+        print(f"wrote baseline {args.baseline} from {len(records)} records", file=sys.stderr)
+        return 0
+    baseline_path = Path(args.baseline)
+    if not baseline_path.is_file():
+        raise FileNotFoundError(f"baseline {baseline_path} not found; create it with --write-baseline")
+    baseline = json.loads(baseline_path.read_text())
+    regressions = report.check_regression(records, baseline, baseline.get("tolerance_pts", args.tolerance))
+    for line in regressions:
+        print(f"REGRESSION: {line}")
+    print(f"{len(regressions)} regression(s) against {baseline_path}", file=sys.stderr)
+    return 1 if regressions else 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "methods":
+        from kdbench.registries import METHODS
+
+        for name in sorted(METHODS.module_dict):
+            cls = METHODS.get(name)
+            summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"{name:12s} {summary}")
+    elif args.what == "models":
+        from kdbench.models import list_models
+
+        print("\n".join(list_models() + ["timm:<any timm model name>"]))
+    elif args.what == "datasets":
+        from kdbench.data import list_datasets
+
+        print("\n".join(list_datasets()))
+    elif args.what == "pairs":
+        from kdbench.catalog import pair_groups, registered_pairs
+
+        for group in pair_groups():
+            print(f"{group}: " + ", ".join(str(p) for p in registered_pairs(group)))
+    else:
+        from kdbench.catalog import presets
+
+        for name, body in presets().items():
+            print(f"{name:8s} {body['description']}")
+    return 0
+
+
+def cmd_teacher(args) -> int:
+    from kdbench.catalog import Pair
+    from kdbench.sweep import Sweep
+
+    request = _request_from_args(args, methods_override=[], pairs_override=[Pair(args.name, args.name)])
+    sweep = Sweep(request)
+    data = sweep.data_for(request.teacher_recipe)
+    _, digest = sweep.resolve_teacher(args.name, data)
+    spec = sweep.teacher_spec(args.name)
+    print(
+        f"teacher {args.name} on {spec.dataset}: {args.out}/teachers/{args.name}-{spec.dataset}-{spec.run_id}.pt "
+        f"sha256 {digest}"
+    )
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "report": cmd_report,
+    "check": cmd_check,
+    "list": cmd_list,
+    "teacher": cmd_teacher,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from kdbench.data import DatasetCorruptError, DatasetNotFoundError
+    from kdbench.engine import CheckpointError, NonFiniteLossError
+    from kdbench.methods.base import PairNotSupportedError
+    from kdbench.registries import UnknownNameError
+    from kdbench.store import StoreError
+
+    expected = (
+        UnknownNameError,
+        DatasetNotFoundError,
+        DatasetCorruptError,
+        CheckpointError,
+        NonFiniteLossError,
+        PairNotSupportedError,
+        StoreError,
+        ValueError,
+        FileNotFoundError,
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except expected as err:
+        print(f"kdbench: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            print(
+                f"kdbench: error: no space left on device ({err.filename or 'results store'}); free space and "
+                "re-run the same command: finished records are intact and unfinished runs resume",
+                file=sys.stderr,
+            )
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print(
+            "kdbench: interrupted; finished records are saved, re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

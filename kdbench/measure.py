@@ -1,0 +1,86 @@
+"""Cost measurements: parameters, FLOPs, peak training memory, throughput.
+
+FLOPs are counted, not estimated: `torch.utils.flop_counter.FlopCounterMode` records every
+convolution / matmul the step actually executes (forward and backward), and reports
+FLOPs = 2 x multiply-accumulates. Papers that quote "FLOPs" for CIFAR nets usually mean
+MACs: divide by 2 to compare.
+
+Peak memory: on CUDA, `torch.cuda.max_memory_allocated` over the training step. The CPU
+allocator keeps no such statistic, so on CPU kdbench reports what one training step must
+hold at its peak: parameters + gradients + optimizer momentum of everything trained, the
+frozen teacher's parameters, and the activations autograd saves for backward (counted with
+saved-tensor hooks, each storage once). The record says which method gave the number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def inference_flops(model: nn.Module, example: torch.Tensor) -> int:
+    """FLOPs of one forward pass of one image (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example[:1])
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+class _SavedTensorBytes:
+    """Sums the bytes of distinct storages autograd saves for backward."""
+
+    def __init__(self):
+        self.seen: set[int] = set()
+        self.total = 0
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self.seen:
+            self.seen.add(key)
+            self.total += storage.nbytes()
+        return tensor
+
+
+def measure_train_step(
+    step: Callable[[], torch.Tensor],
+    trained_parameters: list[nn.Parameter],
+    frozen_modules: list[nn.Module],
+    batch_size: int,
+    device: torch.device,
+) -> dict:
+    """Run one training step (forward + backward, no optimizer update) under the counters.
+
+    `step` returns the total loss. Gradients it leaves are the caller's to discard.
+    """
+    saved = _SavedTensorBytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with (
+        FlopCounterMode(display=False) as counter,
+        torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t),
+    ):
+        step().backward()
+    if device.type == "cuda":
+        peak_bytes = torch.cuda.max_memory_allocated(device)
+        method = "cuda_max_memory_allocated"
+    else:
+        state_bytes = sum(p.numel() * p.element_size() for p in trained_parameters)
+        frozen_bytes = sum(p.numel() * p.element_size() for m in frozen_modules for p in m.parameters())
+        # weights + grads + SGD momentum of what is trained, weights of what is frozen, saved activations
+        peak_bytes = 3 * state_bytes + frozen_bytes + saved.total
+        method = "cpu_params_grads_momentum_plus_saved_activations"
+    return {
+        "train_flops_per_image": counter.get_total_flops() / batch_size,
+        "peak_memory_bytes": int(peak_bytes),
+        "peak_memory_method": method,
+    }

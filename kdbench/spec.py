@@ -1,0 +1,109 @@
+"""RunSpec: everything that determines a run's result, and its canonical hash.
+
+A spec is data (torchdistill-style): `RunSpec.to_dict()` is stored in every record, and
+`RunSpec.from_dict(record["spec"])` re-creates the run. The hash covers every field, so
+two runs with the same hash are the same experiment; where the data lives (`--data-root`)
+and which device trains it are not part of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimisation recipe. Defaults: RepDistiller's CIFAR-100 recipe (Tian et al., ICLR 2020,
+    train_student.py): SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 64, 240 epochs,
+    lr x0.1 at epochs 150/180/210."""
+
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_epochs: tuple[int, ...] = (150, 180, 210)
+    lr_decay_rate: float = 0.1
+    train_subset: int | None = None  # stratified subset of the training set (quick presets)
+    val_split: float = 0.0  # held-out validation fraction carved from the training set
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown recipe field(s) {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}"
+            )
+        data = dict(data)
+        if "lr_decay_epochs" in data:
+            data["lr_decay_epochs"] = tuple(data["lr_decay_epochs"])
+        return cls(**data)
+
+    def with_epochs(self, epochs: int) -> Recipe:
+        """Shorten (or stretch) the recipe, keeping the lr decay points at the same fractions."""
+        scale = epochs / self.epochs
+        decay = tuple(
+            sorted({max(1, round(e * scale)) for e in self.lr_decay_epochs if round(e * scale) < epochs})
+        )
+        return replace(self, epochs=epochs, lr_decay_epochs=decay)
+
+
+@dataclass(frozen=True)
+class VAMConfig:
+    """Virtual Attention Module settings (see kdbench/vam.py). kdbench's own defaults: the
+    KDExplainer paper (Xue et al., IJCAI 2021) does not publish VAM hyper-parameters."""
+
+    groups: int = 4  # G virtual blocks per convolution (filters and input channels alike)
+    last_stages: int = 1  # wrap the convolutions of the student's last N stages
+    entropy_weight: float = 0.01  # gamma in  loss += gamma * mean row entropy of A
+    t0: float = 1.0  # temperature schedule t = max(t_min, t0 / epoch), like the HME's routing
+    t_min: float = 0.1
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VAMConfig:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    student: str
+    dataset: str
+    teacher: str | None = None
+    teacher_sha256: str | None = None  # identity of the teacher's weights, not its path
+    seed: int = 0
+    vam: VAMConfig | None = None
+    hp: dict = field(default_factory=dict)  # resolved method hyper-parameters
+    recipe: Recipe = field(default_factory=Recipe)
+    kind: str = "distill"  # "distill" or "teacher"
+
+    def __hash__(self) -> int:  # dict field: hash the canonical form instead
+        return hash(self.run_id)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["recipe"]["lr_decay_epochs"] = list(self.recipe.lr_decay_epochs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunSpec:
+        data = dict(data)
+        data["recipe"] = Recipe.from_dict(data["recipe"])
+        data["vam"] = VAMConfig.from_dict(data["vam"]) if data.get("vam") else None
+        return cls(**data)
+
+    @property
+    def run_id(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def pair(self) -> str:
+        return f"{self.teacher}→{self.student}" if self.teacher else self.student
+
+    @property
+    def label(self) -> str:
+        vam = " +VAM" if self.vam else ""
+        return f"{self.method}{vam} {self.pair} {self.dataset} seed={self.seed}"

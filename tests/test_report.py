@@ -1,0 +1,394 @@
+import io
+import json
+import statistics
+
+import pandas as pd
+import pytest
+
+from kdbench import report
+
+PAIR = "resnet56→resnet20"
+
+
+def make_record(
+    method="kd",
+    teacher="resnet56",
+    student="resnet20",
+    dataset="cifar100",
+    seed=0,
+    vam=False,
+    last_top1=70.0,
+    status="done",
+    error=None,
+    epochs=3,
+    extra_params=0,
+    vam_entropy=None,
+):
+    """A schema-1 run record as the engine writes it (store.py docstring), with a made-up learning curve."""
+    done = status == "done"
+    spec = {
+        "method": method,
+        "teacher": teacher,
+        "student": student,
+        "dataset": dataset,
+        "seed": seed,
+        "vam": vam,
+        "hp": {},
+        "recipe": {"epochs": epochs},
+    }
+    history = [
+        {
+            "epoch": epoch,
+            "train_loss": 1.0 / epoch,
+            "loss_terms": {},
+            "test_top1": last_top1 - (epochs - epoch),
+            "test_top5": 90.0,
+            "epoch_seconds": 2.0,
+            "lr": 0.05,
+        }
+        for epoch in range(1, epochs + 1)
+    ]
+    metrics = {
+        "last_top1": last_top1,
+        "last_top5": 90.0,
+        "best_top1": last_top1 + 0.5,
+        "best_top5": 91.0,
+        "best_epoch": epochs - 1,
+    }
+    return {
+        "schema": 1,
+        "run_id": f"{method}-{teacher}-{student}-{dataset}-{seed}-{vam}",
+        "kind": "distill",
+        "spec": spec,
+        "status": status,
+        "error": error,
+        "history": history if done else history[:1],
+        "metrics": metrics if done else None,
+        "wall_seconds": 6.0,
+        "throughput_img_s": 1000.0,
+        "overhead": {
+            "extra_trainable_params": extra_params,
+            "train_flops_per_image": 3e8,
+            "teacher_flops_per_image": 1.2e8,
+            "epoch_seconds": 2.0,
+            "time_ratio_vs_student": 1.5,
+            "peak_memory_bytes": 300 * 2**20,
+            "peak_memory_method": "cuda",
+            "deploy_params": 278_000,
+            "deploy_flops_per_image": 4.1e7,
+        },
+        "vam": vam_entropy if vam else None,
+        "environment": {},
+        "created": "2024-01-01T00:00:00",
+    }
+
+
+def seeds(values, **fields):
+    return [make_record(seed=seed, last_top1=value, **fields) for seed, value in enumerate(values)]
+
+
+STUDENT = [69.0, 69.4, 68.8]
+KD = [70.5, 70.9, 70.1]
+STUDENT_VAM = [69.2, 69.6, 69.0]
+KD_VAM = [71.0, 71.6, 71.2]
+
+
+@pytest.fixture
+def records():
+    return (
+        seeds(STUDENT, method="student", teacher=None)
+        + seeds(KD)
+        + seeds(
+            STUDENT_VAM,
+            method="student",
+            teacher=None,
+            vam=True,
+            extra_params=96,
+            vam_entropy={"layer3.2.conv1": 1.2, "layer3.2.conv2": 1.0},
+        )
+        + seeds(KD_VAM, vam=True, extra_params=96, vam_entropy={"layer3.2.conv1": 0.8, "layer3.2.conv2": 0.6})
+        + [make_record(method="crd", seed=0, status="failed", error="non-finite loss at epoch 2 step 5")]
+    )
+
+
+def test_records_frame_flattens_one_row_per_record(records):
+    frame = report.records_frame(records)
+    assert len(frame) == len(records)
+    assert {"method", "label", "teacher", "vam", "status", "last_top1", "deploy_params"} <= set(frame.columns)
+    assert set(frame["label"]) == {"student", "kd", "student +VAM", "kd +VAM", "crd"}
+    assert frame.loc[frame["status"] == "failed", "last_top1"].isna().all()
+    student_teacher = frame.loc[frame["method"] == "student", "teacher"].iloc[0]
+    assert (
+        report.pair_label(student_teacher, "resnet20") == "resnet20"
+    )  # a missing teacher, whatever its dtype
+
+
+def test_cells_are_mean_std_n_with_delta_vs_same_vam_baseline(records):
+    board = report.leaderboard(records)
+    stats = board.stats.set_index("row")
+    assert stats.loc["kd", "mean"] == pytest.approx(statistics.mean(KD))
+    assert stats.loc["kd", "std"] == pytest.approx(statistics.stdev(KD))
+    assert stats.loc["kd", "n"] == 3
+    assert stats.loc["kd", "delta"] == pytest.approx(statistics.mean(KD) - statistics.mean(STUDENT))
+    assert stats.loc["kd +VAM", "delta"] == pytest.approx(
+        statistics.mean(KD_VAM) - statistics.mean(STUDENT_VAM)
+    )
+    assert stats.loc["kd +VAM", "vam_delta"] == pytest.approx(statistics.mean(KD_VAM) - statistics.mean(KD))
+    cell = f"{statistics.mean(KD):.2f} ± {statistics.stdev(KD):.2f} (n=3)"
+    assert board.table.loc["kd", PAIR] == cell
+    assert board.table.loc["kd", f"{PAIR} Δ"] == f"{statistics.mean(KD) - statistics.mean(STUDENT):+.2f}"
+    assert board.table.loc["kd", f"{PAIR} ΔVAM"] == ""
+    assert (
+        board.table.loc["kd +VAM", f"{PAIR} ΔVAM"] == f"{statistics.mean(KD_VAM) - statistics.mean(KD):+.2f}"
+    )
+    assert board.table.loc["student", f"{PAIR} Δ"] == ""
+
+
+def test_student_baseline_belongs_to_every_pair_with_its_student():
+    records = seeds(STUDENT, method="student", teacher=None) + seeds(KD) + seeds(KD, teacher="resnet110")
+    board = report.leaderboard(records)
+    assert {PAIR, "resnet110→resnet20"} <= set(board.table.columns)
+    assert board.table.loc["student", "resnet110→resnet20"].startswith(f"{statistics.mean(STUDENT):.2f}")
+
+
+def test_rows_order_and_overhead_columns(records):
+    board = report.leaderboard(records)
+    assert list(board.table.index) == ["student", "student +VAM", "kd", "kd +VAM"]
+    assert board.table.loc["kd +VAM", "extra params"] == "96"
+    assert board.table.loc["kd", "time / student"] == "1.50"
+    assert board.table.loc["kd", "peak MiB"] == "300"
+    assert board.table.loc["kd", "train GFLOPs/img"] == "0.3"
+    # the fold: VAM and plain students deploy the same network
+    assert board.table.loc["kd +VAM", "deploy params"] == board.table.loc["kd", "deploy params"] == "278.00K"
+
+
+def test_best_measured_cell_is_marked_in_every_format(records):
+    board = report.leaderboard(records)
+    assert board.best == {("kd +VAM", PAIR)}
+    best = board.table.loc["kd +VAM", PAIR]
+    assert f"**{best}**" in report.render(board, "markdown")
+    assert f"<b>{best}</b>" in report.render(board, "html")
+    assert rf"\textbf{{{report.latex_escape(best)}}}" in report.render(board, "latex")
+    assert f"{best} *" in report.render(board, "terminal")
+    assert f"{best} *" in report.render(board, "csv")
+
+
+def test_failed_runs_are_not_averaged_but_noted(records):
+    board = report.leaderboard(records)
+    assert "crd" not in board.table.index
+    (failed,) = [note for note in board.notes if note.startswith("failed")]
+    assert "crd" in failed and "non-finite loss at epoch 2 step 5" in failed
+    # a failed run still makes its pair a column, so an all-failed pair is visible
+    only_failed = report.leaderboard([make_record(status="failed", error="boom")])
+    assert PAIR in only_failed.table.columns and "boom" in only_failed.notes[0]
+
+
+def test_caption_states_the_protocol(records):
+    caption = report.leaderboard(records).caption
+    assert "top-1 (%) of the last epoch on the test split, mean ± std over 3 seeds" in caption
+    assert "best-epoch accuracy recorded, not shown" in caption
+
+
+def test_published_rows_are_marked_separate_and_never_best():
+    published = {
+        "sources": {"paper": {"url": "https://example.org/paper"}},
+        "teachers": [{"dataset": "cifar100", "model": "resnet56", "top1": 72.34, "source": "paper"}],
+        "entries": [
+            {
+                "dataset": "cifar100",
+                "teacher": "resnet56",
+                "student": "resnet20",
+                "method": m,
+                "top1": v,
+                "source": "paper",
+            }
+            for m, v in (("student", 69.06), ("kd", 80.0), ("crd", 71.16))
+        ],
+    }
+    board = report.leaderboard(
+        seeds(STUDENT, method="student", teacher=None) + seeds(KD), published=published
+    )
+    assert list(board.table.index) == [
+        "student",
+        "kd",
+        "teacher (published)",
+        "student (published)",
+        "kd (published)",
+    ]
+    assert board.published_rows == ["teacher (published)", "student (published)", "kd (published)"]
+    assert board.table.loc["kd (published)", PAIR] == "80.00"
+    assert board.table.loc["kd (published)", f"{PAIR} Δ"] == "+10.94"  # vs the published student only
+    assert board.table.loc["kd", f"{PAIR} Δ"] == f"{statistics.mean(KD) - statistics.mean(STUDENT):+.2f}"
+    assert board.best == {("kd", PAIR)}  # 80.00 published is higher, yet never "best measured"
+    assert board.table.loc["kd (published)", "extra params"] == ""
+    assert any("https://example.org/paper" in note for note in board.notes)
+    latex = report.render(board, "latex")
+    assert latex.index(r"\midrule", latex.index("kd & ")) < latex.index("kd (published)")
+    assert '<tr class="published"><th>kd (published)</th>' in report.render(board, "html")
+
+
+@pytest.mark.parametrize("fmt", report.FORMATS)
+def test_every_format_renders_the_numbers_caption_and_notes(records, fmt):
+    board = report.leaderboard(records)
+    text = report.render(board, fmt)
+    vam_delta = f"{statistics.mean(KD_VAM) - statistics.mean(KD):+.2f}"
+    for number in (f"{statistics.mean(KD):.2f}", f"{statistics.stdev(KD):.2f}", vam_delta, "278.00K"):
+        assert number in text
+    assert "non-finite loss" in text
+    assert "last epoch" in text
+
+
+def test_latex_escapes_and_csv_reads_back(records):
+    board = report.leaderboard(records)
+    latex = report.render(board, "latex")
+    assert r"top-1 (\%)" in latex and r"$\pm$" in latex and r"\toprule" in latex and r"\bottomrule" in latex
+    assert "resnet56$\\to$resnet20" in latex
+    table = pd.read_csv(io.StringIO(report.render(board, "csv")), comment="#", index_col=0)
+    assert list(table.index) == list(board.table.index)
+    with pytest.raises(ValueError, match="Valid: terminal"):
+        report.render(board, "pdf")
+
+
+def test_leaderboard_needs_one_dataset(records):
+    other = seeds(KD, dataset="fashion-mnist")
+    with pytest.raises(ValueError, match="cifar100, fashion-mnist"):
+        report.leaderboard(records + other)
+    assert list(report.leaderboard(records + other, dataset="fashion-mnist").table.index) == ["kd"]
+
+
+def test_mixed_recipes_and_few_seeds_are_noted():
+    board = report.leaderboard([make_record(seed=0), make_record(seed=1, epochs=5)])
+    assert any("2 different hp/recipes" in note for note in board.notes)
+    assert any("fewer than 3 seeds" in note for note in board.notes)
+    assert any("no student baseline" in note for note in board.notes)
+
+
+def test_plots_write_png_files(records, tmp_path):
+    for plot, name in (
+        (report.plot_accuracy_vs_overhead, "acc.png"),
+        (report.plot_learning_curves, "lc.png"),
+    ):
+        path = plot(records, tmp_path / "plots" / name)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_vam_entropy_table_compares_kd_with_no_kd(records):
+    table = report.vam_entropy_table(records)
+    assert list(table["method"]) == ["student", "kd"]
+    kd = table.set_index("method").loc["kd"]
+    assert kd["n"] == 3 and kd["layer3.2.conv1"] == pytest.approx(0.8) and kd["mean"] == pytest.approx(0.7)
+    assert report.vam_entropy_table(seeds(KD)).empty
+
+
+def test_regression_check_flags_drops_beyond_tolerance(records, tmp_path):
+    baseline = report.write_baseline(records, tmp_path / "baseline.json", tolerance_pts=0.5)
+    assert json.loads((tmp_path / "baseline.json").read_text()) == baseline
+    assert len(baseline["entries"]) == 4  # the failed crd run makes no entry
+    assert report.check_regression(records, baseline) == []
+
+    kd_entry = next(e for e in baseline["entries"] if e["method"] == "kd" and not e["vam"])
+    assert kd_entry["teacher"] == "resnet56" and kd_entry["last_top1_mean"] == pytest.approx(
+        statistics.mean(KD)
+    )
+    within = [r for r in records if r["spec"]["method"] != "kd" or r["spec"]["vam"]] + seeds(
+        [v - 0.4 for v in KD]
+    )
+    assert report.check_regression(within, baseline) == []
+    dropped = [r for r in records if r["spec"]["method"] != "kd" or r["spec"]["vam"]] + seeds(
+        [v - 0.6 for v in KD]
+    )
+    (message,) = report.check_regression(dropped, baseline)
+    assert message.startswith("kd on cifar100 resnet56→resnet20") and "0.60 pts below" in message
+    assert report.check_regression(dropped, baseline, tolerance_pts=1.0) == []
+
+
+def test_regression_check_flags_missing_and_failed_entries(records):
+    baseline = {
+        "tolerance_pts": 0.5,
+        "entries": [
+            {
+                "method": "crd",
+                "teacher": "resnet56",
+                "student": "resnet20",
+                "dataset": "cifar100",
+                "vam": False,
+                "last_top1_mean": 71.0,
+            },
+            {
+                "method": "dkd",
+                "teacher": "resnet56",
+                "student": "resnet20",
+                "dataset": "cifar100",
+                "vam": False,
+                "last_top1_mean": 71.0,
+            },
+        ],
+    }
+    crd, dkd = report.check_regression(records, baseline)
+    assert "no finished run" in crd and "non-finite loss" in crd
+    assert dkd.startswith("dkd on cifar100 resnet56→resnet20: no finished run")
+
+
+# RepDistiller's model zoo names (kdbench keeps them) and the methods the registry may cite.
+# fmt: off
+KNOWN_MODELS = {
+    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
+    "resnet32x4", "ResNet18", "ResNet34", "ResNet50", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8",
+    "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2", "mobile_half", "ShuffleV1", "ShuffleV2",
+}
+KNOWN_METHODS = {
+    "student", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd",
+    "crd+kd", "dkd",
+}
+# fmt: on
+
+
+def test_published_registry_is_valid():
+    published = report.load_published()
+    assert all(source["url"].startswith("https://") for source in published["sources"].values())
+    keys = set()
+    for entry in published["entries"]:
+        assert entry["dataset"] == "cifar100"
+        assert entry["teacher"] in KNOWN_MODELS and entry["student"] in KNOWN_MODELS, entry
+        assert entry["method"] in KNOWN_METHODS, entry
+        assert 0 < entry["top1"] < 100
+        key = (entry["dataset"], entry["teacher"], entry["student"], entry["method"])
+        assert key not in keys, f"duplicate published entry {key}"
+        keys.add(key)
+    pairs = {(teacher, student) for _, teacher, student, _ in keys}
+    assert len(pairs) == 13
+    for teacher, student in pairs:
+        assert ("cifar100", teacher, student, "student") in keys and (
+            "cifar100",
+            teacher,
+            student,
+            "kd",
+        ) in keys
+    assert {t["model"] for t in published["teachers"]} == {teacher for teacher, _ in pairs}
+    spot_checks = {
+        ("resnet32x4", "resnet8x4", "crd"): 75.51,
+        ("vgg13", "mobile_half", "kd"): 67.37,
+        ("wrn_40_2", "ShuffleV1", "dkd"): 76.70,
+    }
+    for (teacher, student, method), top1 in spot_checks.items():
+        assert published["entries"][_index(published, teacher, student, method)]["top1"] == top1
+
+
+def _index(published, teacher, student, method):
+    return next(
+        i
+        for i, e in enumerate(published["entries"])
+        if (e["teacher"], e["student"], e["method"]) == (teacher, student, method)
+    )
+
+
+def test_published_numbers_show_on_a_matching_leaderboard():
+    records = seeds(STUDENT, method="student", teacher=None, student="resnet8x4") + seeds(
+        KD, teacher="resnet32x4", student="resnet8x4"
+    )
+    board = report.leaderboard(records, published=report.load_published())
+    pair = "resnet32x4→resnet8x4"
+    assert board.table.loc["teacher (published)", pair] == "79.42"
+    assert board.table.loc["student (published)", pair] == "72.50"
+    assert board.table.loc["kd (published)", pair] == "73.33"
+    assert "crd (published)" not in board.table.index  # only methods that were measured

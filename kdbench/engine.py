@@ -171,6 +171,7 @@ class Trainer:
             num_classes=info.num_classes,
             num_train=len(data.train.labels),
             train_labels=data.train.labels.to(device),
+            num_epochs=spec.recipe.epochs,
         )
         self.method = method_cls(dict(spec.hp), context).to(device)
         self.student_wants_features = bool(method_cls.student_features)
@@ -311,7 +312,7 @@ class Trainer:
             self.optimizer.step()
             loss_sum += float(loss.detach())
             for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
             steps += 1
             images_seen += len(labels)
         seconds = time.perf_counter() - start
@@ -403,21 +404,24 @@ class Trainer:
             self.save_checkpoint(0)
         for epoch in range(self.start_epoch, recipe.epochs + 1):
             entry = self.train_epoch(epoch)
-            test = evaluate(self.student, self.data.test, self.data.info, self.device)
-            entry.update(test_top1=test["top1"], test_top5=test["top5"])
-            if self.data.val is not None:
-                entry["val_top1"] = evaluate(self.student, self.data.val, self.data.info, self.device)["top1"]
+            evaluated = ""
+            if epoch % recipe.eval_every == 0 or epoch == recipe.epochs:
+                test = evaluate(self.student, self.data.test, self.data.info, self.device)
+                entry.update(test_top1=test["top1"], test_top5=test["top5"])
+                evaluated = f" test top-1 {test['top1']:.2f}%"
+                if self.data.val is not None:
+                    entry["val_top1"] = evaluate(self.student, self.data.val, self.data.info, self.device)["top1"]
             self.history.append(entry)
             self.train_seconds += entry["epoch_seconds"]
             self.save_checkpoint(epoch)
             self.progress(
                 f"[{self.spec.run_id}] {self.spec.label} epoch {epoch}/{recipe.epochs} "
-                f"loss {entry['train_loss']:.4f} test top-1 {test['top1']:.2f}% "
+                f"loss {entry['train_loss']:.4f}{evaluated} "
                 f"({entry['epoch_seconds']:.1f}s, {entry['images'] / entry['epoch_seconds']:.0f} img/s)"
             )
         deployed, fold_error = self.deployed_student()
         example = torch.zeros(1, self.data.info.in_chans, *self.data.info.image_size, device=self.device)
-        best = max(self.history, key=lambda h: h["test_top1"])
+        best = max((h for h in self.history if "test_top1" in h), key=lambda h: h["test_top1"])
         last = self.history[-1]
         images = sum(h["images"] for h in self.history)
         return {
@@ -439,5 +443,7 @@ class Trainer:
                 "vam_fold_max_abs_error": fold_error,
             },
             "vam": vam_module.entropies(self.student) if self.vam_layers else None,
+            # a student model's own JSON-able findings, where it defines `analysis()`
+            "analysis": self.student.analysis() if hasattr(self.student, "analysis") else None,
             "final_state": deployed.state_dict(),
         }

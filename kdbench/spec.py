@@ -28,6 +28,7 @@ class Recipe:
     lr_decay_rate: float = 0.1
     train_subset: int | None = None  # stratified subset of the training set (quick presets)
     val_split: float = 0.0  # held-out validation fraction carved from the training set
+    eval_every: int = 1  # evaluate on the test split every N epochs (and always after the last)
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:

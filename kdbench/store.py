@@ -21,6 +21,7 @@ Record schema (version 1):
                epoch_seconds, time_ratio_vs_student (None until a student baseline exists),
                peak_memory_bytes, peak_memory_method, deploy_params, deploy_flops_per_image}
     vam: {layer_name: attention row entropy (nats)} | None
+    analysis: dict | None              the trained model's own `analysis()` (e.g. the HME's routing)
     environment: {python, torch, kdbench, device, threads, git_commit, platform}
     created: ISO-8601 time
 """

@@ -241,6 +241,7 @@ class Sweep:
             "metrics": None,
             "overhead": None,
             "vam": None,
+            "analysis": None,
             **(result or {}),
             **extra,
             "environment": self.environment,

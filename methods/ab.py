@@ -108,7 +108,7 @@ class AB(Method):
         return {"ab": total / batch_size * 3 / 1000}
 
     def init_stage(self) -> InitStage:
-        return InitStage(self.hp["init_epochs"], list(self.connectors.parameters()), self.ab_loss)
+        return InitStage(self.init_epochs(), list(self.connectors.parameters()), self.ab_loss)
 
     def method_terms(
         self, student: Features, teacher: Features, labels: Tensor, indices: Tensor

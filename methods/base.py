@@ -37,6 +37,17 @@ class MethodContext:
     num_classes: int
     num_train: int  # size of the training set (memory banks index it)
     train_labels: Tensor  # (num_train,) int64, for class-aware negative sampling
+    num_epochs: int = 240  # length of the main stage; published schedules scale with it
+
+
+# RepDistiller's and mdistiller's CIFAR-100 schedules are 240 epochs long; epoch counts in
+# published defaults (init stages, warm-ups) are fractions of that.
+PUBLISHED_EPOCHS = 240
+
+
+def scale_schedule(published_epochs: float, num_epochs: int) -> float:
+    """A published epoch count, shrunk in proportion for a run shorter than 240 epochs."""
+    return published_epochs * min(1.0, num_epochs / PUBLISHED_EPOCHS)
 
 
 @dataclass
@@ -108,6 +119,10 @@ class Method(nn.Module):
     def init_stage(self) -> InitStage | None:
         return None
 
+    def init_epochs(self) -> int:
+        """hp `init_epochs` (published for 240-epoch runs), scaled to this run's length, at least 1."""
+        return max(1, round(scale_schedule(self.hp["init_epochs"], self.context.num_epochs)))
+
     def method_terms(
         self, student: Features, teacher: Features | None, labels: Tensor, indices: Tensor
     ) -> dict[str, Tensor]:
@@ -148,6 +163,8 @@ __all__ = [
     "InitStage",
     "Method",
     "MethodContext",
+    "PUBLISHED_EPOCHS",
+    "scale_schedule",
     "PairNotSupportedError",
     "extra_parameter_count",
     "kd_kl_div",

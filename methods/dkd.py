@@ -21,11 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.methods.base import FeatureShapes, Method, MethodContext, PairNotSupportedError
+from kdbench.methods.base import FeatureShapes, Method, MethodContext, PairNotSupportedError, scale_schedule
 from kdbench.methods.logit_std import standardize_logits
 from kdbench.registries import METHODS
-
-PUBLISHED_EPOCHS = 240  # the schedule DKD's 20-epoch warm-up was tuned for (mdistiller's CIFAR-100 recipe)
 
 
 def binary_log_probs(logits: Tensor, target_mask: Tensor, temperature: float) -> Tensor:
@@ -106,7 +104,7 @@ class DKD(Method):
         self.warmup_factor = 1.0
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
-        warmup_epochs = self.hp["warmup_epochs"] * min(1.0, num_epochs / PUBLISHED_EPOCHS)
+        warmup_epochs = scale_schedule(self.hp["warmup_epochs"], num_epochs)
         self.warmup_factor = min(epoch / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0
 
     def method_terms(self, student, teacher, labels, indices) -> dict[str, Tensor]:

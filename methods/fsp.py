@@ -104,7 +104,7 @@ class FSP(Method):
         return {"fsp": total}
 
     def init_stage(self) -> InitStage:
-        return InitStage(self.hp["init_epochs"], [], self.fsp_loss)
+        return InitStage(self.init_epochs(), [], self.fsp_loss)
 
     def method_terms(
         self, student: Features, teacher: Features, labels: Tensor, indices: Tensor

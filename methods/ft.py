@@ -114,9 +114,7 @@ class FT(Method):
         return {"ft_reconstruction": F.mse_loss(self.paraphraser(feature), feature)}
 
     def init_stage(self) -> InitStage:
-        return InitStage(
-            self.hp["init_epochs"], list(self.paraphraser.parameters()), self.reconstruction_loss
-        )
+        return InitStage(self.init_epochs(), list(self.paraphraser.parameters()), self.reconstruction_loss)
 
     def method_terms(
         self, student: Features, teacher: Features, labels: Tensor, indices: Tensor

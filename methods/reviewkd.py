@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from kdbench.registries import METHODS
 
-from .base import Features, FeatureShapes, Method, MethodContext, PairNotSupportedError
+from .base import Features, FeatureShapes, Method, MethodContext, PairNotSupportedError, scale_schedule
 
 MAX_MID_CHANNELS = 512
 CONTEXT_SIZES = (4, 2, 1)
@@ -118,10 +118,12 @@ class ReviewKD(Method):
             for depth, (channels, level) in enumerate(zip(in_channels, teacher_levels, strict=True))
         )
         self.teacher_sizes = [tuple(level[1:]) for level in teacher_levels]
-        self.epoch = 1
+        self.warmup_factor = 1.0
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
-        self.epoch = epoch
+        # The authors' ramp epoch/20 with 0-based epochs; the 20 shrinks with a shorter run.
+        warmup = scale_schedule(self.hp["warmup_epochs"], num_epochs)
+        self.warmup_factor = min(1.0, (epoch - 1) / warmup) if warmup else 1.0
 
     def review(self, student: Features) -> list[Tensor]:
         """The student's projected pyramid, deepest level first."""
@@ -135,7 +137,7 @@ class ReviewKD(Method):
     def method_terms(
         self, student: Features, teacher: Features, labels: Tensor, indices: Tensor
     ) -> dict[str, Tensor]:
-        warmup = self.hp["warmup_epochs"]
-        ramp = min(1.0, (self.epoch - 1) / warmup) if warmup else 1.0
         teacher_pyramid = [as_map(teacher.pooled)] + list(reversed(teacher.preact))
-        return {"reviewkd": ramp * hierarchical_context_loss(self.review(student), teacher_pyramid)}
+        return {
+            "reviewkd": self.warmup_factor * hierarchical_context_loss(self.review(student), teacher_pyramid)
+        }

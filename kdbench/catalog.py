@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
@@ -19,6 +19,8 @@ def _load(name: str) -> dict:
 class Pair:
     teacher: str
     student: str
+    # published per-pair hyper-parameters, {method: {key: value}}; user --hp overrides win
+    hp: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __str__(self) -> str:
         return f"{self.teacher}:{self.student}"
@@ -26,7 +28,9 @@ class Pair:
 
 def registered_pairs(group: str | None = None) -> list[Pair]:
     return [
-        Pair(p["teacher"], p["student"]) for p in _load("pairs.json")["pairs"] if group in (None, p["group"])
+        Pair(p["teacher"], p["student"], p.get("hp", {}))
+        for p in _load("pairs.json")["pairs"]
+        if group in (None, p["group"])
     ]
 
 
@@ -46,7 +50,8 @@ def parse_pairs(text: str) -> list[Pair]:
                 f"bad pair '{item}': write teacher:student, e.g. resnet56:resnet20 "
                 f"(timm models as timm:NAME), or a group: {', '.join(pair_groups())}"
             )
-        pairs.append(Pair(*names))
+        registered = {(p.teacher, p.student): p for p in registered_pairs()}
+        pairs.append(registered.get(tuple(names), Pair(*names)))
     return pairs
 
 

@@ -5,6 +5,7 @@ kdbench report [--out DIR] [--format terminal|markdown|csv|latex|html] [--plot D
 kdbench check --baseline FILE [--out DIR]
 kdbench list methods|models|datasets|pairs|presets
 kdbench teacher train NAME --dataset D
+kdbench explain --teacher NAME|PATH [--dataset D] [--seeds N] [--epochs E] [--out DIR]
 """
 
 from __future__ import annotations
@@ -90,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=("methods", "models", "datasets", "pairs", "presets"))
 
+    bench = commands.add_parser(
+        "bench", help="speed ratios of the engine, loader, VAM and methods, measured now"
+    )
+    bench.add_argument("--dataset", default="synthetic")
+    bench.add_argument("--data-root")
+    bench.add_argument("--student", default="resnet8")
+    bench.add_argument("--teacher", default="resnet20")
+    bench.add_argument("--methods", default="kd,crd")
+    bench.add_argument("--images", type=int, default=2048, help="training images per timed epoch")
+    bench.add_argument("--repeats", type=int, default=3)
+
     teacher = commands.add_parser("teacher", help="teacher commands")
     teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True)
     train = teacher_commands.add_parser(
@@ -97,6 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("name", help="architecture (kdbench list models)")
     _add_run_flags(train)
+
+    explain = commands.add_parser(
+        "explain",
+        help="KDExplainer: train the HME plain, with label smoothing and with KD; compare routing entropy",
+    )
+    explain.add_argument(
+        "--teacher",
+        required=True,
+        help="a model name (trained by the quick preset's teacher recipe and cached) or a checkpoint path",
+    )
+    explain.add_argument("--teacher-arch", help="architecture of a --teacher checkpoint not saved by kdbench")
+    explain.add_argument("--dataset", default="fashion-mnist", help="dataset name (default: %(default)s)")
+    explain.add_argument(
+        "--data-root", help="dataset folder (default: $KDBENCH_DATA, then the system locations)"
+    )
+    explain.add_argument("--seeds", type=int, help="number of seeds (0..N-1; default 2)")
+    explain.add_argument("--epochs", type=int, help="HME epochs, half soft-routed, half hard (default 4)")
+    explain.add_argument(
+        "--train-subset", type=int, help="stratified training subset, 0 = all (default 6000)"
+    )
+    explain.add_argument("--student", help="HME model name (default: hme_small; hme = the authors' width)")
+    explain.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    explain.add_argument("--force", action="store_true", help="re-run specs that already have a record")
+    _add_common(explain)
     return parser
 
 
@@ -125,7 +161,7 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
     if methods_override is not None:
         methods = methods_override
     elif methods_text == "all":
-        methods = sorted(METHODS.module_dict)
+        methods = sorted(name for name in METHODS.module_dict if "+" not in name)
     else:
         methods = [m.strip() for m in methods_text.split(",") if m.strip()]
     pairs_spec = args.pairs or chosen["pairs"]
@@ -233,10 +269,13 @@ def cmd_list(args) -> int:
     if args.what == "methods":
         from kdbench.registries import METHODS
 
-        for name in sorted(METHODS.module_dict):
+        for name in sorted(name for name in METHODS.module_dict if "+" not in name):
             cls = METHODS.get(name)
             summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             print(f"{name:12s} {summary}")
+        print(
+            f"{'NAME+kd':12s} Any teacher method plus vanilla KD (kd_weight 1), e.g. crd+kd as in the CRD paper."
+        )
     elif args.what == "models":
         from kdbench.models import list_models
 
@@ -274,12 +313,62 @@ def cmd_teacher(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from tabulate import tabulate
+
+    from kdbench.bench import run_bench
+
+    rows = run_bench(
+        dataset=args.dataset,
+        student=args.student,
+        teacher=args.teacher,
+        methods=tuple(m for m in args.methods.split(",") if m),
+        train_images=args.images,
+        repeats=args.repeats,
+        data_root=args.data_root,
+    )
+    print(tabulate(rows, headers="keys", floatfmt=".3f"))
+    print("ratio = seconds / reference_seconds, both measured in this run (best of repeats)")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from kdbench import explainer
+    from kdbench.catalog import preset
+    from kdbench.spec import Recipe
+
+    recipe = explainer.explain_recipe(
+        args.epochs or explainer.DEFAULT_EPOCHS,
+        explainer.DEFAULT_TRAIN_SUBSET if args.train_subset is None else args.train_subset or None,
+    )
+    request = explainer.ExplainRequest(
+        teacher=args.teacher,
+        dataset=args.dataset,
+        teacher_recipe=Recipe.from_dict(preset("quick")["teacher_recipe"]),
+        recipe=recipe,
+        student=args.student or explainer.DEFAULT_STUDENT,
+        seeds=args.seeds or explainer.DEFAULT_SEEDS,
+        teacher_arch=args.teacher_arch,
+        data_root=args.data_root,
+        out=Path(args.out),
+        device=args.device,
+        force=args.force,
+    )
+    result = explainer.run_explain(request)
+    print(explainer.render_report(result))
+    for path in explainer.write_report(result, Path(args.out)):
+        print(f"wrote {path}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 COMMANDS = {
+    "bench": cmd_bench,
     "run": cmd_run,
     "report": cmd_report,
     "check": cmd_check,
     "list": cmd_list,
     "teacher": cmd_teacher,
+    "explain": cmd_explain,
 }
 
 

@@ -38,9 +38,8 @@ from kdbench.data import (
 )
 from kdbench.features import Features, FeatureShapes
 from kdbench.measure import inference_flops, measure_train_step, parameter_count
-from kdbench.methods.base import Method, MethodContext
+from kdbench.methods.base import Method, MethodContext, method_class
 from kdbench.models import build_model
-from kdbench.registries import METHODS, lookup
 from kdbench.spec import Recipe, RunSpec
 from kdbench.store import atomic_write_bytes, checkpoint_path
 
@@ -161,7 +160,7 @@ class Trainer:
         self.teacher = teacher
         if teacher is not None:
             teacher.eval().requires_grad_(False)
-        method_cls: type[Method] = lookup(METHODS, "method", spec.method)
+        method_cls: type[Method] = method_class(spec.method)
         student_shapes = probe_shapes(self.student, info, device)
         teacher_shapes = probe_shapes(teacher, info, device) if teacher is not None else None
         method_cls.check_pair(student_shapes, teacher_shapes)  # refuse before any training
@@ -410,7 +409,9 @@ class Trainer:
                 entry.update(test_top1=test["top1"], test_top5=test["top5"])
                 evaluated = f" test top-1 {test['top1']:.2f}%"
                 if self.data.val is not None:
-                    entry["val_top1"] = evaluate(self.student, self.data.val, self.data.info, self.device)["top1"]
+                    entry["val_top1"] = evaluate(self.student, self.data.val, self.data.info, self.device)[
+                        "top1"
+                    ]
             self.history.append(entry)
             self.train_seconds += entry["epoch_seconds"]
             self.save_checkpoint(epoch)

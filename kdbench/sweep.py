@@ -26,9 +26,8 @@ import kdbench
 from kdbench import store
 from kdbench.catalog import Pair
 from kdbench.engine import CheckpointError, NonFiniteLossError, PreparedData, Trainer, prepare_data
-from kdbench.methods.base import Method, PairNotSupportedError
+from kdbench.methods.base import Method, PairNotSupportedError, method_class
 from kdbench.models import build_model, list_models
-from kdbench.registries import METHODS, lookup
 from kdbench.spec import Recipe, RunSpec, VAMConfig
 
 BASELINE_METHOD = "student"
@@ -94,9 +93,13 @@ def sha256_of(path: Path) -> str:
 
 
 def validate_names(request: SweepRequest) -> None:
-    """Fail before any training on an unknown method or model (one line, valid names listed)."""
+    """Fail before any training on an unknown method, model or hyper-parameter (one line, valid names)."""
     for method in request.methods:
-        lookup(METHODS, "method", method)
+        method_class(method).resolve_hp(request.hp_overrides.get(method))
+    for method in set(request.hp_overrides) - set(request.methods):
+        raise ValueError(
+            f"--hp names method '{method}', which is not in --methods ({', '.join(request.methods)})"
+        )
     zoo = list_models()
     for pair in request.pairs:
         for name in (pair.teacher, pair.student):
@@ -166,7 +169,7 @@ class Sweep:
 
     # -- teachers ----------------------------------------------------------------------------
     def teacher_spec(self, architecture: str) -> RunSpec:
-        student_cls: type[Method] = lookup(METHODS, "method", BASELINE_METHOD)
+        student_cls: type[Method] = method_class(BASELINE_METHOD)
         return RunSpec(
             method=BASELINE_METHOD,
             student=architecture,
@@ -261,7 +264,7 @@ class Sweep:
             teacher=None,
             teacher_sha256=None,
             vam=None,
-            hp=lookup(METHODS, "method", BASELINE_METHOD).resolve_hp(),
+            hp=method_class(BASELINE_METHOD).resolve_hp(),
         )
         baseline = (
             record
@@ -285,7 +288,7 @@ class Sweep:
         # the baseline first: every other run's time ratio is measured against it
         methods = sorted(request.methods, key=lambda m: m != BASELINE_METHOD)
         for method in methods:
-            method_cls: type[Method] = lookup(METHODS, "method", method)
+            method_cls: type[Method] = method_class(method)
             for vam_on in request.vam_modes:
                 for seed in request.seeds:
                     specs.append(
@@ -297,7 +300,9 @@ class Sweep:
                             teacher_sha256=teacher_sha if method_cls.needs_teacher else None,
                             seed=seed,
                             vam=request.vam_config if vam_on else None,
-                            hp=method_cls.resolve_hp(request.hp_overrides.get(method)),
+                            hp=method_cls.resolve_hp(
+                                {**pair.hp.get(method, {}), **request.hp_overrides.get(method, {})}
+                            ),
                             recipe=recipe,
                         )
                     )
@@ -308,7 +313,7 @@ class Sweep:
         validate_names(request)
         summary = SweepSummary()
         data = self.data_for(request.recipe)
-        needs_teacher = any(lookup(METHODS, "method", m).needs_teacher for m in request.methods)
+        needs_teacher = any(method_class(m).needs_teacher for m in request.methods)
         for pair in request.pairs:
             teacher, teacher_sha = (None, None)
             if needs_teacher:

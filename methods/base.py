@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from kdbench.features import Features, FeatureShapes
 from kdbench.methods.logit_std import standardize_logits
+from kdbench.registries import METHODS, UnknownNameError, lookup
 
 
 class PairNotSupportedError(ValueError):
@@ -153,6 +154,39 @@ class Method(nn.Module):
         """Called by the engine at the start of each epoch (1-based), e.g. for DKD's warm-up."""
 
 
+# RepDistiller's "+KD" rows (e.g. CRD+KD in the CRD paper, Table 1) add Hinton's term with -a 1.
+COMPOSED_KD_WEIGHT = 1.0
+
+
+def method_class(name: str) -> type[Method]:
+    """A registered method by name, or 'NAME+kd': that method plus vanilla KD (kd_weight 1).
+
+    A composition is registered on first use, so every later lookup finds it by name.
+    """
+    if name in METHODS.module_dict:
+        return METHODS.get(name)
+    base_name, plus, addition = name.partition("+")
+    base = lookup(METHODS, "method", base_name)
+    if not plus:
+        return base
+    if addition != "kd" or not base.needs_teacher or base.defaults.get("kd_weight", 0.0):
+        raise UnknownNameError(
+            f"unknown method '{name}': only NAME+kd composes, for a method with a teacher and no KD term "
+            f"of its own (e.g. crd+kd)"
+        )
+    composed = type(
+        f"{base.__name__}PlusKD",
+        (base,),
+        {
+            "__doc__": f"{base_name} + vanilla KD (kd_weight {COMPOSED_KD_WEIGHT}, RepDistiller's '+KD' rows).",
+            "name": name,
+            "defaults": {**base.defaults, "kd_weight": COMPOSED_KD_WEIGHT},
+        },
+    )
+    METHODS.register_module(name=name, module=composed)
+    return composed
+
+
 def extra_parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -168,4 +202,5 @@ __all__ = [
     "PairNotSupportedError",
     "extra_parameter_count",
     "kd_kl_div",
+    "method_class",
 ]

@@ -13,8 +13,8 @@ from kdbench.engine import CheckpointError
 from kdbench.spec import Recipe, VAMConfig
 from kdbench.sweep import Sweep, SweepRequest
 
-TINY = Recipe(epochs=2, batch_size=64, lr=0.05, lr_decay_epochs=(1,))
-TEACHER = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=())
+TINY = Recipe(epochs=2, batch_size=64, lr=0.05, lr_decay_epochs=(1,), train_subset=192)
+TEACHER = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=192)
 
 
 def request(out, **changes):
@@ -95,15 +95,16 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     lines = []
     Sweep(request(interrupted, methods=["kd"]), progress=lines.append).run()
     assert any("resuming" in line for line in lines)
-    whole, cut = records_by_method(uninterrupted)[("kd", False)], records_by_method(interrupted)[("kd", False)]
+    whole, cut = (
+        records_by_method(uninterrupted)[("kd", False)],
+        records_by_method(interrupted)[("kd", False)],
+    )
     assert cut["metrics"] == whole["metrics"]
     assert [h["train_loss"] for h in cut["history"]] == [h["train_loss"] for h in whole["history"]]
 
 
 def test_non_finite_loss_fails_that_run_only(tmp_path):
-    summary = Sweep(
-        request(tmp_path, hp_overrides={"kd": {"temperature": 0.0}}), progress=quiet
-    ).run()
+    summary = Sweep(request(tmp_path, hp_overrides={"kd": {"temperature": 0.0}}), progress=quiet).run()
     assert len(summary.failed) == 1 and len(summary.done) == 1
     records = records_by_method(tmp_path)
     assert records[("student", False)]["status"] == "done"
@@ -130,7 +131,12 @@ def test_teacher_checkpoint_checks(tmp_path):
     # wrong architecture: the error names both
     with pytest.raises(CheckpointError, match="is a 'resnet14', not a 'resnet20'"):
         Sweep(
-            request(tmp_path / "w", methods=["kd"], pairs=[Pair("resnet20", "resnet8")], teacher_path=str(checkpoint)),
+            request(
+                tmp_path / "w",
+                methods=["kd"],
+                pairs=[Pair("resnet20", "resnet8")],
+                teacher_path=str(checkpoint),
+            ),
             progress=quiet,
         ).run()
     # corrupt file
@@ -147,7 +153,9 @@ def test_teacher_checkpoint_checks(tmp_path):
 def test_record_alone_reruns_the_spec(tmp_path):
     from kdbench.spec import RunSpec
 
-    Sweep(request(tmp_path, methods=["kd"], vam_modes=[True], vam_config=VAMConfig(groups=2)), progress=quiet).run()
+    Sweep(
+        request(tmp_path, methods=["kd"], vam_modes=[True], vam_config=VAMConfig(groups=2)), progress=quiet
+    ).run()
     record = records_by_method(tmp_path)[("kd", True)]
     spec = RunSpec.from_dict(json.loads(json.dumps(record["spec"])))
     assert spec.run_id == record["run_id"] and spec.vam.groups == 2

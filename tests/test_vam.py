@@ -10,7 +10,8 @@ from kdbench.models import build_model
 from kdbench.spec import VAMConfig
 
 
-def _wrapped(name="resnet8", config=VAMConfig()):
+def _wrapped(name="resnet8", config: VAMConfig | None = None):
+    config = config or VAMConfig()
     torch.manual_seed(0)
     model = build_model(name, num_classes=10, in_chans=1)
     names = vam.wrap(model, config)

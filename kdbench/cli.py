@@ -40,6 +40,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-split", type=float, help="hold out this fraction of train as validation")
     parser.add_argument("--vam", choices=("on", "off", "both"), help="wrap the student with VAM")
     parser.add_argument("--vam-groups", type=int, help="VAM virtual blocks per conv (default 4)")
+    parser.add_argument("--vam-lr-scale", type=float, help="lr of VAM's attention logits / recipe lr")
     parser.add_argument(
         "--teacher", help="teacher checkpoint path ({'model': state_dict}); default: train + cache"
     )
@@ -178,7 +179,13 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
     if args.val_split is not None:
         recipe = replace(recipe, val_split=args.val_split)
     vam = args.vam or chosen["vam"]
-    vam_config = VAMConfig(groups=args.vam_groups) if args.vam_groups else VAMConfig()
+    vam_config = VAMConfig(
+        **{
+            key: value
+            for key, value in (("groups", args.vam_groups), ("lr_scale", args.vam_lr_scale))
+            if value
+        }
+    )
     return SweepRequest(
         methods=methods,
         pairs=pairs,

@@ -182,7 +182,13 @@ class Trainer:
         decayed += [p for p in self.method.parameters() if p.requires_grad]
         groups = [{"params": decayed}]
         if attention_ids:  # attention logits are not weights: no weight decay pulls them to uniform
-            groups.append({"params": vam_module.attention_parameters(self.student), "weight_decay": 0.0})
+            groups.append(
+                {
+                    "params": vam_module.attention_parameters(self.student),
+                    "weight_decay": 0.0,
+                    "lr": recipe.lr * spec.vam.lr_scale,
+                }
+            )
         self.optimizer = torch.optim.SGD(
             groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
         )

@@ -146,6 +146,8 @@ class Leaderboard:
     best: set[tuple[str, str]] = field(default_factory=set)  # (row, column): best measured mean of a pair
     published_rows: list[str] = field(default_factory=list)
     stats: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (row, pair): mean, std, n, deltas
+    # With several pairs, costs differ per pair: they go in a second table, one row per (method, pair).
+    costs: Leaderboard | None = None
 
 
 def _pick_dataset(frame: pd.DataFrame, dataset: str | None) -> str:
@@ -319,7 +321,8 @@ def leaderboard(
             columns.append(f"{pair} Δ")
         if in_pair["vam_delta"].notna().any():
             columns.append(f"{pair} ΔVAM")
-    if not done.empty:
+    several_pairs = len(pairs) > 1
+    if not done.empty and not several_pairs:
         columns += [header for header, _, _ in OVERHEAD_COLUMNS]
     table = pd.DataFrame("", index=pd.Index(labels, name="method"), columns=columns)
 
@@ -329,10 +332,16 @@ def leaderboard(
             table.loc[cell.row, f"{cell.pair} Δ"] = f"{cell.delta:+.2f}"
         if not math.isnan(cell.vam_delta):
             table.loc[cell.row, f"{cell.pair} ΔVAM"] = f"{cell.vam_delta:+.2f}"
-    for (label,), group in done.groupby(["label"]):
-        for header, column, fmt in OVERHEAD_COLUMNS:
-            value = group[column].mean()
-            table.loc[label, header] = "" if math.isnan(value) else fmt(value)
+    costs = None
+    if several_pairs and not done.empty:
+        costs = Leaderboard(
+            _cost_table(done, ["label", "pair"]),
+            f"{dataset}: costs per pair, mean over the runs of each (method, pair).",
+            [],
+        )
+    elif not done.empty:
+        cost = _cost_table(done, ["label"])
+        table.loc[cost.index, cost.columns] = cost
 
     measured = stats[~stats["published"]]
     best = set()
@@ -370,7 +379,22 @@ def leaderboard(
     for source in sorted(sources):
         notes.append(f"published source '{source}': {published['sources'][source]['url']}")
 
-    return Leaderboard(table, caption, notes, best, published_labels, stats)
+    return Leaderboard(table, caption, notes, best, published_labels, stats, costs)
+
+
+def _cost_table(done: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Overhead display strings, mean over the runs of each group of `keys`."""
+    done = done.assign(pair=[pair_label(t, s) for t, s in zip(done["teacher"], done["student"], strict=True)])
+    rows = {}
+    for key, group in done.groupby(keys):
+        label = " on ".join(key)
+        rows[label] = {
+            header: "" if math.isnan(value := group[column].mean()) else fmt(value)
+            for header, column, fmt in OVERHEAD_COLUMNS
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "method"
+    return table
 
 
 def _marked(board: Leaderboard, mark: Callable[[str], str]) -> pd.DataFrame:
@@ -505,7 +529,10 @@ def render(board: Leaderboard, fmt: str) -> str:
     """The leaderboard as text in one of FORMATS, caption and notes included."""
     if fmt not in _RENDERERS:
         raise ValueError(f"unknown report format '{fmt}'. Valid: {', '.join(FORMATS)}")
-    return _RENDERERS[fmt](board)
+    text = _RENDERERS[fmt](board)
+    if board.costs is not None:
+        text += "\n" + _RENDERERS[fmt](board.costs)
+    return text
 
 
 def _done_frame(records: Iterable[dict]) -> pd.DataFrame:

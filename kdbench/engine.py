@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from kdbench import vam as vam_module
 from kdbench.data import (
@@ -202,15 +203,18 @@ class Trainer:
         self.train_seconds = 0.0
 
     # -- losses -----------------------------------------------------------------------------
-    def _loss_terms(self, images, labels, indices) -> dict[str, torch.Tensor]:
-        student_out = _forward(self.student, images, self.student_wants_features)
+    def _loss_terms(self, images, labels, indices, student=None, method=None) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of one batch (on copies of student / method when given)."""
+        student = student or self.student
+        method = method or self.method
+        student_out = _forward(student, images, self.student_wants_features)
         teacher_out = None
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_out = _forward(self.teacher, images, self.teacher_wants_features)
-        terms = self.method.losses(student_out, teacher_out, labels, indices)
+        terms = method.losses(student_out, teacher_out, labels, indices)
         if self.vam_layers:
-            terms["vam_entropy"] = vam_module.entropy_loss(self.student)
+            terms["vam_entropy"] = vam_module.entropy_loss(student)
         return terms
 
     # -- checkpoint / resume ---------------------------------------------------------------
@@ -308,7 +312,11 @@ class Trainer:
         sums: dict[str, float] = {}
         loss_sum, steps, images_seen = 0.0, 0, 0
         start = time.perf_counter()
-        for images, labels, indices in self._batches():
+        batches = self._batches()
+        if sys.stderr.isatty():  # a live bar for people; logs (CI, files) get the per-epoch line only
+            steps_per_epoch = math.ceil(len(self.data.train) / self.spec.recipe.batch_size)
+            batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step")
+        for images, labels, indices in batches:
             terms = self._loss_terms(images, labels, indices)
             loss = sum(terms.values())
             self._check_finite(loss, f"epoch {epoch}", steps, terms)
@@ -354,15 +362,7 @@ class Trainer:
         trained = [p for p in student.parameters()] + [p for p in method.parameters() if p.requires_grad]
 
         def step():
-            student_out = _forward(student, images, self.student_wants_features)
-            teacher_out = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_out = _forward(self.teacher, images, self.teacher_wants_features)
-            terms = method.losses(student_out, teacher_out, labels, indices)
-            if self.vam_layers:
-                terms["vam_entropy"] = vam_module.entropy_loss(student)
-            return sum(terms.values())
+            return sum(self._loss_terms(images, labels, indices, student, method).values())
 
         frozen = [self.teacher] if self.teacher is not None else []
         costs = measure_train_step(step, trained, frozen, len(labels), self.device)

@@ -59,6 +59,16 @@ def run_stage(stage: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
     return last.forward_preact(x)
 
 
+def run_stages(stages: list[nn.Sequential], x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Run stages in order; return each stage's output and each stage's last pre-activation."""
+    outputs, preacts = [], []
+    for stage in stages:
+        x, pre = run_stage(stage, x)
+        outputs.append(x)
+        preacts.append(pre)
+    return outputs, preacts
+
+
 class ResNet(nn.Module):
     """CIFAR ResNet: 3x3 stem, three stages of (depth - 2) / 6 basic blocks (strides 1, 2, 2), pool, fc."""
 
@@ -101,11 +111,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor, features: bool = False) -> Tensor | Features:
         stem = x = self.relu(self.bn1(self.conv1(x)))
-        stages, preacts = [], []
-        for stage in self.stage_modules():
-            x, pre = run_stage(stage, x)
-            stages.append(x)
-            preacts.append(pre)
+        stages, preacts = run_stages(self.stage_modules(), x)
+        x = stages[-1]
         pooled = self.avgpool(x).flatten(1)
         logits = self.fc(pooled)
         if not features:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.features import Features
-from kdbench.models.resnet import run_stage
+from kdbench.models.resnet import run_stages
 from kdbench.registries import MODELS
 
 
@@ -90,11 +90,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor, features: bool = False) -> Tensor | Features:
         stem = x = F.relu(self.bn1(self.conv1(x)))
-        stages, preacts = [], []
-        for stage in self.stage_modules():
-            x, pre = run_stage(stage, x)
-            stages.append(x)
-            preacts.append(pre)
+        stages, preacts = run_stages(self.stage_modules(), x)
+        x = stages[-1]
         pooled = self.avgpool(x).flatten(1)
         logits = self.linear(pooled)
         if not features:

@@ -36,6 +36,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     parser.add_argument("--epochs", type=int, help="student epochs (lr decay points scale with it)")
     parser.add_argument("--teacher-epochs", type=int, help="epochs of a teacher trained by kdbench")
+    parser.add_argument("--batch-size", type=int, help="student batch size (default: the preset's)")
+    parser.add_argument("--lr", type=float, help="student learning rate (default: the preset's)")
     parser.add_argument("--train-subset", type=int, help="train on a stratified subset of N images")
     parser.add_argument("--val-split", type=float, help="hold out this fraction of train as validation")
     parser.add_argument("--vam", choices=("on", "off", "both"), help="wrap the student with VAM")
@@ -171,6 +173,10 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
     teacher_recipe = Recipe.from_dict(chosen["teacher_recipe"])
     if args.epochs:
         recipe = recipe.with_epochs(args.epochs)
+    if args.batch_size:
+        recipe = replace(recipe, batch_size=args.batch_size)
+    if args.lr:
+        recipe = replace(recipe, lr=args.lr)
     if args.teacher_epochs:
         teacher_recipe = teacher_recipe.with_epochs(args.teacher_epochs)
     if args.train_subset is not None:

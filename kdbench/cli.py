@@ -158,9 +158,8 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
     from kdbench.sweep import SweepRequest
 
     chosen = preset(args.preset)
-    methods_text = args.methods or ",".join(chosen["methods"]) if chosen["methods"] != "all" else "all"
-    if args.methods:
-        methods_text = args.methods
+    preset_methods = chosen["methods"]  # "all" or a list
+    methods_text = args.methods or (preset_methods if isinstance(preset_methods, str) else ",".join(preset_methods))
     if methods_override is not None:
         methods = methods_override
     elif methods_text == "all":
@@ -226,14 +225,14 @@ def _print_board(out: Path, fmt: str, dataset: str | None = None, published: boo
 def cmd_run(args) -> int:
     from kdbench.sweep import Sweep
 
-    summary = Sweep(_request_from_args(args)).run()
+    request = _request_from_args(args)
+    summary = Sweep(request).run()
     print(
         f"{len(summary.done)} trained, {len(summary.cached)} cached, {len(summary.failed)} failed "
         f"(records in {args.out}/runs)",
         file=sys.stderr,
     )
-    dataset = args.dataset or None
-    _print_board(Path(args.out), args.format, dataset=dataset)
+    _print_board(Path(args.out), args.format, dataset=request.dataset)
     return 1 if summary.failed else 0
 
 

@@ -159,7 +159,9 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
 
     chosen = preset(args.preset)
     preset_methods = chosen["methods"]  # "all" or a list
-    methods_text = args.methods or (preset_methods if isinstance(preset_methods, str) else ",".join(preset_methods))
+    methods_text = args.methods or (
+        preset_methods if isinstance(preset_methods, str) else ",".join(preset_methods)
+    )
     if methods_override is not None:
         methods = methods_override
     elif methods_text == "all":

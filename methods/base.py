@@ -154,6 +154,28 @@ class Method(nn.Module):
         """Called by the engine at the start of each epoch (1-based), e.g. for DKD's warm-up."""
 
 
+def require_paired_stages(method: str, student: FeatureShapes, teacher: FeatureShapes | None) -> None:
+    """Refuse a pair whose stage outputs cannot be paired one to one as (C, H, W) maps."""
+    if teacher is None or not student.stages:
+        raise PairNotSupportedError(f"{method} needs stage outputs from both the student and the teacher")
+    if len(student.stages) != len(teacher.stages):
+        raise PairNotSupportedError(
+            f"{method} pairs stages one to one: the student has {len(student.stages)} stages, "
+            f"the teacher {len(teacher.stages)}"
+        )
+    if any(len(shape) != 3 for shape in student.stages + teacher.stages):
+        raise PairNotSupportedError(f"{method} needs (C, H, W) stage outputs on both sides")
+
+
+def require_same_classes(method: str, student: FeatureShapes, teacher: FeatureShapes | None) -> None:
+    """Refuse a pair whose logits do not cover the same classes (logit-level methods)."""
+    if teacher is None or student.logits != teacher.logits:
+        raise PairNotSupportedError(
+            f"{method} compares class distributions: the student has {student.logits} logits, "
+            f"the teacher {None if teacher is None else teacher.logits}"
+        )
+
+
 # RepDistiller's "+KD" rows (e.g. CRD+KD in the CRD paper, Table 1) add Hinton's term with -a 1.
 COMPOSED_KD_WEIGHT = 1.0
 
@@ -203,4 +225,6 @@ __all__ = [
     "extra_parameter_count",
     "kd_kl_div",
     "method_class",
+    "require_paired_stages",
+    "require_same_classes",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from kdbench.methods.base import FeatureShapes, Method, PairNotSupportedError
+from kdbench.methods.base import FeatureShapes, Method, require_same_classes
 from kdbench.methods.logit_std import standardize_logits
 from kdbench.registries import METHODS
 
@@ -65,11 +65,7 @@ class DIST(Method):
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
-        if teacher_shapes is None or student_shapes.logits != teacher_shapes.logits:
-            raise PairNotSupportedError(
-                f"dist compares class distributions: the student has {student_shapes.logits} logits, "
-                f"the teacher {None if teacher_shapes is None else teacher_shapes.logits}"
-            )
+        require_same_classes("dist", student_shapes, teacher_shapes)
 
     def method_terms(self, student, teacher, labels, indices) -> dict[str, Tensor]:
         student_logits, teacher_logits = student.logits, teacher.logits

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.methods.base import FeatureShapes, Method, MethodContext, PairNotSupportedError, scale_schedule
+from kdbench.methods.base import (
+    FeatureShapes,
+    Method,
+    MethodContext,
+    require_same_classes,
+    scale_schedule,
+)
 from kdbench.methods.logit_std import standardize_logits
 from kdbench.registries import METHODS
 
@@ -93,11 +99,7 @@ class DKD(Method):
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
-        if teacher_shapes is None or student_shapes.logits != teacher_shapes.logits:
-            raise PairNotSupportedError(
-                f"dkd compares class distributions: the student has {student_shapes.logits} logits, "
-                f"the teacher {None if teacher_shapes is None else teacher_shapes.logits}"
-            )
+        require_same_classes("dkd", student_shapes, teacher_shapes)
 
     def __init__(self, hp: dict, context: MethodContext):
         super().__init__(hp, context)

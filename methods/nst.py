@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.methods.base import FeatureShapes, Method, PairNotSupportedError
+from kdbench.methods.base import FeatureShapes, Method, require_paired_stages
 from kdbench.registries import METHODS
 
 
@@ -59,15 +59,7 @@ class NST(Method):
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
-        if teacher_shapes is None or not student_shapes.stages:
-            raise PairNotSupportedError("nst needs stage outputs from both the student and the teacher")
-        if len(student_shapes.stages) != len(teacher_shapes.stages):
-            raise PairNotSupportedError(
-                f"nst pairs stages one to one: the student has {len(student_shapes.stages)} stages, "
-                f"the teacher {len(teacher_shapes.stages)}"
-            )
-        if any(len(shape) != 3 for shape in student_shapes.stages + teacher_shapes.stages):
-            raise PairNotSupportedError("nst needs (C, H, W) stage outputs on both sides")
+        require_paired_stages("nst", student_shapes, teacher_shapes)
 
     def method_terms(self, student, teacher, labels, indices) -> dict[str, Tensor]:
         return {"nst": sum(nst_loss(s, t) for s, t in zip(student.stages, teacher.stages, strict=True))}

@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.methods.base import FeatureShapes, Method, MethodContext, PairNotSupportedError
+from kdbench.methods.base import (
+    FeatureShapes,
+    Method,
+    MethodContext,
+    require_paired_stages,
+)
 from kdbench.registries import METHODS
 
 VARIANCE_EPS = 1e-5  # RepDistiller's / mdistiller's eps: keeps sigma^2 away from 0
@@ -75,15 +80,7 @@ class VID(Method):
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
-        if teacher_shapes is None or not student_shapes.stages:
-            raise PairNotSupportedError("vid needs stage outputs from both the student and the teacher")
-        if len(student_shapes.stages) != len(teacher_shapes.stages):
-            raise PairNotSupportedError(
-                f"vid pairs stages one to one: the student has {len(student_shapes.stages)} stages, "
-                f"the teacher {len(teacher_shapes.stages)}"
-            )
-        if any(len(shape) != 3 for shape in student_shapes.stages + teacher_shapes.stages):
-            raise PairNotSupportedError("vid needs (C, H, W) stage outputs on both sides")
+        require_paired_stages("vid", student_shapes, teacher_shapes)
 
     def __init__(self, hp: dict, context: MethodContext):
         super().__init__(hp, context)

@@ -16,7 +16,6 @@ that defines it (VAM temperature annealing, DKD warm-up, HME routing schedules).
 from __future__ import annotations
 
 import copy
-import io
 import math
 import sys
 import time
@@ -42,7 +41,7 @@ from kdbench.measure import inference_flops, measure_train_step, parameter_count
 from kdbench.methods.base import Method, MethodContext, method_class
 from kdbench.models import build_model
 from kdbench.spec import Recipe, RunSpec
-from kdbench.store import atomic_write_bytes, checkpoint_path
+from kdbench.store import atomic_torch_save, checkpoint_path
 
 EVAL_BATCH_SIZE = 512
 
@@ -120,12 +119,6 @@ def probe_shapes(model: nn.Module, info: DatasetInfo, device: torch.device) -> F
         shapes = FeatureShapes.of(model(example, features=True))
     model.train(was_training)
     return shapes
-
-
-def _serialise(obj) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -235,7 +228,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "generator": self.generator.get_state(),
         }
-        atomic_write_bytes(self._checkpoint_file(), _serialise(state))
+        atomic_torch_save(self._checkpoint_file(), state)
 
     def try_resume(self) -> bool:
         path = self._checkpoint_file()

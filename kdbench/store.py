@@ -28,6 +28,7 @@ Record schema (version 1):
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -69,6 +70,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    """torch.save, atomically (checkpoints, teacher and student weights)."""
+    import torch  # only the writers of weights need it; reading records stays torch-free
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_record(out: Path, record: dict) -> Path:

@@ -9,7 +9,6 @@ machines merge by copying their `runs/` folders together.
 from __future__ import annotations
 
 import hashlib
-import io
 import platform
 import subprocess
 import sys
@@ -210,9 +209,7 @@ class Sweep:
                 "run_id": spec.run_id,
             },
         }
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        store.atomic_write_bytes(path, buffer.getvalue())
+        store.atomic_torch_save(path, payload)
         digest = sha256_of(path)
         self._write(
             spec, "done", result, checkpoint={"path": str(path.relative_to(self.out)), "sha256": digest}
@@ -335,9 +332,8 @@ class Sweep:
                     summary.failed.append(spec.run_id)
                     self.progress(f"[{spec.run_id}] {spec.label}: FAILED: {err}")
                     continue
-                buffer = io.BytesIO()
-                torch.save({"model": final_state}, buffer)  # RepDistiller's checkpoint format
-                store.atomic_write_bytes(self.out / "models" / f"{spec.run_id}.pt", buffer.getvalue())
+                # RepDistiller's checkpoint format
+                store.atomic_torch_save(self.out / "models" / f"{spec.run_id}.pt", {"model": final_state})
                 record = self._write(spec, "done", result)
                 summary.done.append(spec.run_id)
                 self.progress(

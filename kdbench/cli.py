@@ -55,7 +55,22 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--force", action="store_true", help="re-run specs that already have a record")
+    _add_parallel_flags(parser)
     _add_common(parser)
+
+
+def _add_parallel_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run on CPU (default 1); a spec reproduces exactly at the same --threads",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="runs trained at once, one process each (default: CPU cores / --threads; 1 on a GPU)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--student", help="HME model name (default: hme_small; hme = the authors' width)")
     explain.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     explain.add_argument("--force", action="store_true", help="re-run specs that already have a record")
+    _add_parallel_flags(explain)
     _add_common(explain)
     return parser
 
@@ -209,7 +225,16 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
         out=Path(args.out),
         device=args.device,
         force=args.force,
+        **_parallelism(args),
     )
+
+
+def _parallelism(args) -> dict:
+    from kdbench.sweep import default_jobs
+
+    if args.threads < 1 or (args.jobs is not None and args.jobs < 1):
+        raise ValueError("--threads and --jobs take a whole number >= 1")
+    return {"threads": args.threads, "jobs": args.jobs or default_jobs(args.device, args.threads)}
 
 
 def _print_board(out: Path, fmt: str, dataset: str | None = None, published: bool = True) -> bool:
@@ -317,13 +342,8 @@ def cmd_teacher(args) -> int:
 
     request = _request_from_args(args, methods_override=[], pairs_override=[Pair(args.name, args.name)])
     sweep = Sweep(request)
-    data = sweep.data_for(request.teacher_recipe)
-    _, digest = sweep.resolve_teacher(args.name, data)
-    spec = sweep.teacher_spec(args.name)
-    print(
-        f"teacher {args.name} on {spec.dataset}: {args.out}/teachers/{args.name}-{spec.dataset}-{spec.run_id}.pt "
-        f"sha256 {digest}"
-    )
+    path, digest = sweep.ensure_teacher(args.name)
+    print(f"teacher {args.name} on {request.dataset}: {path} sha256 {digest}")
     return 0
 
 
@@ -367,6 +387,7 @@ def cmd_explain(args) -> int:
         out=Path(args.out),
         device=args.device,
         force=args.force,
+        **_parallelism(args),
     )
     result = explainer.run_explain(request)
     print(explainer.render_report(result))

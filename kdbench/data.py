@@ -173,6 +173,14 @@ def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     return images.float().mul_(scale).sub_(shift)
 
 
+# Conv nets (student, teacher, method modules) and batches are kept channels-last (NHWC):
+# oneDNN's CPU convolutions run 1.3-1.5x faster on it than on NCHW for the CIFAR ResNets
+# (resnet8 training step 688 vs 467 img/s, resnet20 teacher forward 385 vs 306, 2 threads),
+# and it is cuDNN's fast layout under mixed precision. Numbers differ from an NCHW run in
+# the last float bits, so the layout is fixed here rather than left as an option.
+MEMORY_FORMAT = torch.channels_last
+
+
 def iterate_batches(
     data: ImageData,
     info: DatasetInfo,
@@ -207,7 +215,8 @@ def iterate_batches(
         if augment:
             images = augment_batch(images, info, generator)
         labels = data.labels[indices].to(device, non_blocking=True)
-        yield normalize(images, info), labels, indices.to(device, non_blocking=True)
+        images = normalize(images, info).contiguous(memory_format=MEMORY_FORMAT)
+        yield images, labels, indices.to(device, non_blocking=True)
 
 
 # --- subsets -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from kdbench import vam as vam_module
 from kdbench.data import (
+    MEMORY_FORMAT,
     DatasetInfo,
     ImageData,
     iterate_batches,
@@ -142,18 +143,22 @@ class Trainer:
         device: torch.device,
         out: Path,
         progress: Callable[[str], None] | None = None,
+        progress_bar: bool | None = None,
     ):
         self.spec, self.data, self.device, self.out = spec, data, device, Path(out)
         self.progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+        # a live bar for people at a terminal (None: when stderr is one); logs get per-epoch lines
+        self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         info = data.info
         torch.manual_seed(spec.seed)
         self.student = build_model(spec.student, num_classes=info.num_classes, in_chans=info.in_chans).to(
             device
         )
         self.vam_layers = vam_module.wrap(self.student, spec.vam) if spec.vam else []
+        self.student.to(memory_format=MEMORY_FORMAT)
         self.teacher = teacher
         if teacher is not None:
-            teacher.eval().requires_grad_(False)
+            teacher.eval().requires_grad_(False).to(memory_format=MEMORY_FORMAT)
         method_cls: type[Method] = method_class(spec.method)
         student_shapes = probe_shapes(self.student, info, device)
         teacher_shapes = probe_shapes(teacher, info, device) if teacher is not None else None
@@ -166,7 +171,7 @@ class Trainer:
             train_labels=data.train.labels.to(device),
             num_epochs=spec.recipe.epochs,
         )
-        self.method = method_cls(dict(spec.hp), context).to(device)
+        self.method = method_cls(dict(spec.hp), context).to(device, memory_format=MEMORY_FORMAT)
         self.student_wants_features = bool(method_cls.student_features)
         self.teacher_wants_features = bool(method_cls.teacher_features)
 
@@ -293,7 +298,7 @@ class Trainer:
 
     def _check_finite(self, loss: torch.Tensor, where: str, step: int, terms: dict | None = None) -> None:
         if not torch.isfinite(loss):
-            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in (terms or {}).items())
+            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in (terms or {}).items())
             raise NonFiniteLossError(
                 f"non-finite loss at {where} step {step}" + (f" ({detail})" if detail else "")
             )
@@ -306,7 +311,7 @@ class Trainer:
         loss_sum, steps, images_seen = 0.0, 0, 0
         start = time.perf_counter()
         batches = self._batches()
-        if sys.stderr.isatty():  # a live bar for people; logs (CI, files) get the per-epoch line only
+        if self.progress_bar:
             steps_per_epoch = math.ceil(len(self.data.train) / self.spec.recipe.batch_size)
             batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step")
         for images, labels, indices in batches:

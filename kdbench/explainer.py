@@ -337,6 +337,8 @@ class ExplainRequest:
     out: Path = Path("kdbench-results")
     device: str = "cpu"
     force: bool = False
+    jobs: int = 1  # runs at once (kdbench.sweep.Sweep)
+    threads: int | None = None  # torch threads per run
 
 
 @dataclass
@@ -410,16 +412,15 @@ def run_explain(request: ExplainRequest, progress: Callable[[str], None] | None 
                 out=request.out,
                 device=request.device,
                 force=force,
+                jobs=request.jobs,
+                threads=request.threads,
             ),
             progress=progress,
         )
 
     teacher_sweep = sweep_for("kd", {}, teacher_path, force=False)
     data = teacher_sweep.data_for(request.recipe)
-    teacher_sweep.resolve_teacher(arch, data)
-    if teacher_path is None:  # the cached checkpoint of the named teacher, as its record says
-        teacher_record = store.find_record(request.out, teacher_sweep.teacher_spec(arch).run_id)
-        teacher_path = Path(request.out) / teacher_record["checkpoint"]["path"]
+    teacher_path, _ = teacher_sweep.ensure_teacher(arch)
     records: dict[str, list[dict]] = {}
     failed = []
     for label, method, hp in VARIANTS:

@@ -1,5 +1,13 @@
 """The command line: bad input gives one clear line and a non-zero exit; a small run + report works."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from kdbench.cli import main
@@ -79,3 +87,80 @@ def test_small_run_then_report_and_check(capsys, tmp_path):
         capsys, "run", "--methods", "kd,crd", "--vam", "on", "--teacher-epochs", "1", *common
     )
     assert code == 0 and "0 trained, 2 cached" in err
+
+
+# -- interrupting a pooled run (real processes and signals) ---------------------------------------
+
+
+def _session_processes(session_id: int) -> list[int]:
+    """Live (not zombie) pids of a session, from /proc (Linux)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session_id and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _start_pooled_run(out: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "kdbench.cli", "run", "--methods", "student,kd", "--vam", "both"]
+    argv += ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "4"]
+    argv += ["--teacher-epochs", "1", "--jobs", "2", "--out", str(out)]
+    # a session of its own: the test can signal the whole group, as a terminal's Ctrl-C does
+    return subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_line(process: subprocess.Popen, fragment: str) -> list[str]:
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if fragment in line:
+            return lines
+    raise AssertionError(f"the run ended before printing {fragment!r}:\n{''.join(lines)}")
+
+
+def _assert_whole_records(out: Path) -> int:
+    records = list((out / "runs").glob("*.json"))
+    for path in records:
+        assert json.loads(path.read_text())["status"] == "done"
+    return len(records)
+
+
+def _wait_until_gone(session_id: int) -> None:
+    deadline = time.monotonic() + 20
+    while _session_processes(session_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _session_processes(session_id), "worker processes outlived the run"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_the_pool_and_the_same_command_resumes(tmp_path, capsys):
+    process = _start_pooled_run(tmp_path)
+    _wait_for_line(process, "kd resnet14→resnet8 synthetic seed=0 epoch 1/4")
+    os.killpg(process.pid, signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130 and "re-run the same command to resume" in rest
+    _wait_until_gone(process.pid)
+    finished = _assert_whole_records(tmp_path)
+    assert finished < 5  # teacher + 4 runs: the interrupt came mid-sweep
+    again = _start_pooled_run(tmp_path)
+    output = again.stderr.read()
+    assert again.wait(timeout=300) == 0, output
+    assert "resuming" in output and _assert_whole_records(tmp_path) == 5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_parent_takes_its_workers_down(tmp_path):
+    process = _start_pooled_run(tmp_path)
+    _wait_for_line(process, "kd resnet14→resnet8 synthetic seed=0 epoch 1/4")
+    process.kill()  # SIGKILL: no handler runs in the parent
+    process.wait(timeout=30)
+    _wait_until_gone(process.pid)
+    _assert_whole_records(tmp_path)
+    again = _start_pooled_run(tmp_path)
+    output = again.stderr.read()
+    assert again.wait(timeout=300) == 0, output
+    assert _assert_whole_records(tmp_path) == 5

@@ -74,6 +74,29 @@ def test_rerun_is_a_cache_hit_and_same_seed_reproduces(tmp_path):
         assert [h["train_loss"] for h in a[key]["history"]] == [h["train_loss"] for h in b[key]["history"]]
 
 
+def test_a_pool_of_workers_gives_the_numbers_of_one_process(tmp_path):
+    serial = Sweep(request(tmp_path / "serial", vam_modes=[False, True], threads=1), progress=quiet).run()
+    pooled = Sweep(
+        request(tmp_path / "pool", vam_modes=[False, True], threads=1, jobs=2), progress=quiet
+    ).run()
+    # equal run ids: the teacher trained in a worker has the checkpoint (SHA-256) of the serial one
+    assert sorted(pooled.done) == sorted(serial.done) and len(serial.done) == 4
+    a, b = records_by_method(tmp_path / "serial"), records_by_method(tmp_path / "pool")
+    for key in a:
+        assert a[key]["metrics"] == b[key]["metrics"]
+        assert [h["train_loss"] for h in a[key]["history"]] == [h["train_loss"] for h in b[key]["history"]]
+        assert b[key]["environment"]["threads"] == 1 and b[key]["environment"]["concurrent_runs"] == 2
+        assert b[key]["overhead"]["time_ratio_vs_student"] > 0  # filled after the pool, baseline or not
+
+
+def test_a_pool_records_a_failed_run_and_goes_on(tmp_path):
+    summary = Sweep(
+        request(tmp_path, hp_overrides={"kd": {"temperature": 0.0}}, threads=1, jobs=2), progress=quiet
+    ).run()
+    assert len(summary.failed) == 1 and len(summary.done) == 1
+    assert "non-finite loss" in records_by_method(tmp_path)[("kd", False)]["error"]
+
+
 class InterruptAfterFirstEpoch:
     def __init__(self):
         self.fired = False

@@ -415,6 +415,7 @@ class Sweep:
                 else:
                     teachers_to_train.append(pair.teacher)
         teacher_of_run = {self.teacher_spec(a).run_id: a for a in teachers_to_train}
+        submitted: set[str] = set()  # pairs sharing a student share its baseline run
         pool = _Pool(self, request.jobs) if request.jobs > 1 else _InProcess(self)
         with pool:
             for architecture in teachers_to_train:
@@ -422,6 +423,9 @@ class Sweep:
 
             def submit_pair_runs(pair: Pair, teacher: tuple[Path, str] | None) -> None:
                 for spec in self.specs_for_pair(pair, teacher[1] if teacher else None):
+                    if spec.run_id in submitted:
+                        continue
+                    submitted.add(spec.run_id)
                     existing = store.find_record(self.out, spec.run_id)
                     if existing and existing["status"] == "done" and not request.force:
                         summary.cached.append(spec.run_id)

@@ -89,6 +89,13 @@ def test_a_pool_of_workers_gives_the_numbers_of_one_process(tmp_path):
         assert b[key]["overhead"]["time_ratio_vs_student"] > 0  # filled after the pool, baseline or not
 
 
+def test_pairs_sharing_a_student_share_its_baseline_run(tmp_path):
+    pairs = [Pair("resnet14", "resnet8"), Pair("resnet20", "resnet8")]
+    summary = Sweep(request(tmp_path, pairs=pairs, threads=1, jobs=2), progress=quiet).run()
+    assert len(summary.done) == 3 and len(set(summary.done)) == 3  # one student, two kd
+    assert len(store.load_records(tmp_path, kind="teacher")) == 2
+
+
 def test_a_pool_records_a_failed_run_and_goes_on(tmp_path):
     summary = Sweep(
         request(tmp_path, hp_overrides={"kd": {"temperature": 0.0}}, threads=1, jobs=2), progress=quiet

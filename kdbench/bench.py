@@ -3,19 +3,24 @@
 - engine overhead: the shared Trainer's epoch vs a bare PyTorch loop (same model, data, steps);
 - loader share: time to produce an epoch's augmented batches vs the bare training epoch;
 - VAM training overhead: the same student with and without VAM;
-- method step cost: each chosen method's epoch vs the student baseline's.
+- method step cost: each chosen method's epoch vs the student baseline's;
+- memory layout: the bare loop in NCHW vs channels-last (the engine's layout);
+- local pool: two 1-thread training processes at once vs the same two one after another with
+  every core's thread (what `kdbench run`'s default pool relies on; CPU only).
 Each timing is the best of `repeats` to damp noise from other processes.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from kdbench.data import iterate_batches, load_dataset
+from kdbench.data import MEMORY_FORMAT, iterate_batches, load_dataset
 from kdbench.engine import PreparedData, Trainer
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
@@ -23,12 +28,50 @@ from kdbench.spec import Recipe, RunSpec, VAMConfig
 
 
 def _best_seconds(work: Callable[[], object], repeats: int) -> float:
+    work()  # warm-up, untimed: first-call allocations and oneDNN kernel choices
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         work()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _training_seconds(student: str, batches: list, num_classes: int, in_chans: int, threads: int) -> float:
+    """Seconds of one pass of plain SGD training over `batches` with `threads` torch threads."""
+    torch.set_num_threads(threads)
+    model = build_model(student, num_classes=num_classes, in_chans=in_chans).to(memory_format=MEMORY_FORMAT)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def train(steps):
+        for images, labels, _ in steps:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    train(batches[:2])  # warm-up: first-call allocations and kernel choices
+    start = time.perf_counter()
+    train(batches)
+    return time.perf_counter() - start
+
+
+def _pool_worker(barrier, results, *args) -> None:
+    barrier.wait()  # both workers start their timed loops together
+    results.put(_training_seconds(*args))
+
+
+def _pool_seconds(args: tuple, workers: int) -> float:
+    """Wall seconds until `workers` spawned 1-thread processes have each trained `args` once."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(workers), context.Queue()
+    processes = [context.Process(target=_pool_worker, args=(barrier, results, *args)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    seconds = max(results.get() for _ in processes)
+    for process in processes:
+        process.join()
+    return seconds
 
 
 def run_bench(
@@ -75,19 +118,33 @@ def run_bench(
             train, info, batch_size, shuffle=True, augment=True, device=device, generator=torch.Generator()
         )
 
-    bare_model = build_model(student, num_classes=info.num_classes, in_chans=info.in_chans)
-    bare_optimizer = torch.optim.SGD(bare_model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     prepared = list(batches())
 
-    def bare_epoch():
-        for images, labels, _ in prepared:
-            loss = F.cross_entropy(bare_model(images), labels)
-            bare_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            bare_optimizer.step()
+    def bare_loop(memory_format: torch.memory_format) -> Callable[[], None]:
+        model = build_model(student, num_classes=info.num_classes, in_chans=info.in_chans)
+        model.to(memory_format=memory_format)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        steps = [(images.contiguous(memory_format=memory_format), labels) for images, labels, _ in prepared]
 
-    bare = _best_seconds(bare_epoch, repeats)
-    rows = [{"measure": "bare PyTorch loop (reference)", "seconds": bare, "reference_seconds": bare}]
+        def epoch():
+            for images, labels in steps:
+                loss = F.cross_entropy(model(images), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+        return epoch
+
+    bare = _best_seconds(bare_loop(MEMORY_FORMAT), repeats)
+    rows = [
+        {
+            "measure": "bare PyTorch loop, channels-last (reference)",
+            "seconds": bare,
+            "reference_seconds": bare,
+        }
+    ]
+    nchw = _best_seconds(bare_loop(torch.contiguous_format), repeats)
+    rows.append({"measure": "layout: the bare loop in NCHW", "seconds": nchw, "reference_seconds": bare})
     loader = _best_seconds(lambda: sum(1 for _ in batches()), repeats)
     rows.append({"measure": "loader: augmented batches only", "seconds": loader, "reference_seconds": bare})
     baseline_trainer = trainer("student", vam=False)
@@ -100,6 +157,18 @@ def run_bench(
         method_trainer = trainer(method, vam=False)
         seconds = _best_seconds(lambda t=method_trainer: t.train_epoch(1), repeats)
         rows.append({"measure": f"method: {method} epoch", "seconds": seconds, "reference_seconds": engine})
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores > 1:
+        args = (student, prepared, info.num_classes, info.in_chans)
+        one_after_another = 2 * _best_seconds(lambda: _training_seconds(*args, threads=cores), repeats)
+        pooled = min(_pool_seconds((*args, 1), workers=2) for _ in range(repeats))
+        rows.append(
+            {
+                "measure": f"pool: 2 runs at once x 1 thread (reference: one after another x {cores})",
+                "seconds": pooled,
+                "reference_seconds": one_after_another,
+            }
+        )
     for row in rows:
         row["ratio"] = row["seconds"] / row["reference_seconds"]
     return rows

@@ -50,7 +50,7 @@ def _training_seconds(student: str, batches: list, num_classes: int, in_chans: i
             loss.backward()
             optimizer.step()
 
-    train(batches[:2])  # warm-up: first-call allocations and kernel choices
+    train(batches)  # warm-up, untimed: first-call allocations and a kernel choice per batch shape
     start = time.perf_counter()
     train(batches)
     return time.perf_counter() - start
@@ -160,7 +160,7 @@ def run_bench(
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cores > 1:
         args = (student, prepared, info.num_classes, info.in_chans)
-        one_after_another = 2 * _best_seconds(lambda: _training_seconds(*args, threads=cores), repeats)
+        one_after_another = 2 * min(_training_seconds(*args, threads=cores) for _ in range(repeats))
         pooled = min(_pool_seconds((*args, 1), workers=2) for _ in range(repeats))
         rows.append(
             {

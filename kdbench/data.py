@@ -176,9 +176,8 @@ def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 # Conv nets (student, teacher, method modules) and batches are kept channels-last (NHWC):
 # oneDNN's CPU convolutions run faster on it than on NCHW for the CIFAR ResNets (a resnet8
 # epoch on Fashion-MNIST takes 1.49x as long in NCHW, `kdbench bench`; a resnet20 teacher
-# forward 1.26x),
-# and it is cuDNN's fast layout under mixed precision. Numbers differ from an NCHW run in
-# the last float bits, so the layout is fixed here rather than left as an option.
+# forward 1.26x). Numbers differ from an NCHW run in the last float bits, so the layout is
+# fixed here rather than left as an option.
 MEMORY_FORMAT = torch.channels_last
 
 

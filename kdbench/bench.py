@@ -13,7 +13,6 @@ Each timing is the best of `repeats` to damp noise from other processes.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from collections.abc import Callable
 
@@ -25,6 +24,7 @@ from kdbench.engine import PreparedData, Trainer
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
 from kdbench.spec import Recipe, RunSpec, VAMConfig
+from kdbench.sweep import available_cores
 
 
 def _best_seconds(work: Callable[[], object], repeats: int) -> float:
@@ -37,22 +37,31 @@ def _best_seconds(work: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def _training_seconds(student: str, batches: list, num_classes: int, in_chans: int, threads: int) -> float:
-    """Seconds of one pass of plain SGD training over `batches` with `threads` torch threads."""
-    torch.set_num_threads(threads)
-    model = build_model(student, num_classes=num_classes, in_chans=in_chans).to(memory_format=MEMORY_FORMAT)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+def _bare_epoch(
+    student: str, batches: list, num_classes: int, in_chans: int, memory_format: torch.memory_format
+) -> Callable[[], None]:
+    """One epoch of a bare PyTorch SGD loop over `batches`, no engine: the reference of the ratios."""
+    model = build_model(student, num_classes=num_classes, in_chans=in_chans).to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    steps = [(images.contiguous(memory_format=memory_format), labels) for images, labels, _ in batches]
 
-    def train(steps):
-        for images, labels, _ in steps:
+    def epoch():
+        for images, labels in steps:
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-    train(batches)  # warm-up, untimed: first-call allocations and a kernel choice per batch shape
+    return epoch
+
+
+def _training_seconds(student: str, batches: list, num_classes: int, in_chans: int, threads: int) -> float:
+    """Seconds of one bare epoch over `batches` with `threads` torch threads (after a warm-up epoch)."""
+    torch.set_num_threads(threads)
+    epoch = _bare_epoch(student, batches, num_classes, in_chans, MEMORY_FORMAT)
+    epoch()  # warm-up, untimed: first-call allocations and a kernel choice per batch shape
     start = time.perf_counter()
-    train(batches)
+    epoch()
     return time.perf_counter() - start
 
 
@@ -120,22 +129,9 @@ def run_bench(
 
     prepared = list(batches())
 
-    def bare_loop(memory_format: torch.memory_format) -> Callable[[], None]:
-        model = build_model(student, num_classes=info.num_classes, in_chans=info.in_chans)
-        model.to(memory_format=memory_format)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-        steps = [(images.contiguous(memory_format=memory_format), labels) for images, labels, _ in prepared]
-
-        def epoch():
-            for images, labels in steps:
-                loss = F.cross_entropy(model(images), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
-        return epoch
-
-    bare = _best_seconds(bare_loop(MEMORY_FORMAT), repeats)
+    bare = _best_seconds(
+        _bare_epoch(student, prepared, info.num_classes, info.in_chans, MEMORY_FORMAT), repeats
+    )
     rows = [
         {
             "measure": "bare PyTorch loop, channels-last (reference)",
@@ -143,7 +139,9 @@ def run_bench(
             "reference_seconds": bare,
         }
     ]
-    nchw = _best_seconds(bare_loop(torch.contiguous_format), repeats)
+    nchw = _best_seconds(
+        _bare_epoch(student, prepared, info.num_classes, info.in_chans, torch.contiguous_format), repeats
+    )
     rows.append({"measure": "layout: the bare loop in NCHW", "seconds": nchw, "reference_seconds": bare})
     loader = _best_seconds(lambda: sum(1 for _ in batches()), repeats)
     rows.append({"measure": "loader: augmented batches only", "seconds": loader, "reference_seconds": bare})
@@ -157,7 +155,7 @@ def run_bench(
         method_trainer = trainer(method, vam=False)
         seconds = _best_seconds(lambda t=method_trainer: t.train_epoch(1), repeats)
         rows.append({"measure": f"method: {method} epoch", "seconds": seconds, "reference_seconds": engine})
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     if cores > 1:
         args = (student, prepared, info.num_classes, info.in_chans)
         one_after_another = 2 * min(_training_seconds(*args, threads=cores) for _ in range(repeats))

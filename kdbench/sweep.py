@@ -167,12 +167,16 @@ class Outcome:
     teacher_sha256: str | None = None
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_jobs(device: str, threads: int) -> int:
     """Runs at once: one per `threads` CPU cores on CPU, one on an accelerator."""
     if torch.device(device).type != "cpu":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // threads)
+    return max(1, available_cores() // threads)
 
 
 class Sweep:
@@ -278,6 +282,11 @@ class Sweep:
         )
         return path, digest
 
+    def teacher_task(self, architecture: str) -> Outcome:
+        """`train_teacher` as a scheduler task: its outcome carries the checkpoint and its digest."""
+        path, digest = self.train_teacher(architecture)
+        return Outcome(self.teacher_spec(architecture).run_id, "teacher", str(path), digest)
+
     def ensure_teacher(self, architecture: str) -> tuple[Path, str]:
         return self.existing_teacher(architecture) or self.train_teacher(architecture)
 
@@ -368,6 +377,7 @@ class Sweep:
                 store.write_record(self.out, record)
 
     def specs_for_pair(self, pair: Pair, teacher_sha: str | None) -> list[RunSpec]:
+        """The pair's runs that need no teacher (teacher_sha None), or those that use this teacher."""
         request = self.request
         recipe = request.recipe
         if pair.student in request.student_lr:
@@ -467,9 +477,7 @@ class _InProcess:
         return False
 
     def submit_teacher(self, architecture: str) -> None:
-        path, digest = self.sweep.train_teacher(architecture)
-        run_id = self.sweep.teacher_spec(architecture).run_id
-        self.finished.append(Outcome(run_id, "teacher", str(path), digest))
+        self.finished.append(self.sweep.teacher_task(architecture))
 
     def submit_run(self, spec: RunSpec, teacher_path: Path | None) -> None:
         self.finished.append(self.sweep.train_run(spec, teacher_path))
@@ -504,8 +512,7 @@ def _die_with_parent() -> None:
 def _worker_task(task: tuple) -> Outcome:
     kind, argument, teacher_path = task
     if kind == "teacher":
-        path, digest = _worker_sweep.train_teacher(argument)
-        return Outcome(_worker_sweep.teacher_spec(argument).run_id, "teacher", str(path), digest)
+        return _worker_sweep.teacher_task(argument)
     return _worker_sweep.train_run(argument, Path(teacher_path) if teacher_path else None)
 
 

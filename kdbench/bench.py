@@ -7,7 +7,9 @@
 - memory layout: the bare loop in NCHW vs channels-last (the engine's layout);
 - local pool: two 1-thread training processes at once vs the same two one after another with
   every core's thread (what `kdbench run`'s default pool relies on; CPU only).
-Each timing is the best of `repeats` to damp noise from other processes.
+Each timing is the best of `repeats`, and the in-process measures are timed in turns (one epoch
+of each, then again): a drift of the machine's speed during the run (seen on shared VMs: the same
+loop 1.5 s, then 2.2 s) then hits every measure alike instead of skewing the ratios.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ from kdbench.spec import Recipe, RunSpec, VAMConfig
 from kdbench.sweep import available_cores
 
 
-def _best_seconds(work: Callable[[], object], repeats: int) -> float:
-    work()  # warm-up, untimed: first-call allocations and oneDNN kernel choices
-    best = float("inf")
+def _best_seconds_in_turns(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best seconds of each work over `repeats` rounds, each round timing every work once."""
+    for work in works.values():
+        work()  # warm-up, untimed: first-call allocations and oneDNN kernel choices
+    best = dict.fromkeys(works, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - start)
+        for name, work in works.items():
+            start = time.perf_counter()
+            work()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -128,38 +133,32 @@ def run_bench(
         )
 
     prepared = list(batches())
+    bare_args = (student, prepared, info.num_classes, info.in_chans)
+    bare, engine = "bare PyTorch loop, channels-last (reference)", "engine: student baseline epoch"
 
-    bare = _best_seconds(
-        _bare_epoch(student, prepared, info.num_classes, info.in_chans, MEMORY_FORMAT), repeats
-    )
-    rows = [
-        {
-            "measure": "bare PyTorch loop, channels-last (reference)",
-            "seconds": bare,
-            "reference_seconds": bare,
-        }
+    def epoch_of(method: str, vam: bool) -> Callable[[], dict]:
+        method_trainer = trainer(method, vam)
+        return lambda: method_trainer.train_epoch(1)
+
+    measures = [  # (name, work, name of its reference)
+        (bare, _bare_epoch(*bare_args, MEMORY_FORMAT), bare),
+        ("layout: the bare loop in NCHW", _bare_epoch(*bare_args, torch.contiguous_format), bare),
+        ("loader: augmented batches only", lambda: sum(1 for _ in batches()), bare),
+        (engine, epoch_of("student", vam=False), bare),
+        ("VAM: student +VAM epoch", epoch_of("student", vam=True), engine),
+        *((f"method: {method} epoch", epoch_of(method, vam=False), engine) for method in methods),
     ]
-    nchw = _best_seconds(
-        _bare_epoch(student, prepared, info.num_classes, info.in_chans, torch.contiguous_format), repeats
-    )
-    rows.append({"measure": "layout: the bare loop in NCHW", "seconds": nchw, "reference_seconds": bare})
-    loader = _best_seconds(lambda: sum(1 for _ in batches()), repeats)
-    rows.append({"measure": "loader: augmented batches only", "seconds": loader, "reference_seconds": bare})
-    baseline_trainer = trainer("student", vam=False)
-    engine = _best_seconds(lambda: baseline_trainer.train_epoch(1), repeats)
-    rows.append({"measure": "engine: student baseline epoch", "seconds": engine, "reference_seconds": bare})
-    vam_trainer = trainer("student", vam=True)
-    vam_seconds = _best_seconds(lambda: vam_trainer.train_epoch(1), repeats)
-    rows.append({"measure": "VAM: student +VAM epoch", "seconds": vam_seconds, "reference_seconds": engine})
-    for method in methods:
-        method_trainer = trainer(method, vam=False)
-        seconds = _best_seconds(lambda t=method_trainer: t.train_epoch(1), repeats)
-        rows.append({"measure": f"method: {method} epoch", "seconds": seconds, "reference_seconds": engine})
+    seconds = _best_seconds_in_turns({name: work for name, work, _ in measures}, repeats)
+    rows = [
+        {"measure": name, "seconds": seconds[name], "reference_seconds": seconds[reference]}
+        for name, _, reference in measures
+    ]
     cores = available_cores()
     if cores > 1:
-        args = (student, prepared, info.num_classes, info.in_chans)
-        one_after_another = 2 * min(_training_seconds(*args, threads=cores) for _ in range(repeats))
-        pooled = min(_pool_seconds((*args, 1), workers=2) for _ in range(repeats))
+        one_after_another = pooled = float("inf")
+        for _ in range(repeats):  # in turns, as above
+            one_after_another = min(one_after_another, 2 * _training_seconds(*bare_args, threads=cores))
+            pooled = min(pooled, _pool_seconds((*bare_args, 1), workers=2))
         rows.append(
             {
                 "measure": f"pool: 2 runs at once x 1 thread (reference: one after another x {cores})",

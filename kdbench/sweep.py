@@ -184,8 +184,8 @@ class Sweep:
 
     Every run is trained with `request.threads` torch threads wherever it runs, so a spec's
     numbers do not depend on `jobs` (tested). Measured on 2 CPU cores: two 1-thread runs at
-    once train 1.23x the images per second of one 2-thread run after another (resnet8 on
-    Fashion-MNIST, `kdbench bench`; 1.27x for KD with its resnet20 teacher).
+    once took 0.81-1.0x the time of the same two one after another with 2 threads (resnet8 on
+    Fashion-MNIST, `kdbench bench`, five runs on a VM whose speed drifts).
     """
 
     def __init__(

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kdbench.registries import METHODS
-
 from .base import (
     Features,
     FeatureShapes,
@@ -32,6 +30,7 @@ from .base import (
     Method,
     MethodContext,
     PairNotSupportedError,
+    register_method,
 )
 
 
@@ -62,7 +61,7 @@ def connector(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) ->
     return nn.Sequential(conv, nn.BatchNorm2d(t_channels))
 
 
-@METHODS.register_module(name="ab")
+@register_method
 class AB(Method):
     """Activation-boundary distillation; an init stage, then plain CE (RepDistiller's protocol).
 
@@ -74,7 +73,6 @@ class AB(Method):
     student_features = ("preact",)
     teacher_features = ("preact",)
     defaults = {"kd_weight": 0.0, "method_weight": 0.0, "margin": 1.0, "init_epochs": 30}
-    init_trains_student = True
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
@@ -108,7 +106,9 @@ class AB(Method):
         return {"ab": total / batch_size * 3 / 1000}
 
     def init_stage(self) -> InitStage:
-        return InitStage(self.init_epochs(), list(self.connectors.parameters()), self.ab_loss)
+        return InitStage(
+            self.init_epochs(), list(self.connectors.parameters()), self.ab_loss, trains_student=True
+        )
 
     def method_terms(
         self, student: Features, teacher: Features, labels: Tensor, indices: Tensor

@@ -19,9 +19,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.registries import METHODS
-
-from .base import Features, FeatureShapes, Method, PairNotSupportedError
+from .base import Features, FeatureShapes, Method, PairNotSupportedError, register_method
 
 
 def attention_map(feature: Tensor, p: float) -> Tensor:
@@ -40,7 +38,7 @@ def attention_transfer_loss(student_feature: Tensor, teacher_feature: Tensor, p:
     return (student_map - teacher_map).pow(2).mean()
 
 
-@METHODS.register_module(name="at")
+@register_method
 class AT(Method):
     """Attention transfer on every stage output, stages paired one to one."""
 

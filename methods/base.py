@@ -1,4 +1,4 @@
-"""The `Method` contract every KD method implements (DESIGN.md, "Method").
+"""The `Method` contract every KD method implements (docs/DESIGN.md, "Method").
 
 A method is an `nn.Module` registered by name in `kdbench.registries.METHODS`. The engine
 builds it from the probed feature shapes of the student and the teacher, trains its
@@ -15,6 +15,7 @@ A method only writes `method_terms`; CE and the KD term are shared here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import ClassVar
 
 import torch.nn.functional as F
@@ -55,14 +56,15 @@ def scale_schedule(published_epochs: float, num_epochs: int) -> float:
 class InitStage:
     """An optional pre-training stage declared by a method (AB / FT / FSP style).
 
-    The engine trains `parameters` for `epochs` epochs on `loss(student_feats, teacher_feats)`
-    before the main stage, with the same data and optimizer recipe; nothing else about it is
-    method-specific.
+    The engine trains `parameters` (plus the student's own when `trains_student`) for `epochs`
+    epochs on `loss(student_feats, teacher_feats)` before the main stage, with the same data and
+    optimizer recipe; nothing else about it is method-specific.
     """
 
     epochs: int
     parameters: list[nn.Parameter]
     loss: object  # callable(student: Features, teacher: Features) -> dict[str, Tensor]
+    trains_student: bool = False  # AB / FSP pre-train the student's layers too; FT only its paraphraser
 
 
 def kd_kl_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -75,9 +77,10 @@ def kd_kl_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float
 class Method(nn.Module):
     """Base class. Subclasses set the class attributes and implement `method_terms`."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the registry name (`register_method` reads it): written once, here
     needs_teacher: ClassVar[bool] = True
-    # Which `Features` fields the method reads, beyond logits; the engine taps only these.
+    # Which `Features` fields the method reads beyond logits; the engine hands it only these
+    # (an undeclared field reaches the method empty), and skips the feature forward without any.
     student_features: ClassVar[tuple[str, ...]] = ()
     teacher_features: ClassVar[tuple[str, ...]] = ()
     # Published defaults (cite the source in the subclass docstring). Shared keys:
@@ -176,17 +179,27 @@ def require_same_classes(method: str, student: FeatureShapes, teacher: FeatureSh
         )
 
 
+# The method every leaderboard delta is measured against (methods/student.py); teachers train with it too.
+BASELINE_METHOD = "student"
+
 # RepDistiller's "+KD" rows (e.g. CRD+KD in the CRD paper, Table 1) add Hinton's term with -a 1.
 COMPOSED_KD_WEIGHT = 1.0
 
 
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register a Method under its own `name` attribute."""
+    if not cls.name:
+        raise TypeError(f"{cls.__qualname__} has no `name`; set the class attribute it is registered by")
+    METHODS.register_module(name=cls.name, module=cls)
+    return cls
+
+
+@cache
 def method_class(name: str) -> type[Method]:
     """A registered method by name, or 'NAME+kd': that method plus vanilla KD (kd_weight 1).
 
-    A composition is registered on first use, so every later lookup finds it by name.
+    A composition is built on first use and cached here; the registry holds registered methods only.
     """
-    if name in METHODS.module_dict:
-        return METHODS.get(name)
     base_name, plus, addition = name.partition("+")
     base = lookup(METHODS, "method", base_name)
     if not plus:
@@ -205,7 +218,6 @@ def method_class(name: str) -> type[Method]:
             "defaults": {**base.defaults, "kd_weight": COMPOSED_KD_WEIGHT},
         },
     )
-    METHODS.register_module(name=name, module=composed)
     return composed
 
 
@@ -214,6 +226,7 @@ def extra_parameter_count(module: nn.Module) -> int:
 
 
 __all__ = [
+    "BASELINE_METHOD",
     "Features",
     "FeatureShapes",
     "InitStage",
@@ -225,6 +238,7 @@ __all__ = [
     "extra_parameter_count",
     "kd_kl_div",
     "method_class",
+    "register_method",
     "require_paired_stages",
     "require_same_classes",
 ]

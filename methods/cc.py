@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kdbench.methods.base import Method, MethodContext
-from kdbench.registries import METHODS
+from kdbench.methods.base import Method, MethodContext, register_method
 
 
 def correlation_congruence_loss(student_embedding: Tensor, teacher_embedding: Tensor) -> Tensor:
@@ -25,7 +24,7 @@ def correlation_congruence_loss(student_embedding: Tensor, teacher_embedding: Te
     return (mismatch[:-1] * mismatch[1:]).sum(dim=1).mean()
 
 
-@METHODS.register_module(name="cc")
+@register_method
 class CC(Method):
     """Correlation congruence between linear embeddings of the pooled features.
 

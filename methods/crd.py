@@ -32,9 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.registries import METHODS
-
-from .base import Features, Method, MethodContext
+from .base import Features, Method, MethodContext, register_method
 
 
 def nce_loss(scores: Tensor, noise_probability: float) -> Tensor:
@@ -46,7 +44,7 @@ def nce_loss(scores: Tensor, noise_probability: float) -> Tensor:
     return -(log_h_positive.sum() + log_one_minus_h_negatives.sum()) / scores.shape[0]
 
 
-@METHODS.register_module(name="crd")
+@register_method
 class CRD(Method):
     """Contrastive representation distillation with memory banks and 'exact' negative sampling."""
 

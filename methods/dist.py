@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from kdbench.methods.base import FeatureShapes, Method, require_same_classes
+from kdbench.methods.base import FeatureShapes, Method, register_method, require_same_classes
 from kdbench.methods.logit_std import standardize_logits
-from kdbench.registries import METHODS
 
 EPS = 1e-8
 
@@ -39,7 +38,7 @@ def intra_class_relation(y_student: Tensor, y_teacher: Tensor) -> Tensor:
     return 1 - pearson_correlation(y_student.t(), y_teacher.t()).mean()
 
 
-@METHODS.register_module(name="dist")
+@register_method
 class DIST(Method):
     """DIST: inter- and intra-class Pearson relations of the temperature-softened predictions.
 

@@ -25,11 +25,11 @@ from kdbench.methods.base import (
     FeatureShapes,
     Method,
     MethodContext,
+    register_method,
     require_same_classes,
     scale_schedule,
 )
 from kdbench.methods.logit_std import standardize_logits
-from kdbench.registries import METHODS
 
 
 def binary_log_probs(logits: Tensor, target_mask: Tensor, temperature: float) -> Tensor:
@@ -68,7 +68,7 @@ def decoupled_kd_parts(
     return tckd * temperature**2, nckd * temperature**2
 
 
-@METHODS.register_module(name="dkd")
+@register_method
 class DKD(Method):
     """Decoupled KD: alpha * TCKD + beta * NCKD, linearly warmed up.
 

@@ -22,9 +22,7 @@ from collections import OrderedDict
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.registries import METHODS
-
-from .base import Features, FeatureShapes, Method, MethodContext, PairNotSupportedError
+from .base import Features, FeatureShapes, Method, MethodContext, PairNotSupportedError, register_method
 
 
 def hint_feature(features: Features | FeatureShapes, hint_layer: int):
@@ -84,7 +82,7 @@ class ConvRegressor(nn.Sequential):
         )
 
 
-@METHODS.register_module(name="fitnet")
+@register_method
 class FitNet(Method):
     """Hint loss: MSE(ConvReg(student hint), teacher hint)."""
 

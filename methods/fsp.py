@@ -28,8 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.registries import METHODS
-
 from .base import (
     Features,
     FeatureShapes,
@@ -37,6 +35,7 @@ from .base import (
     Method,
     MethodContext,
     PairNotSupportedError,
+    register_method,
 )
 
 
@@ -56,7 +55,7 @@ def both_have_stem(student_shapes: FeatureShapes, teacher_shapes: FeatureShapes)
     return student_shapes.stem is not None and teacher_shapes.stem is not None
 
 
-@METHODS.register_module(name="fsp")
+@register_method
 class FSP(Method):
     """FSP-matrix distillation; an init stage, then plain CE (RepDistiller's protocol).
 
@@ -68,7 +67,6 @@ class FSP(Method):
     student_features = ("stem", "stages")
     teacher_features = ("stem", "stages")
     defaults = {"kd_weight": 0.0, "method_weight": 0.0, "init_epochs": 30}
-    init_trains_student = True
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
@@ -104,7 +102,7 @@ class FSP(Method):
         return {"fsp": total}
 
     def init_stage(self) -> InitStage:
-        return InitStage(self.init_epochs(), [], self.fsp_loss)
+        return InitStage(self.init_epochs(), [], self.fsp_loss, trains_student=True)
 
     def method_terms(
         self, student: Features, teacher: Features, labels: Tensor, indices: Tensor

@@ -28,8 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.registries import METHODS
-
 from .base import (
     Features,
     FeatureShapes,
@@ -37,6 +35,7 @@ from .base import (
     Method,
     MethodContext,
     PairNotSupportedError,
+    register_method,
 )
 
 
@@ -79,7 +78,7 @@ def factor_transfer_loss(student_factor: Tensor, teacher_factor: Tensor) -> Tens
     return (factor_map(student_factor) - factor_map(teacher_factor)).abs().mean()
 
 
-@METHODS.register_module(name="ft")
+@register_method
 class FT(Method):
     """Factor transfer on the last stage.
 
@@ -91,7 +90,6 @@ class FT(Method):
     student_features = ("stages",)
     teacher_features = ("stages",)
     defaults = {"kd_weight": 0.0, "method_weight": 200.0, "paraphrase_rate": 0.5, "init_epochs": 30}
-    init_trains_student = False
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
@@ -114,7 +112,12 @@ class FT(Method):
         return {"ft_reconstruction": F.mse_loss(self.paraphraser(feature), feature)}
 
     def init_stage(self) -> InitStage:
-        return InitStage(self.init_epochs(), list(self.paraphraser.parameters()), self.reconstruction_loss)
+        return InitStage(
+            self.init_epochs(),
+            list(self.paraphraser.parameters()),
+            self.reconstruction_loss,
+            trains_student=False,
+        )
 
     def method_terms(
         self, student: Features, teacher: Features, labels: Tensor, indices: Tensor

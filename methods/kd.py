@@ -7,12 +7,10 @@ The KL term is shared by every method (`kd_kl_div` in methods/base.py), so KD ad
 
 from __future__ import annotations
 
-from kdbench.registries import METHODS
-
-from .base import Method
+from .base import Method, register_method
 
 
-@METHODS.register_module(name="kd")
+@register_method
 class KD(Method):
     """Vanilla logit distillation.
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.methods.base import FeatureShapes, Method, require_paired_stages
-from kdbench.registries import METHODS
+from kdbench.methods.base import FeatureShapes, Method, register_method, require_paired_stages
 
 
 def pool_to_common_size(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,7 +41,7 @@ def nst_loss(student: Tensor, teacher: Tensor) -> Tensor:
     )
 
 
-@METHODS.register_module(name="nst")
+@register_method
 class NST(Method):
     """Neuron selectivity transfer on every stage output, stages paired one to one.
 

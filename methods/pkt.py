@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from kdbench.methods.base import Method
-from kdbench.registries import METHODS
+from kdbench.methods.base import Method, register_method
 
 EPS = 1e-7
 
@@ -37,7 +36,7 @@ def pkt_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return (p_teacher * ((p_teacher + EPS) / (p_student + EPS)).log()).mean()
 
 
-@METHODS.register_module(name="pkt")
+@register_method
 class PKT(Method):
     """Probabilistic knowledge transfer on the pooled features.
 

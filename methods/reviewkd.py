@@ -29,9 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.registries import METHODS
-
-from .base import Features, FeatureShapes, Method, MethodContext, PairNotSupportedError, scale_schedule
+from .base import (
+    Features,
+    FeatureShapes,
+    Method,
+    MethodContext,
+    PairNotSupportedError,
+    register_method,
+    scale_schedule,
+)
 
 MAX_MID_CHANNELS = 512
 CONTEXT_SIZES = (4, 2, 1)
@@ -88,7 +94,7 @@ def as_map(pooled: Tensor) -> Tensor:
     return pooled.reshape(pooled.shape[0], -1, 1, 1)
 
 
-@METHODS.register_module(name="reviewkd")
+@register_method
 class ReviewKD(Method):
     """Knowledge review: ABF modules on the student's feature pyramid + HCL to the teacher's."""
 

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.methods.base import Method
-from kdbench.registries import METHODS
+from kdbench.methods.base import Method, register_method
 
 
 def pairwise_distances(embedding: Tensor, eps: float = 1e-12) -> Tensor:
@@ -51,7 +50,7 @@ def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return F.smooth_l1_loss(angles(student), angles(teacher))
 
 
-@METHODS.register_module(name="rkd")
+@register_method
 class RKD(Method):
     """Relational KD (distance + angle) on the pooled features.
 

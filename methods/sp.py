@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.methods.base import FeatureShapes, Method, PairNotSupportedError
-from kdbench.registries import METHODS
+from kdbench.methods.base import FeatureShapes, Method, PairNotSupportedError, register_method
 
 
 def normalized_gram(features: Tensor) -> Tensor:
@@ -32,7 +31,7 @@ def similarity_preserving_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return (normalized_gram(teacher) - normalized_gram(student)).pow(2).sum() / batch_size**2
 
 
-@METHODS.register_module(name="sp")
+@register_method
 class SP(Method):
     """Similarity-preserving KD on the last stage output.
 

@@ -5,12 +5,10 @@ Every leaderboard delta is measured against this method, trained by the same eng
 
 from __future__ import annotations
 
-from kdbench.registries import METHODS
-
-from .base import Method
+from .base import Method, register_method
 
 
-@METHODS.register_module(name="student")
+@register_method
 class Student(Method):
     """Plain supervised training: total loss = CE(student_logits, y) (ce_weight 1, no KD, no extra terms)."""
 

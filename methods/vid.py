@@ -24,9 +24,9 @@ from kdbench.methods.base import (
     FeatureShapes,
     Method,
     MethodContext,
+    register_method,
     require_paired_stages,
 )
-from kdbench.registries import METHODS
 
 VARIANCE_EPS = 1e-5  # RepDistiller's / mdistiller's eps: keeps sigma^2 away from 0
 
@@ -62,7 +62,7 @@ class VariationalRegressor(nn.Module):
         return (0.5 * ((teacher - self.mean(student)) ** 2 / variance + variance.log())).mean()
 
 
-@METHODS.register_module(name="vid")
+@register_method
 class VID(Method):
     """Variational information distillation on every stage output.
 

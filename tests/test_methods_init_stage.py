@@ -146,16 +146,16 @@ def test_init_stages_declare_what_repdistiller_trains():
     ab, ft, fsp, review = build(AB), build(FT), build(FSP), build(ReviewKD)
 
     stage = ab.init_stage()
-    assert stage.epochs == 30 and AB.init_trains_student
+    assert stage.epochs == 30 and stage.trains_student
     assert {id(p) for p in stage.parameters} == {id(p) for p in ab.connectors.parameters()}
     assert len(stage.parameters) == 3  # one conv + BN connector (stage 1); stage 0 is identity
 
     stage = ft.init_stage()
-    assert stage.epochs == 30 and not FT.init_trains_student
+    assert stage.epochs == 30 and not stage.trains_student
     assert {id(p) for p in stage.parameters} == {id(p) for p in ft.paraphraser.parameters()}
 
     stage = fsp.init_stage()
-    assert stage.epochs == 30 and FSP.init_trains_student and stage.parameters == []
+    assert stage.epochs == 30 and stage.trains_student and stage.parameters == []
 
     assert review.init_stage() is None
     assert build(AB, init_epochs=4).init_stage().epochs == 4

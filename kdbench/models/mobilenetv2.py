@@ -115,6 +115,6 @@ class MobileNetV2(nn.Module):
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=list(stages))
 
 
-@MODELS.register_module(name="mobile_half")
+@MODELS.register_module()
 def mobile_half(num_classes: int = 100, in_chans: int = 3) -> MobileNetV2:
     return MobileNetV2(expansion=6, width_mult=0.5, num_classes=num_classes, in_chans=in_chans)

@@ -124,46 +124,46 @@ def _resnet(depth: int, num_filters: list[int], num_classes: int, in_chans: int)
     return ResNet(depth, num_filters, num_classes=num_classes, in_chans=in_chans)
 
 
-@MODELS.register_module(name="resnet8")
+@MODELS.register_module()
 def resnet8(num_classes: int = 100, in_chans: int = 3) -> ResNet:
     return _resnet(8, [16, 16, 32, 64], num_classes, in_chans)
 
 
-@MODELS.register_module(name="resnet14")
+@MODELS.register_module()
 def resnet14(num_classes: int = 100, in_chans: int = 3) -> ResNet:
     return _resnet(14, [16, 16, 32, 64], num_classes, in_chans)
 
 
-@MODELS.register_module(name="resnet20")
+@MODELS.register_module()
 def resnet20(num_classes: int = 100, in_chans: int = 3) -> ResNet:
     return _resnet(20, [16, 16, 32, 64], num_classes, in_chans)
 
 
-@MODELS.register_module(name="resnet32")
+@MODELS.register_module()
 def resnet32(num_classes: int = 100, in_chans: int = 3) -> ResNet:
     return _resnet(32, [16, 16, 32, 64], num_classes, in_chans)
 
 
-@MODELS.register_module(name="resnet44")
+@MODELS.register_module()
 def resnet44(num_classes: int = 100, in_chans: int = 3) -> ResNet:
     return _resnet(44, [16, 16, 32, 64], num_classes, in_chans)
 
 
-@MODELS.register_module(name="resnet56")
+@MODELS.register_module()
 def resnet56(num_classes: int = 100, in_chans: int = 3) -> ResNet:
     return _resnet(56, [16, 16, 32, 64], num_classes, in_chans)
 
 
-@MODELS.register_module(name="resnet110")
+@MODELS.register_module()
 def resnet110(num_classes: int = 100, in_chans: int = 3) -> ResNet:
     return _resnet(110, [16, 16, 32, 64], num_classes, in_chans)
 
 
-@MODELS.register_module(name="resnet8x4")
+@MODELS.register_module()
 def resnet8x4(num_classes: int = 100, in_chans: int = 3) -> ResNet:
     return _resnet(8, [32, 64, 128, 256], num_classes, in_chans)
 
 
-@MODELS.register_module(name="resnet32x4")
+@MODELS.register_module()
 def resnet32x4(num_classes: int = 100, in_chans: int = 3) -> ResNet:
     return _resnet(32, [32, 64, 128, 256], num_classes, in_chans)

@@ -99,6 +99,6 @@ class ResNet(nn.Module):
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
 
 
-@MODELS.register_module(name="ResNet50")
-def resnet50(num_classes: int = 100, in_chans: int = 3) -> ResNet:
+@MODELS.register_module()
+def ResNet50(num_classes: int = 100, in_chans: int = 3) -> ResNet:
     return ResNet([3, 4, 6, 3], num_classes=num_classes, in_chans=in_chans)

@@ -103,6 +103,6 @@ class ShuffleNet(nn.Module):
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
 
 
-@MODELS.register_module(name="ShuffleV1")
-def shufflev1(num_classes: int = 100, in_chans: int = 3) -> ShuffleNet:
+@MODELS.register_module()
+def ShuffleV1(num_classes: int = 100, in_chans: int = 3) -> ShuffleNet:
     return ShuffleNet([240, 480, 960], [4, 8, 4], groups=3, num_classes=num_classes, in_chans=in_chans)

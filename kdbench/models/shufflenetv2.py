@@ -120,6 +120,6 @@ class ShuffleNetV2(nn.Module):
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
 
 
-@MODELS.register_module(name="ShuffleV2")
-def shufflev2(num_classes: int = 100, in_chans: int = 3) -> ShuffleNetV2:
+@MODELS.register_module()
+def ShuffleV2(num_classes: int = 100, in_chans: int = 3) -> ShuffleNetV2:
     return ShuffleNetV2([116, 232, 464, 1024], [3, 7, 3], num_classes=num_classes, in_chans=in_chans)

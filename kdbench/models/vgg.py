@@ -94,26 +94,26 @@ class VGG(nn.Module):
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
 
 
-@MODELS.register_module(name="vgg8")
+@MODELS.register_module()
 def vgg8(num_classes: int = 100, in_chans: int = 3) -> VGG:
     return VGG(CFGS["vgg8"], num_classes=num_classes, in_chans=in_chans)
 
 
-@MODELS.register_module(name="vgg11")
+@MODELS.register_module()
 def vgg11(num_classes: int = 100, in_chans: int = 3) -> VGG:
     return VGG(CFGS["vgg11"], num_classes=num_classes, in_chans=in_chans)
 
 
-@MODELS.register_module(name="vgg13")
+@MODELS.register_module()
 def vgg13(num_classes: int = 100, in_chans: int = 3) -> VGG:
     return VGG(CFGS["vgg13"], num_classes=num_classes, in_chans=in_chans)
 
 
-@MODELS.register_module(name="vgg16")
+@MODELS.register_module()
 def vgg16(num_classes: int = 100, in_chans: int = 3) -> VGG:
     return VGG(CFGS["vgg16"], num_classes=num_classes, in_chans=in_chans)
 
 
-@MODELS.register_module(name="vgg19")
+@MODELS.register_module()
 def vgg19(num_classes: int = 100, in_chans: int = 3) -> VGG:
     return VGG(CFGS["vgg19"], num_classes=num_classes, in_chans=in_chans)

@@ -119,21 +119,21 @@ class WideResNet(nn.Module):
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
 
 
-@MODELS.register_module(name="wrn_16_1")
+@MODELS.register_module()
 def wrn_16_1(num_classes: int = 100, in_chans: int = 3) -> WideResNet:
     return WideResNet(16, 1, num_classes=num_classes, in_chans=in_chans)
 
 
-@MODELS.register_module(name="wrn_16_2")
+@MODELS.register_module()
 def wrn_16_2(num_classes: int = 100, in_chans: int = 3) -> WideResNet:
     return WideResNet(16, 2, num_classes=num_classes, in_chans=in_chans)
 
 
-@MODELS.register_module(name="wrn_40_1")
+@MODELS.register_module()
 def wrn_40_1(num_classes: int = 100, in_chans: int = 3) -> WideResNet:
     return WideResNet(40, 1, num_classes=num_classes, in_chans=in_chans)
 
 
-@MODELS.register_module(name="wrn_40_2")
+@MODELS.register_module()
 def wrn_40_2(num_classes: int = 100, in_chans: int = 3) -> WideResNet:
     return WideResNet(40, 2, num_classes=num_classes, in_chans=in_chans)

@@ -10,17 +10,11 @@ import torch.nn.functional as F
 
 from kdbench import store
 from kdbench.cli import main
-from kdbench.explainer import (
-    HME,
-    VARIANTS,
-    ExplainRequest,
-    explain_table,
-    render_report,
-    run_explain,
-    write_report,
-)
+from kdbench.explain import VARIANTS, ExplainRequest, run_explain
+from kdbench.explain_report import explain_table, render_report, write_report
 from kdbench.features import Features
 from kdbench.models import build_model
+from kdbench.models.hme import HME
 from kdbench.spec import Recipe
 
 

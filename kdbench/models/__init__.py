@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from kdbench import explainer  # noqa: F401  (registers KDExplainer's HME: hme, hme_small)
-from kdbench.models import mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401
+from kdbench.models import hme, mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401
 from kdbench.registries import MODELS, lookup
 
 TIMM_PREFIX = "timm:"

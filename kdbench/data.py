@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.registries import DATASETS, lookup
+from kdbench.spec import Recipe
 
 DATA_ROOT_ENV = "KDBENCH_DATA"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -168,10 +169,9 @@ def _normalization(info: DatasetInfo, device: torch.device) -> tuple[torch.Tenso
 
 
 # Conv nets (student, teacher, method modules) and batches are kept channels-last (NHWC):
-# oneDNN's CPU convolutions run faster on it than on NCHW for the CIFAR ResNets: in NCHW a
-# resnet8 training step (batch 64, 1x32x32) took 1.27-1.39x as long and a resnet20 forward
-# 1.17-1.22x (medians of 15 interleaved rounds, 1 and 2 threads, 2-core VM). Numbers differ from an NCHW run in the last float bits, so the layout is
-# fixed here rather than left as an option.
+# oneDNN's CPU convolutions run faster on it than on NCHW for the CIFAR ResNets (README,
+# "Parallel runs"; `kdbench bench` measures it). Numbers differ from an NCHW run in the last
+# float bits, so the layout is fixed here rather than left as an option.
 MEMORY_FORMAT = torch.channels_last
 
 
@@ -718,3 +718,26 @@ def load_synthetic(
         classes=tuple(f"class{i}" for i in range(num_classes)),
     )
     return info, train, test
+
+
+@dataclass
+class PreparedData:
+    info: DatasetInfo
+    train: ImageData
+    test: ImageData
+    val: ImageData | None
+
+
+def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> PreparedData:
+    """Load a dataset once (decoded tensors in memory) and apply the recipe's subset / val split.
+
+    The subset and the split use a fixed seed (0), so every run and seed of a sweep sees the
+    same images; the run seed varies initialisation and batch order only.
+    """
+    info, train, test = load_dataset(dataset, data_root)
+    if recipe.train_subset and recipe.train_subset < len(train.labels):
+        train = stratified_subset(train, recipe.train_subset, seed=0)
+    val = None
+    if recipe.val_split:
+        train, val = split_validation(train, recipe.val_split, seed=0)
+    return PreparedData(info, train, test, val)

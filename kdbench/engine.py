@@ -3,14 +3,19 @@
 A lean loop of kdbench's own rather than mmengine's Runner: a KD step needs a frozen teacher
 forward, method-declared feature taps and method-owned trainable modules, which the Runner
 would need a custom model wrapper and hooks for, and its per-iteration hook dispatch and
-logging cost more than the whole step of a resnet8 on 2 CPU cores (measured by
-`kdbench bench`). The loop knows no method by name: it asks the method which features it
-reads, which parameters it trains, whether it has an init stage, and sums the loss terms
-it returns.
+logging weigh on the small models' steps (`kdbench bench` times this loop against a bare
+one). The loop knows no method and no wrapper by name: it asks the method which features it
+reads (and hands it only those), which parameters it trains, whether it has an init stage
+(`InitStage`), and sums the loss terms it returns; student wrappers (VAM) go through the
+`StudentWrapper` interface of kdbench/wrappers/base.py.
+
+The model protocol (kdbench/models/__init__.py): `model(x)` -> logits, `model(x, features=True)`
+-> `Features` (kdbench/features.py), `model.stage_modules()` -> the stages, in order.
 
 Hooks: per-epoch evaluation, atomic checkpoint after every epoch and resume from it,
 progress lines, timing, and `set_epoch(epoch, num_epochs)` on any student module or method
-that defines it (VAM temperature annealing, DKD warm-up, HME routing schedules).
+that defines it (VAM temperature annealing, DKD warm-up, HME routing schedules), and on
+every wrapper.
 """
 
 from __future__ import annotations
@@ -20,62 +25,27 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdbench import vam as vam_module
-from kdbench.data import (
-    MEMORY_FORMAT,
-    DatasetInfo,
-    ImageData,
-    iterate_batches,
-    load_dataset,
-    split_validation,
-    stratified_subset,
-)
+from kdbench.data import MEMORY_FORMAT, DatasetInfo, ImageData, PreparedData, iterate_batches
 from kdbench.features import Features, FeatureShapes
 from kdbench.measure import inference_flops, measure_train_step, parameter_count
 from kdbench.methods.base import Method, MethodContext, method_class
 from kdbench.models import build_model
-from kdbench.spec import Recipe, RunSpec
-from kdbench.store import atomic_torch_save, checkpoint_path
+from kdbench.registries import WRAPPERS
+from kdbench.spec import RunSpec
+from kdbench.store import CheckpointError, TrainResult, atomic_torch_save, checkpoint_path, read_checkpoint
+from kdbench.wrappers import build_wrappers
 
 EVAL_BATCH_SIZE = 512
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run is recorded as failed."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (corrupt, wrong architecture, wrong dataset)."""
-
-
-@dataclass
-class PreparedData:
-    info: DatasetInfo
-    train: ImageData
-    test: ImageData
-    val: ImageData | None
-
-
-def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> PreparedData:
-    """Load a dataset once (decoded tensors in memory) and apply the recipe's subset / val split.
-
-    The subset and the split use a fixed seed (0), so every run and seed of a sweep sees the
-    same images; the run seed varies initialisation and batch order only.
-    """
-    info, train, test = load_dataset(dataset, data_root)
-    if recipe.train_subset and recipe.train_subset < len(train.labels):
-        train = stratified_subset(train, recipe.train_subset, seed=0)
-    val = None
-    if recipe.val_split:
-        train, val = split_validation(train, recipe.val_split, seed=0)
-    return PreparedData(info, train, test, val)
 
 
 def _set_epoch_hooks(modules: list[nn.Module], epoch: int, num_epochs: int) -> None:
@@ -86,9 +56,10 @@ def _set_epoch_hooks(modules: list[nn.Module], epoch: int, num_epochs: int) -> N
                 hook(epoch, num_epochs)
 
 
-def _forward(model: nn.Module, images: torch.Tensor, want_features: bool) -> Features:
-    if want_features:
-        return model(images, features=True)
+def _forward(model: nn.Module, images: torch.Tensor, fields: tuple[str, ...]) -> Features:
+    """Logits, plus the declared `Features` fields (a forward without features when none are)."""
+    if fields:
+        return model(images, features=True).only(fields)
     return Features(logits=model(images), pooled=None)
 
 
@@ -122,15 +93,6 @@ def probe_shapes(model: nn.Module, info: DatasetInfo, device: torch.device) -> F
     return shapes
 
 
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for a truncated / foreign file
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({err}); delete it to start that run afresh"
-        ) from err
-
-
 class Trainer:
     """Trains one RunSpec. Build it, then call `run()`; it returns the record's measured part."""
 
@@ -154,7 +116,9 @@ class Trainer:
         self.student = build_model(spec.student, num_classes=info.num_classes, in_chans=info.in_chans).to(
             device
         )
-        self.vam_layers = vam_module.wrap(self.student, spec.vam) if spec.vam else []
+        self.wrappers = build_wrappers(spec)
+        for wrapper in self.wrappers:
+            wrapper.wrap(self.student)
         self.student.to(memory_format=MEMORY_FORMAT)
         self.teacher = teacher
         if teacher is not None:
@@ -172,22 +136,15 @@ class Trainer:
             num_epochs=spec.recipe.epochs,
         )
         self.method = method_cls(dict(spec.hp), context).to(device, memory_format=MEMORY_FORMAT)
-        self.student_wants_features = bool(method_cls.student_features)
-        self.teacher_wants_features = bool(method_cls.teacher_features)
+        self.student_features = method_cls.student_features
+        self.teacher_features = method_cls.teacher_features
 
-        attention_ids = {id(p) for p in vam_module.attention_parameters(self.student)}
         recipe = spec.recipe
-        decayed = [p for p in self.student.parameters() if id(p) not in attention_ids]
-        decayed += [p for p in self.method.parameters() if p.requires_grad]
-        groups = [{"params": decayed}]
-        if attention_ids:  # attention logits are not weights: no weight decay pulls them to uniform
-            groups.append(
-                {
-                    "params": vam_module.attention_parameters(self.student),
-                    "weight_decay": 0.0,
-                    "lr": recipe.lr * spec.vam.lr_scale,
-                }
-            )
+        wrapper_groups = [g for w in self.wrappers for g in w.param_groups(self.student, recipe.lr)]
+        grouped = {id(p) for group in wrapper_groups for p in group["params"]}
+        student_params = [p for p in self.student.parameters() if id(p) not in grouped]
+        method_params = [p for p in self.method.parameters() if p.requires_grad]
+        groups = [{"params": student_params + method_params}, *wrapper_groups]
         self.optimizer = torch.optim.SGD(
             groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
         )
@@ -205,14 +162,14 @@ class Trainer:
         """Weighted loss terms of one batch (on copies of student / method when given)."""
         student = student or self.student
         method = method or self.method
-        student_out = _forward(student, images, self.student_wants_features)
+        student_out = _forward(student, images, self.student_features)
         teacher_out = None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_out = _forward(self.teacher, images, self.teacher_wants_features)
+                teacher_out = _forward(self.teacher, images, self.teacher_features)
         terms = method.losses(student_out, teacher_out, labels, indices)
-        if self.vam_layers:
-            terms["vam_entropy"] = vam_module.entropy_loss(student)
+        for wrapper in self.wrappers:
+            terms.update(wrapper.loss_terms(student))
         return terms
 
     # -- checkpoint / resume ---------------------------------------------------------------
@@ -239,7 +196,7 @@ class Trainer:
         path = self._checkpoint_file()
         if not path.exists():
             return False
-        state = _load_checkpoint(path)
+        state = read_checkpoint(path, "checkpoint", "delete it to start that run afresh")
         if state.get("run_id") != self.spec.run_id:
             raise CheckpointError(f"checkpoint {path} belongs to another run; delete it")
         self.student.load_state_dict(state["student"])
@@ -274,7 +231,7 @@ class Trainer:
             self.init_done = True
             return
         parameters = list(stage.parameters)
-        if getattr(self.method, "init_trains_student", False):
+        if stage.trains_student:
             parameters += [p for p in self.student.parameters()]
         recipe = self.spec.recipe
         optimizer = torch.optim.SGD(
@@ -284,9 +241,9 @@ class Trainer:
         for epoch in range(1, stage.epochs + 1):
             total, steps = 0.0, 0
             for images, _, _ in self._batches():
-                student_out = self.student(images, features=True)
+                student_out = _forward(self.student, images, self.student_features)
                 with torch.no_grad():
-                    teacher_out = self.teacher(images, features=True)
+                    teacher_out = _forward(self.teacher, images, self.teacher_features)
                 loss = sum(stage.loss(student_out, teacher_out).values())
                 self._check_finite(loss, f"init stage epoch {epoch}", steps)
                 optimizer.zero_grad(set_to_none=True)
@@ -307,6 +264,8 @@ class Trainer:
         self.student.train()
         self.method.train()
         _set_epoch_hooks([self.student, self.method], epoch, self.spec.recipe.epochs)
+        for wrapper in self.wrappers:
+            wrapper.set_epoch(self.student, epoch, self.spec.recipe.epochs)
         sums: dict[str, float] = {}
         loss_sum, steps, images_seen = 0.0, 0, 0
         start = time.perf_counter()
@@ -368,17 +327,20 @@ class Trainer:
         example = torch.zeros(1, info.in_chans, *info.image_size, device=self.device)
         costs["teacher_flops_per_image"] = inference_flops(self.teacher, example) if self.teacher else 0
         costs["extra_trainable_params"] = parameter_count(method, trainable_only=True) + sum(
-            p.numel() for p in vam_module.attention_parameters(self.student)
+            p.numel() for wrapper in self.wrappers for p in wrapper.parameters(self.student)
         )
         return costs
 
     def deployed_student(self) -> tuple[nn.Module, float | None]:
-        """The student as deployed: VAM folded into plain convs. Returns it and the fold's max error."""
-        if not self.vam_layers:
+        """The student as deployed (each wrapper exported into the plain architecture), and the
+        max |deployed - trained| output on a test batch; (the student, None) without wrappers."""
+        if not self.wrappers:
             return self.student, None
         info = self.data.info
-        plain = build_model(self.spec.student, num_classes=info.num_classes, in_chans=info.in_chans)
-        folded = vam_module.fold(self.student, plain.to(self.device)).eval()
+        deployed = self.student
+        for wrapper in self.wrappers:
+            plain = build_model(self.spec.student, num_classes=info.num_classes, in_chans=info.in_chans)
+            deployed = wrapper.export(deployed, plain.to(self.device)).eval()
         self.student.eval()
         example, _, _ = next(
             iter(
@@ -394,10 +356,10 @@ class Trainer:
             )
         )
         with torch.no_grad():
-            fold_error = float((folded(example) - self.student(example)).abs().max())
-        return folded, fold_error
+            export_error = float((deployed(example) - self.student(example)).abs().max())
+        return deployed, export_error
 
-    def run(self) -> dict:
+    def run(self) -> TrainResult:
         """Train to the end (resuming if a checkpoint exists) and return the measured results."""
         recipe = self.spec.recipe
         self.try_resume()
@@ -424,7 +386,7 @@ class Trainer:
                 f"loss {entry['train_loss']:.4f}{evaluated} "
                 f"({entry['epoch_seconds']:.1f}s, {entry['images'] / entry['epoch_seconds']:.0f} img/s)"
             )
-        deployed, fold_error = self.deployed_student()
+        deployed, export_error = self.deployed_student()
         example = torch.zeros(1, self.data.info.in_chans, *self.data.info.image_size, device=self.device)
         best = max((h for h in self.history if "test_top1" in h), key=lambda h: h["test_top1"])
         last = self.history[-1]
@@ -445,10 +407,32 @@ class Trainer:
                 "time_ratio_vs_student": None,
                 "deploy_params": parameter_count(deployed),
                 "deploy_flops_per_image": inference_flops(deployed, example),
-                "vam_fold_max_abs_error": fold_error,
+                "export_max_abs_error": export_error,
             },
-            "vam": vam_module.entropies(self.student) if self.vam_layers else None,
+            # each registered wrapper's summary under its name: None where the run did not use it
+            **dict.fromkeys(WRAPPERS.module_dict),
+            **{wrapper.name: wrapper.summary(self.student) for wrapper in self.wrappers},
             # a student model's own JSON-able findings, where it defines `analysis()`
             "analysis": self.student.analysis() if hasattr(self.student, "analysis") else None,
             "final_state": deployed.state_dict(),
         }
+
+
+def train(
+    spec: RunSpec,
+    data: PreparedData,
+    *,
+    teacher: nn.Module | None,
+    device: torch.device,
+    out: Path,
+    progress: Callable[[str], None] | None = None,
+    progress_bar: bool | None = None,
+) -> tuple[TrainResult, dict]:
+    """Train one spec to the end (resuming from its checkpoint): (measured result, deployed state_dict)."""
+    started = time.perf_counter()
+    trainer = Trainer(
+        spec, data, teacher=teacher, device=device, out=out, progress=progress, progress_bar=progress_bar
+    )
+    result = trainer.run()
+    result["wall_seconds"] = time.perf_counter() - started
+    return result, result.pop("final_state")

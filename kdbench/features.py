@@ -1,4 +1,4 @@
-"""The `Features` record every model returns when asked (see DESIGN.md, Core contracts).
+"""The `Features` record every model returns when asked (docs/DESIGN.md, "Core contracts").
 
 Shapes for a CIFAR-style ResNet on a batch of N 32x32 images, as an example:
     stem    (N, C0, 32, 32)          output of the first conv-bn-relu
@@ -24,6 +24,16 @@ class Features:
     stem: Tensor | None = None
     stages: list[Tensor] = field(default_factory=list)
     preact: list[Tensor] = field(default_factory=list)
+
+    def only(self, fields: tuple[str, ...]) -> Features:
+        """These features with every field outside `fields` (and logits) left empty."""
+        return Features(
+            logits=self.logits,
+            pooled=self.pooled if "pooled" in fields else None,
+            stem=self.stem if "stem" in fields else None,
+            stages=self.stages if "stages" in fields else [],
+            preact=self.preact if "preact" in fields else [],
+        )
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 - MODELS:   factories `fn(num_classes, in_chans) -> nn.Module` (timm-style `@register_model`)
 - METHODS:  `Method` subclasses (methods/<name>.py)
 - DATASETS: loaders `fn(root, split, ...) -> InMemoryDataset`
+- WRAPPERS: `StudentWrapper` subclasses (kdbench/wrappers/), e.g. VAM
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from mmengine.registry import Registry
 MODELS = Registry("kdbench model")
 METHODS = Registry("kdbench method")
 DATASETS = Registry("kdbench dataset")
+WRAPPERS = Registry("kdbench student wrapper")
 
 
 class UnknownNameError(KeyError):

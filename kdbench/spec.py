@@ -53,7 +53,7 @@ class Recipe:
 
 @dataclass(frozen=True)
 class VAMConfig:
-    """Virtual Attention Module settings (see kdbench/vam.py). kdbench's own defaults: the
+    """Virtual Attention Module settings (see kdbench/wrappers/vam.py). kdbench's own defaults: the
     KDExplainer paper (Xue et al., IJCAI 2021) does not publish VAM hyper-parameters."""
 
     groups: int = 4  # G virtual blocks per convolution (filters and input channels alike)
@@ -61,8 +61,8 @@ class VAMConfig:
     entropy_weight: float = 0.01  # gamma in  loss += gamma * mean row entropy of A
     t0: float = 1.0  # temperature schedule t = max(t_min, t0 / epoch), like the HME's routing
     t_min: float = 0.1
-    # lr of the attention logits V relative to the recipe lr: at 1x, V barely leaves uniform in a short
-    # run (quick preset: row entropy 1.383 vs log 4 = 1.386); at 10x it specialises (1.15-1.35)
+    # lr of the attention logits V relative to the recipe lr: at 1x, V barely leaves uniform attention
+    # in a short run (README, "VAM", has the entropies measured on the quick preset)
     lr_scale: float = 10.0
 
     @classmethod

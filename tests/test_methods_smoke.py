@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from kdbench.data import load_dataset
-from kdbench.engine import PreparedData, Trainer
+from kdbench.data import PreparedData, load_dataset
+from kdbench.engine import Trainer
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
 from kdbench.registries import METHODS
 from kdbench.spec import Recipe, RunSpec, VAMConfig
+from kdbench.wrappers import vam
 
 ALL_METHODS = sorted(name for name in METHODS.module_dict if "+" not in name) + ["crd+kd"]
 
@@ -58,6 +59,8 @@ def test_method_trains_through_the_engine(method, vam_on, tiny_data, teacher, tm
     assert any(not torch.equal(before[k], v) for k, v in trainer.student.state_dict().items())
     overhead = result["overhead"]
     own_params = sum(p.numel() for p in trainer.method.parameters() if p.requires_grad)
-    vam_params = 4 * 4 * len(trainer.vam_layers)  # G x G attention logits per wrapped conv, G = 4
+    vam_params = (
+        4 * 4 * len(vam.attention_modules(trainer.student))
+    )  # G x G attention logits per wrapped conv, G = 4
     assert overhead["extra_trainable_params"] == own_params + vam_params
     assert (result["vam"] is not None) == vam_on

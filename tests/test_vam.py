@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from kdbench import vam
 from kdbench.models import build_model
 from kdbench.spec import VAMConfig
+from kdbench.wrappers import vam
 
 
 def _wrapped(name="resnet8", config: VAMConfig | None = None):

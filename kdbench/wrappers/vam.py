@@ -1,7 +1,7 @@
 """Virtual Attention Module (VAM), from the description in KDExplainer (Xue et al., IJCAI 2021,
 arXiv 2105.04181, Sec. 5). The authors' public code does not contain VAM; this is kdbench's
 implementation of the paper's description, with kdbench's own default hyper-parameters
-(`kdbench.spec.VAMConfig`).
+(`kdbench.spec.VAMConfig`). `VAM` at the bottom is its student wrapper (kdbench/wrappers/base.py).
 
 A convolution's C_out filters are viewed as G "virtual" blocks (virtual experts) and its
 C_in input channels likewise. A learned attention matrix A = softmax(V / t) (one row per
@@ -16,7 +16,8 @@ the deployed student is the plain architecture with the same state_dict keys, so
 cost does not change.
 
 The attention is a `torch.nn.utils.parametrize` parametrisation of the conv weight: folding
-evaluates the parametrised weight once and stores it as the plain conv's weight.
+evaluates the parametrised weight once and stores it as the plain conv's weight. The temperature
+is annealed by `VirtualAttention.set_epoch`, which the engine calls like every student module's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from kdbench.spec import VAMConfig
+from kdbench.wrappers.base import StudentWrapper, register_wrapper
 
 
 class VirtualAttention(nn.Module):
@@ -128,3 +130,31 @@ def fold(student: nn.Module, plain: nn.Module) -> nn.Module:
     """
     plain.load_state_dict(folded_state_dict(student), strict=True)
     return plain
+
+
+@register_wrapper
+class VAM(StudentWrapper):
+    """VAM as a student wrapper: configured by `RunSpec.vam`, summarised in the record's "vam"."""
+
+    name = "vam"
+
+    def wrap(self, student: nn.Module) -> None:
+        wrap(student, self.config)
+
+    def parameters(self, student: nn.Module) -> list[nn.Parameter]:
+        return attention_parameters(student)
+
+    def param_groups(self, student: nn.Module, lr: float) -> list[dict]:
+        # attention logits are not weights: no weight decay pulls them to uniform
+        return [
+            {"params": attention_parameters(student), "weight_decay": 0.0, "lr": lr * self.config.lr_scale}
+        ]
+
+    def loss_terms(self, student: nn.Module) -> dict[str, Tensor]:
+        return {"vam_entropy": entropy_loss(student)}
+
+    def export(self, student: nn.Module, plain: nn.Module) -> nn.Module:
+        return fold(student, plain)
+
+    def summary(self, student: nn.Module) -> dict[str, float]:
+        return entropies(student)

@@ -21,12 +21,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from kdbench.data import MEMORY_FORMAT, iterate_batches, load_dataset
-from kdbench.engine import PreparedData, Trainer
+from kdbench.data import MEMORY_FORMAT, PreparedData, iterate_batches, load_dataset
+from kdbench.engine import Trainer
+from kdbench.environment import available_cores
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
 from kdbench.spec import Recipe, RunSpec, VAMConfig
-from kdbench.sweep import available_cores
 
 
 def _best_seconds_in_turns(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

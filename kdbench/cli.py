@@ -337,13 +337,30 @@ def cmd_list(args) -> int:
 
 
 def cmd_teacher(args) -> int:
-    from kdbench.catalog import Pair
-    from kdbench.sweep import Sweep
+    from kdbench.catalog import preset
+    from kdbench.spec import Recipe
+    from kdbench.teachers import ensure_teacher
 
-    request = _request_from_args(args, methods_override=[], pairs_override=[Pair(args.name, args.name)])
-    sweep = Sweep(request)
-    path, digest = sweep.ensure_teacher(args.name)
-    print(f"teacher {args.name} on {request.dataset}: {path} sha256 {digest}")
+    chosen = preset(args.preset)
+    recipe = Recipe.from_dict(chosen["teacher_recipe"])
+    if args.teacher_epochs:
+        recipe = recipe.with_epochs(args.teacher_epochs)
+    if args.train_subset is not None:
+        recipe = replace(recipe, train_subset=args.train_subset or None)
+    parallel = _parallelism(args)
+    dataset = args.dataset or chosen["dataset"]
+    path, digest = ensure_teacher(
+        args.name,
+        dataset,
+        recipe,
+        Path(args.out),
+        data_root=args.data_root,
+        device=args.device,
+        force=args.force,
+        threads=parallel["threads"],
+        env_extra={"concurrent_runs": parallel["jobs"]},
+    )
+    print(f"teacher {args.name} on {dataset}: {path} sha256 {digest}")
     return 0
 
 
@@ -367,21 +384,21 @@ def cmd_bench(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from kdbench import explainer
+    from kdbench import explain, explain_report
     from kdbench.catalog import preset
     from kdbench.spec import Recipe
 
-    recipe = explainer.explain_recipe(
-        args.epochs or explainer.DEFAULT_EPOCHS,
-        explainer.DEFAULT_TRAIN_SUBSET if args.train_subset is None else args.train_subset or None,
+    recipe = explain.explain_recipe(
+        args.epochs or explain.DEFAULT_EPOCHS,
+        explain.DEFAULT_TRAIN_SUBSET if args.train_subset is None else args.train_subset or None,
     )
-    request = explainer.ExplainRequest(
+    request = explain.ExplainRequest(
         teacher=args.teacher,
         dataset=args.dataset,
         teacher_recipe=Recipe.from_dict(preset("quick")["teacher_recipe"]),
         recipe=recipe,
-        student=args.student or explainer.DEFAULT_STUDENT,
-        seeds=args.seeds or explainer.DEFAULT_SEEDS,
+        student=args.student or explain.DEFAULT_STUDENT,
+        seeds=args.seeds or explain.DEFAULT_SEEDS,
         teacher_arch=args.teacher_arch,
         data_root=args.data_root,
         out=Path(args.out),
@@ -389,9 +406,9 @@ def cmd_explain(args) -> int:
         force=args.force,
         **_parallelism(args),
     )
-    result = explainer.run_explain(request)
-    print(explainer.render_report(result))
-    for path in explainer.write_report(result, Path(args.out)):
+    result = explain.run_explain(request)
+    print(explain_report.render_report(result))
+    for path in explain_report.write_report(result, Path(args.out)):
         print(f"wrote {path}", file=sys.stderr)
     return 1 if result.failed else 0
 
@@ -410,10 +427,10 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from kdbench.data import DatasetCorruptError, DatasetNotFoundError
-    from kdbench.engine import CheckpointError, NonFiniteLossError
+    from kdbench.engine import NonFiniteLossError
     from kdbench.methods.base import PairNotSupportedError
     from kdbench.registries import UnknownNameError
-    from kdbench.store import StoreError
+    from kdbench.store import CheckpointError, StoreError
 
     expected = (
         UnknownNameError,

@@ -5,25 +5,9 @@ Layout of a store directory (`--out`, default ./kdbench-results):
     checkpoints/<run_id>.pt   last-epoch checkpoint of an unfinished run (deleted when done)
     teachers/<name>-<dataset>-<hash>.pt   cached teacher checkpoints
 
-Record schema (version 1):
-    schema: 1
-    run_id: str                        spec hash (12 hex)
-    kind: "distill" | "teacher"
-    spec: dict                         the fully resolved RunSpec (enough to re-run)
-    status: "done" | "failed"
-    error: str | None                  why a run failed (e.g. non-finite loss at epoch 3 step 17)
-    history: [ {epoch, train_loss, loss_terms: {name: mean}, test_top1, test_top5,
-                val_top1?, epoch_seconds, lr} ]
-    metrics: {last_top1, last_top5, best_top1, best_top5, best_epoch}
-    wall_seconds: float
-    throughput_img_s: float            training images per second (main stage)
-    overhead: {extra_trainable_params, train_flops_per_image, teacher_flops_per_image,
-               epoch_seconds, time_ratio_vs_student (None until a student baseline exists),
-               peak_memory_bytes, peak_memory_method, deploy_params, deploy_flops_per_image}
-    vam: {layer_name: attention row entropy (nats)} | None
-    analysis: dict | None              the trained model's own `analysis()` (e.g. the HME's routing)
-    environment: {python, torch, kdbench, device, threads, git_commit, platform}
-    created: ISO-8601 time
+The record's shape is `RunRecord` below, defined once: the engine fills its measured part
+(`TrainResult`), the sweep adds the spec, status and environment (`new_record`), the report
+reads it.
 """
 
 from __future__ import annotations
@@ -32,15 +16,124 @@ import io
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
+
+
+class HistoryEntry(TypedDict, total=False):
+    """One epoch of a run; test_* only on evaluated epochs, val_top1 only with a validation split."""
+
+    epoch: int
+    train_loss: float
+    loss_terms: dict[str, float]  # mean of each weighted loss term over the epoch's steps
+    epoch_seconds: float
+    images: int
+    lr: float
+    test_top1: float
+    test_top5: float
+    val_top1: float
+
+
+class Metrics(TypedDict):
+    last_top1: float
+    last_top5: float
+    best_top1: float
+    best_top5: float
+    best_epoch: int
+
+
+class Overhead(TypedDict, total=False):
+    """What a run costs (kdbench/measure.py): params and FLOPs counted on a real training step."""
+
+    extra_trainable_params: int  # the method's modules + a wrapper's (VAM's attention logits)
+    train_flops_per_image: float  # forward + backward of the student, teacher forward included
+    teacher_flops_per_image: float
+    peak_memory_bytes: int
+    peak_memory_method: str
+    epoch_seconds: float
+    time_ratio_vs_student: float | None  # None until a student baseline of the same recipe exists
+    deploy_params: int  # the student as deployed (wrappers exported, e.g. VAM folded)
+    deploy_flops_per_image: float
+    export_max_abs_error: float | None  # max |deployed - trained| output (VAM's fold); None without wrappers
+
+
+class TrainResult(TypedDict, total=False):
+    """The measured part of a record, as the engine returns it."""
+
+    history: list[HistoryEntry]
+    metrics: Metrics
+    throughput_img_s: float  # training images per second (main stage)
+    overhead: Overhead
+    vam: dict[str, float] | None  # each wrapper's summary under its name; VAM: row entropy (nats) per layer
+    analysis: dict | None  # the trained model's own `analysis()` (e.g. the HME's routing)
+    wall_seconds: float  # the whole run: cost measurement, init stage, epochs, evaluation
+    final_state: dict  # the deployed student's state_dict: saved as a file by the caller, not in the record
+
+
+class RunRecord(TypedDict, total=False):
+    """One run: `runs/<run_id>.json`. A failed run has `error` and no metrics."""
+
+    schema: int
+    run_id: str  # spec hash (12 hex)
+    kind: str  # "distill" | "teacher"
+    spec: dict[str, Any]  # the fully resolved RunSpec.to_dict() (enough to re-run)
+    status: str  # "done" | "failed"
+    error: str | None  # why a run failed (e.g. non-finite loss at epoch 3 step 17)
+    history: list[HistoryEntry]
+    metrics: Metrics | None
+    wall_seconds: float
+    throughput_img_s: float
+    overhead: Overhead | None
+    vam: dict[str, float] | None
+    analysis: dict | None
+    checkpoint: dict[str, str]  # teachers: {"path": relative to the store, "sha256": ...}
+    environment: dict[str, Any]  # python, torch, kdbench, device, threads, git_commit, platform, ...
+    created: str  # ISO-8601 time
+
+
+def new_record(
+    spec: dict[str, Any],
+    run_id: str,
+    kind: str,
+    status: str,
+    environment: dict[str, Any],
+    result: dict | None = None,
+    error: str | None = None,
+    **extra: Any,
+) -> RunRecord:
+    """The one place a record is assembled: spec and status, the measured part, the environment."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "kind": kind,
+        "spec": spec,
+        "status": status,
+        "error": error,
+        "history": [],
+        "metrics": None,
+        "overhead": None,
+        "vam": None,
+        "analysis": None,
+        **(result or {}),
+        **extra,
+        "environment": environment,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 class StoreError(RuntimeError):
     pass
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (unreadable, unsafe, wrong architecture, wrong dataset)."""
 
 
 def runs_dir(out: Path) -> Path:
@@ -81,13 +174,27 @@ def atomic_torch_save(path: Path, obj) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def write_record(out: Path, record: dict) -> Path:
+def read_checkpoint(path: Path, what: str = "checkpoint", remedy: str = "re-save or retrain it") -> Any:
+    """The project's one reader of torch files (resume checkpoints, teachers, students).
+
+    `weights_only=True`: tensors, containers and plain values load; a pickle that would run code
+    is refused as unreadable. `what` and `remedy` make the one-line error name the file's role.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated, foreign or unsafe file
+        raise CheckpointError(f"{what} {path} is unreadable ({err}); {remedy}") from err
+
+
+def write_record(out: Path, record: RunRecord) -> Path:
     path = record_path(out, record["run_id"])
     atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     return path
 
 
-def read_record(path: Path) -> dict:
+def read_record(path: Path) -> RunRecord:
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -97,12 +204,12 @@ def read_record(path: Path) -> dict:
     return record
 
 
-def find_record(out: Path, run_id: str) -> dict | None:
+def find_record(out: Path, run_id: str) -> RunRecord | None:
     path = record_path(out, run_id)
     return read_record(path) if path.exists() else None
 
 
-def load_records(out: Path, kind: str | None = "distill") -> list[dict]:
+def load_records(out: Path, kind: str | None = "distill") -> list[RunRecord]:
     """All records under a store (any number of merged stores: records are plain files)."""
     directory = runs_dir(out)
     if not directory.is_dir():

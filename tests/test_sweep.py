@@ -9,8 +9,8 @@ import torch
 
 from kdbench import store
 from kdbench.catalog import Pair
-from kdbench.engine import CheckpointError
 from kdbench.spec import Recipe, VAMConfig
+from kdbench.store import CheckpointError
 from kdbench.sweep import Sweep, SweepRequest
 
 TINY = Recipe(epochs=2, batch_size=64, lr=0.05, lr_decay_epochs=(1,), train_subset=192)
@@ -50,7 +50,7 @@ def test_sweep_writes_one_complete_record_per_run(tmp_path):
     assert overhead["train_flops_per_image"] > overhead["teacher_flops_per_image"]
     assert overhead["extra_trainable_params"] > 0  # VAM attention logits
     assert overhead["time_ratio_vs_student"] > 0
-    assert overhead["vam_fold_max_abs_error"] < 1e-5
+    assert overhead["export_max_abs_error"] < 1e-5
     plain = records[("kd", False)]["overhead"]
     assert overhead["deploy_params"] == plain["deploy_params"]  # the fold adds nothing at inference
     assert overhead["deploy_flops_per_image"] == plain["deploy_flops_per_image"]
@@ -189,3 +189,40 @@ def test_record_alone_reruns_the_spec(tmp_path):
     record = records_by_method(tmp_path)[("kd", True)]
     spec = RunSpec.from_dict(json.loads(json.dumps(record["spec"])))
     assert spec.run_id == record["run_id"] and spec.vam.groups == 2
+
+
+class _RunsCode:
+    """A pickle that runs a shell command when unpickled without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_resume_checkpoint_is_refused_without_running_its_code(tmp_path):
+    from kdbench.sweep import specs_for_pair
+
+    marker = tmp_path / "code-ran"
+    sweep_request = request(tmp_path / "store", methods=["student"])
+    (spec,) = specs_for_pair(sweep_request, sweep_request.pairs[0], None)
+    payload = {"run_id": spec.run_id, "epoch": 1, "student": _RunsCode(marker)}
+    store.atomic_torch_save(store.checkpoint_path(sweep_request.out, spec.run_id), payload)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        Sweep(sweep_request, progress=quiet).run()
+    assert not marker.exists()
+
+
+def test_a_pool_worker_that_cannot_start_fails_the_sweep_with_its_own_error(tmp_path):
+    """No restart loop: every worker fails the same way, and the sweep ends with that error."""
+    from kdbench.backends import WorkerStartupError
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine where device 'cuda' cannot start")
+    sweep_request = request(tmp_path, methods=["student"], device="cuda", jobs=2, threads=1)
+    with pytest.raises(WorkerStartupError, match="failed to start: .*(CUDA|NVIDIA|cuda)"):
+        Sweep(sweep_request, progress=quiet).run()
+    assert not store.load_records(tmp_path)

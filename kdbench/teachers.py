@@ -1,0 +1,208 @@
+"""Teachers: resolve, train, cache, load and verify (SHA-256), for `run`, `explain` and `teacher train`.
+
+A teacher is either a checkpoint the user gives (`--teacher PATH`: kdbench's own or RepDistiller's
+`{"model": state_dict}`), or trained by kdbench with a teacher recipe and cached in the store:
+
+    teachers/<arch>-<dataset>-<run_id>.pt    {"model": state_dict, "kdbench": {arch, dataset, ...}}
+    runs/<run_id>.json                       its record, with the checkpoint's SHA-256
+
+A cached checkpoint whose bytes no longer match the SHA-256 in its record is refused. Runs name
+their teacher by SHA-256 (`RunSpec.teacher_sha256`), never by path. Every checkpoint is read by
+`store.read_checkpoint` (weights only: a file that would run code is refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdbench import store
+from kdbench.data import DatasetInfo, PreparedData, prepare_data
+from kdbench.engine import train
+from kdbench.environment import environment
+from kdbench.methods.base import BASELINE_METHOD, method_class
+from kdbench.models import TIMM_PREFIX, build_model, list_models
+from kdbench.spec import Recipe, RunSpec
+from kdbench.store import CheckpointError
+
+Progress = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def teacher_spec(architecture: str, dataset: str, recipe: Recipe) -> RunSpec:
+    """A teacher is trained like the student baseline: plain CE, with the teacher recipe."""
+    return RunSpec(
+        method=BASELINE_METHOD,
+        student=architecture,
+        dataset=dataset,
+        hp=method_class(BASELINE_METHOD).resolve_hp(),
+        recipe=recipe,
+        kind="teacher",
+    )
+
+
+def cache_path(out: Path, spec: RunSpec) -> Path:
+    return Path(out) / "teachers" / f"{spec.student}-{spec.dataset}-{spec.run_id}.pt"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read(path: Path) -> object:
+    if not Path(path).is_file():
+        raise CheckpointError(f"teacher checkpoint {path} does not exist; pass an existing file to --teacher")
+    return store.read_checkpoint(path, "teacher checkpoint")
+
+
+def recorded_architecture(path: Path) -> str | None:
+    """The architecture a kdbench teacher checkpoint records (None for other checkpoints)."""
+    checkpoint = _read(path)
+    meta = checkpoint.get("kdbench", {}) if isinstance(checkpoint, dict) else {}
+    return meta.get("arch")
+
+
+def resolve_architecture(teacher: str, teacher_arch: str | None) -> tuple[str, Path | None]:
+    """(architecture, checkpoint path or None) for a `--teacher NAME|PATH` argument."""
+    if teacher in list_models() or teacher.startswith(TIMM_PREFIX):
+        return teacher, None
+    path = Path(teacher)
+    if not path.is_file():
+        raise CheckpointError(
+            f"--teacher {teacher} is neither a model name (kdbench list models) nor a checkpoint file"
+        )
+    arch = teacher_arch or recorded_architecture(path)
+    if arch is None:
+        raise CheckpointError(
+            f"teacher checkpoint {path} does not record its architecture (not saved by kdbench); "
+            "pass --teacher-arch NAME"
+        )
+    return arch, path
+
+
+def _guess_architecture(state: dict, num_classes: int, in_chans: int) -> str | None:
+    """Which zoo model has exactly this state_dict's keys and shapes (for the error message)."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for name in list_models():
+        candidate = build_model(name, num_classes=num_classes, in_chans=in_chans).state_dict()
+        if {k: tuple(v.shape) for k, v in candidate.items()} == shapes:
+            return name
+    return None
+
+
+def load_teacher(path: Path, architecture: str, info: DatasetInfo, device: torch.device) -> nn.Module:
+    """Load a teacher checkpoint strictly, checked against the dataset; frozen, in eval mode."""
+    checkpoint = _read(path)
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"teacher checkpoint {path} holds no state_dict (expected {{'model': state_dict}})"
+        )
+    meta = checkpoint.get("kdbench", {})
+    if meta and (meta.get("dataset"), meta.get("num_classes")) != (info.name, info.num_classes):
+        raise CheckpointError(
+            f"teacher checkpoint {path} was trained on {meta.get('dataset')} ({meta.get('num_classes')} classes), "
+            f"this run uses {info.name} ({info.num_classes} classes); train a teacher for {info.name}"
+        )
+    teacher = build_model(architecture, num_classes=info.num_classes, in_chans=info.in_chans)
+    try:
+        teacher.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        found = meta.get("arch") or _guess_architecture(state, info.num_classes, info.in_chans)
+        found_text = f"a '{found}'" if found else "an unknown architecture (or another dataset's class count)"
+        raise CheckpointError(
+            f"teacher checkpoint {path} is {found_text}, not a '{architecture}' for {info.name} "
+            f"({info.num_classes} classes, {info.in_chans} channels); pass --pairs with its architecture"
+        ) from err
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def find_cached(out: Path, spec: RunSpec, progress: Progress = _stderr) -> tuple[Path, str] | None:
+    """(checkpoint, sha256) of the teacher cached for `spec`, verified; None when it must be trained."""
+    path = cache_path(out, spec)
+    record = store.find_record(out, spec.run_id)
+    if not (record and record["status"] == "done" and path.exists()):
+        return None
+    if sha256_of(path) != record["checkpoint"]["sha256"]:
+        raise CheckpointError(
+            f"teacher checkpoint {path} does not match the SHA-256 in its record; delete it to retrain"
+        )
+    progress(f"[{spec.run_id}] teacher {spec.student} cached ({record['metrics']['last_top1']:.2f}%)")
+    return path, record["checkpoint"]["sha256"]
+
+
+def train_teacher(
+    spec: RunSpec,
+    data: PreparedData,
+    out: Path,
+    device: torch.device,
+    env: dict,
+    progress: Progress = _stderr,
+    progress_bar: bool | None = None,
+) -> tuple[Path, str]:
+    """Train the teacher of `spec` (kind "teacher"), save its checkpoint and its record."""
+    progress(f"[{spec.run_id}] training teacher {spec.student} on {spec.dataset}")
+    result, final_state = train(
+        spec, data, teacher=None, device=device, out=out, progress=progress, progress_bar=progress_bar
+    )
+    info = data.info
+    payload = {
+        "model": final_state,
+        "kdbench": {
+            "arch": spec.student,
+            "dataset": info.name,
+            "num_classes": info.num_classes,
+            "in_chans": info.in_chans,
+            "run_id": spec.run_id,
+        },
+    }
+    path = cache_path(out, spec)
+    store.atomic_torch_save(path, payload)
+    digest = sha256_of(path)
+    checkpoint = {"path": str(path.relative_to(out)), "sha256": digest}
+    record = store.new_record(
+        spec.to_dict(), spec.run_id, spec.kind, "done", env, result, checkpoint=checkpoint
+    )
+    store.write_record(out, record)
+    store.checkpoint_path(out, spec.run_id).unlink(missing_ok=True)
+    progress(f"[{spec.run_id}] teacher {spec.student}: done, top-1 {record['metrics']['last_top1']:.2f}%")
+    return path, digest
+
+
+def ensure_teacher(
+    architecture: str,
+    dataset: str,
+    recipe: Recipe,
+    out: Path,
+    *,
+    data_root: str | None = None,
+    device: str = "cpu",
+    force: bool = False,
+    threads: int | None = None,
+    env_extra: dict | None = None,
+    progress: Progress = _stderr,
+) -> tuple[Path, str]:
+    """The cached teacher of this architecture, dataset and recipe, trained here first if there is
+    none (or if `force`)."""
+    spec = teacher_spec(architecture, dataset, recipe)
+    found = None if force else find_cached(out, spec, progress)
+    if found:
+        return found
+    if threads:
+        torch.set_num_threads(threads)
+    torch_device = torch.device(device)
+    env = {**environment(torch_device), **(env_extra or {})}
+    data = prepare_data(dataset, data_root, recipe)
+    return train_teacher(spec, data, Path(out), torch_device, env, progress)

@@ -1,0 +1,132 @@
+"""The package's structure (docs/DESIGN.md, "Layers"): each module imports only from its own layer
+or the ones below, the import graph has no cycle, and the engine names no method and no wrapper."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Lowest first. A module may import from its own layer and the layers below it.
+LAYERS = [
+    ["kdbench", "kdbench.spec", "kdbench.store", "kdbench.features", "kdbench.registries"]
+    + ["kdbench.catalog", "kdbench.environment"],
+    ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data", "kdbench.measure"],
+    ["kdbench.teachers", "kdbench.engine", "kdbench.units", "kdbench.ratios"],
+    ["kdbench.backends"],
+    ["kdbench.sweep", "kdbench.explain", "kdbench.explain_report", "kdbench.bench", "kdbench.report"],
+    ["kdbench.cli"],
+]
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (methods/ ships as kdbench.methods)."""
+    found = {}
+    for folder, package in ((ROOT / "kdbench", "kdbench"), (ROOT / "methods", "kdbench.methods")):
+        for path in folder.rglob("*.py"):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The kdbench modules `name` imports anywhere in its file (function-level imports included)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets.add(base)
+            targets.update(f"{base}.{alias.name}" for alias in node.names)
+    return {t for t in targets if t in modules and t != name}
+
+
+def _layer(module: str) -> int:
+    best = None
+    for index, members in enumerate(LAYERS):
+        for member in members:
+            if (module == member or module.startswith(member + ".")) and (
+                best is None or len(member) > len(best[1])
+            ):
+                best = (index, member)
+    assert best is not None, f"{module} has no layer: add it to LAYERS (and to docs/DESIGN.md)"
+    return best[0]
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def test_every_module_imports_only_from_its_layer_or_below():
+    upward = [
+        f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
+        for module, targets in _graph().items()
+        for target in sorted(targets)
+        if _layer(target) > _layer(module)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = _graph()
+    # a package importing its own submodules is how it registers them, not a cycle
+    edges = {m: {t for t in targets if not t.startswith(m + ".")} for m, targets in graph.items()}
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(edges[module]):
+            if state.get(target) == "open":
+                pytest.fail("import cycle: " + " -> ".join([*path[path.index(target) :], target]))
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+
+
+def _code_words(path: Path) -> set[str]:
+    """Identifiers, attribute names and non-docstring strings of a module (comments and docs excluded)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    words = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.add(node.attr)
+        elif isinstance(node, ast.alias):
+            words.add(node.name)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words.add(node.value)
+    return {word.lower() for word in words}
+
+
+def test_the_engine_names_no_method_and_no_wrapper():
+    import kdbench.methods  # noqa: F401
+    from kdbench.registries import METHODS, WRAPPERS
+
+    words = _code_words(ROOT / "kdbench" / "engine.py")
+    # "student" is both the baseline method's name and the engine's model: only the others count
+    names = {name.lower() for name in [*METHODS.module_dict, *WRAPPERS.module_dict]} - {"student"}
+    named = sorted(name for name in names for word in words if name in word.split(".") or name == word)
+    assert not named, f"kdbench/engine.py names {named}"
+    assert not any("vam" in word for word in words), "kdbench/engine.py names VAM"

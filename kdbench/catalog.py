@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
+from kdbench.errors import ConfigError
 from kdbench.registries import UnknownNameError, unknown_name_message
 
 
@@ -46,7 +47,7 @@ def parse_pairs(text: str) -> list[Pair]:
     for item in text.split(","):
         names = _model_names(item.strip())
         if len(names) != 2 or not all(names):
-            raise ValueError(
+            raise ConfigError(
                 f"bad pair '{item}': write teacher:student, e.g. resnet56:resnet20 "
                 f"(timm models as timm:NAME), or a group: {', '.join(pair_groups())}"
             )

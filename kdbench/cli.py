@@ -12,11 +12,79 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from kdbench.errors import ConfigError, KdbenchError
+
 DEFAULT_OUT = "kdbench-results"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (`kdbench: error: argument --epochs: ...`), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"kdbench: error: {message}\n")
+
+
+def _whole(low: int):
+    """argparse type: a whole number >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(above: float | None = None, low: float | None = None, below: float | None = None):
+    """argparse type: a finite number in range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a number, got {text!r}") from None
+        if not (
+            math.isfinite(value)
+            and (above is None or value > above)
+            and (low is None or value >= low)
+            and (below is None or value < below)
+        ):
+            bounds = [f"> {above}" if above is not None else "", f">= {low}" if low is not None else ""]
+            bounds += [f"< {below}" if below is not None else ""]
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(b for b in bounds if b)}, got {text}")
+        return value
+
+    return parse
+
+
+def _device(text: str) -> str:
+    """argparse type: a torch device that exists on this machine."""
+    if text == "cpu":
+        return text
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available here; use --device cpu")
+    return text
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -33,16 +101,19 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-root", help="dataset folder (default: $KDBENCH_DATA, then the system locations)"
     )
-    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
-    parser.add_argument("--epochs", type=int, help="student epochs (lr decay points scale with it)")
-    parser.add_argument("--teacher-epochs", type=int, help="epochs of a teacher trained by kdbench")
-    parser.add_argument("--batch-size", type=int, help="student batch size (default: the preset's)")
-    parser.add_argument("--lr", type=float, help="student learning rate (default: the preset's)")
-    parser.add_argument("--train-subset", type=int, help="train on a stratified subset of N images")
-    parser.add_argument("--val-split", type=float, help="hold out this fraction of train as validation")
+    parser.add_argument("--seeds", type=_whole(1), help="number of seeds (0..N-1)")
+    parser.add_argument("--epochs", type=_whole(1), help="student epochs (lr decay points scale with it)")
+    _add_teacher_recipe_flags(parser)
+    parser.add_argument("--batch-size", type=_whole(1), help="student batch size (default: the preset's)")
+    parser.add_argument("--lr", type=_number(above=0), help="student learning rate (default: the preset's)")
+    parser.add_argument(
+        "--val-split", type=_number(low=0, below=1), help="hold out this fraction of train as validation"
+    )
     parser.add_argument("--vam", choices=("on", "off", "both"), help="wrap the student with VAM")
-    parser.add_argument("--vam-groups", type=int, help="VAM virtual blocks per conv (default 4)")
-    parser.add_argument("--vam-lr-scale", type=float, help="lr of VAM's attention logits / recipe lr")
+    parser.add_argument("--vam-groups", type=_whole(1), help="VAM virtual blocks per conv (default 4)")
+    parser.add_argument(
+        "--vam-lr-scale", type=_number(above=0), help="lr of VAM's attention logits / recipe lr"
+    )
     parser.add_argument(
         "--teacher", help="teacher checkpoint path ({'model': state_dict}); default: train + cache"
     )
@@ -53,30 +124,35 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         metavar="METHOD.KEY=VALUE",
         help="override a method hyper-parameter, e.g. kd.temperature=2 (repeatable)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    parser.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--force", action="store_true", help="re-run specs that already have a record")
     _add_parallel_flags(parser)
     _add_common(parser)
 
 
+def _add_teacher_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher-epochs", type=_whole(1), help="epochs of a teacher trained by kdbench")
+    parser.add_argument(
+        "--train-subset", type=_whole(0), help="train on a stratified subset of N images (0: all)"
+    )
+
+
 def _add_parallel_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_whole(1),
         default=1,
         help="torch threads per run on CPU (default 1); a spec reproduces exactly at the same --threads",
     )
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=_whole(1),
         help="runs trained at once, one process each (default: CPU cores / --threads; 1 on a GPU)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kdbench", description="Knowledge-distillation benchmark and leaderboard."
-    )
+    parser = _Parser(prog="kdbench", description="Knowledge-distillation benchmark and leaderboard.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
@@ -117,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--student", default="resnet8")
     bench.add_argument("--teacher", default="resnet20")
     bench.add_argument("--methods", default="kd,crd")
-    bench.add_argument("--images", type=int, default=2048, help="training images per timed epoch")
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--images", type=_whole(1), default=2048, help="training images per timed epoch")
+    bench.add_argument("--repeats", type=_whole(1), default=3)
 
     teacher = commands.add_parser("teacher", help="teacher commands")
     teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True)
@@ -126,7 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a teacher with the preset's teacher recipe and cache it"
     )
     train.add_argument("name", help="architecture (kdbench list models)")
-    _add_run_flags(train)
+    train.add_argument(
+        "--preset", default="quick", help="preset whose teacher recipe is used (default: quick)"
+    )
+    train.add_argument("--dataset", help="dataset name (default: the preset's)")
+    train.add_argument(
+        "--data-root", help="dataset folder (default: $KDBENCH_DATA, then the system locations)"
+    )
+    _add_teacher_recipe_flags(train)
+    train.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    train.add_argument("--force", action="store_true", help="retrain even when the teacher is cached")
+    train.add_argument(
+        "--threads",
+        type=_whole(1),
+        default=1,
+        help="torch threads (default 1; a spec reproduces at the same count)",
+    )
+    _add_common(train)
 
     explain = commands.add_parser(
         "explain",
@@ -142,13 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--data-root", help="dataset folder (default: $KDBENCH_DATA, then the system locations)"
     )
-    explain.add_argument("--seeds", type=int, help="number of seeds (0..N-1; default 2)")
-    explain.add_argument("--epochs", type=int, help="HME epochs, half soft-routed, half hard (default 4)")
+    explain.add_argument("--seeds", type=_whole(1), help="number of seeds (0..N-1; default 2)")
     explain.add_argument(
-        "--train-subset", type=int, help="stratified training subset, 0 = all (default 6000)"
+        "--epochs", type=_whole(1), help="HME epochs, half soft-routed, half hard (default 4)"
+    )
+    explain.add_argument(
+        "--train-subset", type=_whole(0), help="stratified training subset, 0 = all (default 6000)"
     )
     explain.add_argument("--student", help="HME model name (default: hme_small; hme = the authors' width)")
-    explain.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    explain.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:1)")
     explain.add_argument("--force", action="store_true", help="re-run specs that already have a record")
     _add_parallel_flags(explain)
     _add_common(explain)
@@ -160,10 +254,9 @@ def _parse_hp(items: list[str]) -> dict[str, dict]:
     for item in items:
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise ValueError(f"bad --hp '{item}': write METHOD.KEY=VALUE, e.g. kd.temperature=2")
-        parsed = value.lower() == "true" if value.lower() in ("true", "false") else value
-        overrides.setdefault(method, {})[name] = parsed
+        if not sep or not dot or not method or not name:
+            raise ConfigError(f"bad --hp '{item}': write METHOD.KEY=VALUE, e.g. kd.temperature=2")
+        overrides.setdefault(method, {})[name] = value  # typed by the method's defaults (resolve_hp)
     return overrides
 
 
@@ -188,17 +281,15 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
     pairs = pairs_override or parse_pairs(pairs_spec if isinstance(pairs_spec, str) else ",".join(pairs_spec))
     recipe = Recipe.from_dict(chosen["recipe"])
     teacher_recipe = Recipe.from_dict(chosen["teacher_recipe"])
-    if args.epochs:
+    if args.epochs is not None:
         recipe = recipe.with_epochs(args.epochs)
-    if args.batch_size:
+    if args.batch_size is not None:
         recipe = replace(recipe, batch_size=args.batch_size)
-    if args.lr:
+    if args.lr is not None:
         recipe = replace(recipe, lr=args.lr)
-    if args.teacher_epochs:
-        teacher_recipe = teacher_recipe.with_epochs(args.teacher_epochs)
+    teacher_recipe = _teacher_recipe(args, teacher_recipe)
     if args.train_subset is not None:
         recipe = replace(recipe, train_subset=args.train_subset or None)
-        teacher_recipe = replace(teacher_recipe, train_subset=args.train_subset or None)
     if args.val_split is not None:
         recipe = replace(recipe, val_split=args.val_split)
     vam = args.vam or chosen["vam"]
@@ -206,7 +297,7 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
         **{
             key: value
             for key, value in (("groups", args.vam_groups), ("lr_scale", args.vam_lr_scale))
-            if value
+            if value is not None
         }
     )
     return SweepRequest(
@@ -215,7 +306,7 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
         dataset=args.dataset or chosen["dataset"],
         recipe=recipe,
         teacher_recipe=teacher_recipe,
-        seeds=list(range(args.seeds if args.seeds else chosen["seeds"])),
+        seeds=list(range(args.seeds if args.seeds is not None else chosen["seeds"])),
         vam_modes={"on": [True], "off": [False], "both": [False, True]}[vam],
         vam_config=vam_config,
         student_lr=chosen.get("student_lr", {}),
@@ -229,11 +320,18 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
     )
 
 
+def _teacher_recipe(args, teacher_recipe):
+    """The preset's teacher recipe with --teacher-epochs / --train-subset applied."""
+    if args.teacher_epochs is not None:
+        teacher_recipe = teacher_recipe.with_epochs(args.teacher_epochs)
+    if args.train_subset is not None:
+        teacher_recipe = replace(teacher_recipe, train_subset=args.train_subset or None)
+    return teacher_recipe
+
+
 def _parallelism(args) -> dict:
     from kdbench.sweep import default_jobs
 
-    if args.threads < 1 or (args.jobs is not None and args.jobs < 1):
-        raise ValueError("--threads and --jobs take a whole number >= 1")
     return {"threads": args.threads, "jobs": args.jobs or default_jobs(args.device, args.threads)}
 
 
@@ -295,7 +393,7 @@ def cmd_check(args) -> int:
         return 0
     baseline_path = Path(args.baseline)
     if not baseline_path.is_file():
-        raise FileNotFoundError(f"baseline {baseline_path} not found; create it with --write-baseline")
+        raise ConfigError(f"baseline {baseline_path} not found; create it with --write-baseline")
     baseline = json.loads(baseline_path.read_text())
     regressions = report.check_regression(records, baseline, baseline.get("tolerance_pts", args.tolerance))
     for line in regressions:
@@ -342,23 +440,17 @@ def cmd_teacher(args) -> int:
     from kdbench.teachers import ensure_teacher
 
     chosen = preset(args.preset)
-    recipe = Recipe.from_dict(chosen["teacher_recipe"])
-    if args.teacher_epochs:
-        recipe = recipe.with_epochs(args.teacher_epochs)
-    if args.train_subset is not None:
-        recipe = replace(recipe, train_subset=args.train_subset or None)
-    parallel = _parallelism(args)
     dataset = args.dataset or chosen["dataset"]
     path, digest = ensure_teacher(
         args.name,
         dataset,
-        recipe,
+        _teacher_recipe(args, Recipe.from_dict(chosen["teacher_recipe"])),
         Path(args.out),
         data_root=args.data_root,
         device=args.device,
         force=args.force,
-        threads=parallel["threads"],
-        env_extra={"concurrent_runs": parallel["jobs"]},
+        threads=args.threads,
+        env_extra={"concurrent_runs": 1},
     )
     print(f"teacher {args.name} on {dataset}: {path} sha256 {digest}")
     return 0
@@ -389,7 +481,7 @@ def cmd_explain(args) -> int:
     from kdbench.spec import Recipe
 
     recipe = explain.explain_recipe(
-        args.epochs or explain.DEFAULT_EPOCHS,
+        explain.DEFAULT_EPOCHS if args.epochs is None else args.epochs,
         explain.DEFAULT_TRAIN_SUBSET if args.train_subset is None else args.train_subset or None,
     )
     request = explain.ExplainRequest(
@@ -398,7 +490,7 @@ def cmd_explain(args) -> int:
         teacher_recipe=Recipe.from_dict(preset("quick")["teacher_recipe"]),
         recipe=recipe,
         student=args.student or explain.DEFAULT_STUDENT,
-        seeds=args.seeds or explain.DEFAULT_SEEDS,
+        seeds=explain.DEFAULT_SEEDS if args.seeds is None else args.seeds,
         teacher_arch=args.teacher_arch,
         data_root=args.data_root,
         out=Path(args.out),
@@ -426,26 +518,9 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from kdbench.data import DatasetCorruptError, DatasetNotFoundError
-    from kdbench.engine import NonFiniteLossError
-    from kdbench.methods.base import PairNotSupportedError
-    from kdbench.registries import UnknownNameError
-    from kdbench.store import CheckpointError, StoreError
-
-    expected = (
-        UnknownNameError,
-        DatasetNotFoundError,
-        DatasetCorruptError,
-        CheckpointError,
-        NonFiniteLossError,
-        PairNotSupportedError,
-        StoreError,
-        ValueError,
-        FileNotFoundError,
-    )
     try:
         return COMMANDS[args.command](args)
-    except expected as err:
+    except KdbenchError as err:  # bad input: one line; any other exception is a bug and keeps its traceback
         print(f"kdbench: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdbench.errors import ConfigError, KdbenchError
 from kdbench.registries import DATASETS, lookup
 from kdbench.spec import Recipe
 
@@ -42,11 +43,11 @@ DATA_ROOT_ENV = "KDBENCH_DATA"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-class DatasetNotFoundError(RuntimeError):
+class DatasetNotFoundError(KdbenchError, RuntimeError):
     """The dataset's files are not where they were looked for; the message says how to get them."""
 
 
-class DatasetCorruptError(RuntimeError):
+class DatasetCorruptError(KdbenchError, RuntimeError):
     """A dataset file exists but cannot be decoded (truncated, wrong format); the message names it."""
 
 
@@ -122,7 +123,7 @@ def load_dataset(
     accepted = [p for p in inspect.signature(loader).parameters if p != "root"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"dataset '{name}' has no option {', '.join(unknown)}; options: {', '.join(accepted)}"
         )
     return loader(None if root is None else Path(root).expanduser(), **options)
@@ -253,7 +254,7 @@ def split_validation(train: ImageData, fraction: float, seed: int) -> tuple[Imag
     """Split `train` into (train, val), val holding `fraction` of it, both stratified by class."""
     val_count = round(fraction * len(train))
     if not 0 < val_count < len(train):
-        raise ValueError(f"validation fraction {fraction} leaves an empty split of {len(train)} samples")
+        raise ConfigError(f"--val-split {fraction} leaves an empty split of {len(train)} samples")
     order = stratified_order(train.labels, seed)
     return train.take(torch.sort(order[val_count:]).values), train.take(torch.sort(order[:val_count]).values)
 

@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kdbench.data import MEMORY_FORMAT, DatasetInfo, ImageData, PreparedData, iterate_batches
+from kdbench.errors import KdbenchError
 from kdbench.features import Features, FeatureShapes
 from kdbench.measure import inference_flops, measure_train_step, parameter_count
 from kdbench.methods.base import Method, MethodContext, method_class
@@ -44,7 +45,7 @@ from kdbench.wrappers import build_wrappers
 EVAL_BATCH_SIZE = 512
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(KdbenchError, RuntimeError):
     """The loss became NaN or infinite; the run is recorded as failed."""
 
 

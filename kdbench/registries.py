@@ -12,13 +12,15 @@ import difflib
 
 from mmengine.registry import Registry
 
+from kdbench.errors import KdbenchError
+
 MODELS = Registry("kdbench model")
 METHODS = Registry("kdbench method")
 DATASETS = Registry("kdbench dataset")
 WRAPPERS = Registry("kdbench student wrapper")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(KdbenchError, KeyError):
     """A name not in a registry; its message lists the valid names and a did-you-mean."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain

@@ -10,7 +10,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
+
+from kdbench.errors import ConfigError
+
+
+def _require(value, name: str, *, whole=False, low=None, above=None, below=None) -> None:
+    """A ConfigError naming the setting unless `value` is a (whole) number in range."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if whole and not isinstance(value, int):
+        is_number = False
+    ok = (
+        is_number
+        and (low is None or value >= low)
+        and (above is None or value > above)
+        and (below is None or value < below)
+    )
+    if not ok:
+        bounds = [f">= {low}" if low is not None else "", f"> {above}" if above is not None else ""]
+        bounds += [f"< {below}" if below is not None else ""]
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{name} must be {kind} {' and '.join(b for b in bounds if b)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -30,11 +51,25 @@ class Recipe:
     val_split: float = 0.0  # held-out validation fraction carved from the training set
     eval_every: int = 1  # evaluate on the test split every N epochs (and always after the last)
 
+    def __post_init__(self) -> None:
+        _require(self.epochs, "epochs", whole=True, low=1)
+        _require(self.batch_size, "batch-size", whole=True, low=1)
+        _require(self.lr, "lr", above=0.0)
+        _require(self.momentum, "momentum", low=0.0, below=1.0)
+        _require(self.weight_decay, "weight-decay", low=0.0)
+        _require(self.lr_decay_rate, "lr-decay-rate", above=0.0)
+        for epoch in self.lr_decay_epochs:
+            _require(epoch, "lr-decay-epochs", whole=True, low=1)
+        if self.train_subset is not None:
+            _require(self.train_subset, "train-subset", whole=True, low=1)
+        _require(self.val_split, "val-split", low=0.0, below=1.0)
+        _require(self.eval_every, "eval-every", whole=True, low=1)
+
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown recipe field(s) {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}"
             )
         data = dict(data)
@@ -64,6 +99,14 @@ class VAMConfig:
     # lr of the attention logits V relative to the recipe lr: at 1x, V barely leaves uniform attention
     # in a short run (README, "VAM", has the entropies measured on the quick preset)
     lr_scale: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(self.groups, "vam-groups", whole=True, low=1)
+        _require(self.last_stages, "vam last_stages", whole=True, low=1)
+        _require(self.entropy_weight, "vam entropy_weight", low=0.0)
+        _require(self.t0, "vam t0", above=0.0)
+        _require(self.t_min, "vam t_min", above=0.0)
+        _require(self.lr_scale, "vam-lr-scale", above=0.0)
 
     @classmethod
     def from_dict(cls, data: dict) -> VAMConfig:

@@ -3,6 +3,7 @@
 Layout of a store directory (`--out`, default ./kdbench-results):
     runs/<run_id>.json        finished (status "done") or failed (status "failed") record
     checkpoints/<run_id>.pt   last-epoch checkpoint of an unfinished run (deleted when done)
+    claims/<run_id>.lock      held (flock) by the process training that run
     teachers/<name>-<dataset>-<hash>.pt   cached teacher checkpoints
 
 The record's shape is `RunRecord` below, defined once: the engine fills its measured part
@@ -12,13 +13,19 @@ reads it.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypedDict
+
+from kdbench.errors import KdbenchError
 
 SCHEMA_VERSION = 1
 
@@ -128,12 +135,41 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class StoreError(RuntimeError):
-    pass
+class StoreError(KdbenchError, RuntimeError):
+    """A results store or a file in it that cannot be used."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(KdbenchError, RuntimeError):
     """A checkpoint that cannot be used (unreadable, unsafe, wrong architecture, wrong dataset)."""
+
+
+def ensure_writable(out: Path) -> Path:
+    """The store folder, created if needed; a StoreError naming it when it cannot hold results."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".kdbench-write-test."):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise StoreError(f"--out {out} cannot hold results ({reason}); pass a writable folder") from err
+    return out
+
+
+@contextmanager
+def claim(out: Path, run_id: str) -> Iterator[None]:
+    """Hold the store's claim on a run while it trains: another process (or machine sharing the
+    folder) that claims the same run waits here until this one is done. An advisory `flock` on
+    `claims/<run_id>.lock`: the kernel drops it when its holder exits or crashes, so no claim
+    outlives its owner."""
+    path = Path(out) / "claims" / f"{run_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def runs_dir(out: Path) -> Path:
@@ -185,7 +221,13 @@ def read_checkpoint(path: Path, what: str = "checkpoint", remedy: str = "re-save
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a truncated, foreign or unsafe file
-        raise CheckpointError(f"{what} {path} is unreadable ({err}); {remedy}") from err
+        unsafe = re.search(r"GLOBAL (\S+)", str(err))
+        reason = (
+            f"it holds '{unsafe.group(1)}', not only weights, and kdbench loads weights only"
+            if unsafe
+            else (str(err).strip().splitlines() or [type(err).__name__])[0]
+        )
+        raise CheckpointError(f"{what} {path} is unreadable ({reason}); {remedy}") from err
 
 
 def write_record(out: Path, record: RunRecord) -> Path:
@@ -194,13 +236,25 @@ def write_record(out: Path, record: RunRecord) -> Path:
     return path
 
 
+# the keys every record has, whatever its status (RunRecord lists them all)
+_REQUIRED_KEYS = ("schema", "run_id", "kind", "spec", "status", "environment")
+
+
 def read_record(path: Path) -> RunRecord:
+    """A record from its file; a StoreError naming the file when it is unreadable or not a record."""
     try:
         record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: bad JSON, or bytes that are not UTF-8
         raise StoreError(f"cannot read run record {path}: {err}; delete it and re-run that spec") from err
-    if record.get("schema") != SCHEMA_VERSION:
+    if not isinstance(record, dict):
+        raise StoreError(
+            f"{path} is not a run record (a JSON {type(record).__name__}); delete it or move it away"
+        )
+    missing = [key for key in _REQUIRED_KEYS if key not in record]
+    if record.get("schema") != SCHEMA_VERSION and "schema" not in missing:
         raise StoreError(f"run record {path} has schema {record.get('schema')}, expected {SCHEMA_VERSION}")
+    if missing:
+        raise StoreError(f"{path} is not a run record (no {', '.join(missing)}); delete it or move it away")
     return record
 
 

@@ -21,6 +21,7 @@ from kdbench.backends import Backend, InProcessBackend, PoolBackend
 from kdbench.catalog import Pair
 from kdbench.data import DatasetInfo, prepare_data
 from kdbench.environment import available_cores
+from kdbench.errors import ConfigError
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import build_model, list_models
 from kdbench.spec import Recipe, RunSpec, VAMConfig
@@ -60,7 +61,7 @@ def validate_names(request: SweepRequest) -> None:
     for method in request.methods:
         method_class(method).resolve_hp(request.hp_overrides.get(method))
     for method in set(request.hp_overrides) - set(request.methods):
-        raise ValueError(
+        raise ConfigError(
             f"--hp names method '{method}', which is not in --methods ({', '.join(request.methods)})"
         )
     zoo = list_models()
@@ -139,6 +140,7 @@ class Sweep:
             device=request.device,
             threads=request.threads,
             concurrent_runs=request.jobs,
+            force=request.force,
         )
         if request.jobs > 1:
             # a worker trains with the parent's thread count unless the request names one
@@ -179,6 +181,7 @@ class Sweep:
         """Teachers first where they must be trained; runs needing no teacher start beside them."""
         request = self.request
         validate_names(request)
+        store.ensure_writable(self.out)
         info = prepare_data(
             request.dataset, request.data_root, request.recipe
         ).info  # a bad dataset fails here
@@ -209,8 +212,6 @@ class Sweep:
                         if pair.teacher == architecture:
                             self.submit_pair_runs(backend, pair, known[architecture])
                 else:
-                    (self.summary.done if outcome.status == "done" else self.summary.failed).append(
-                        outcome.run_id
-                    )
+                    getattr(self.summary, outcome.status).append(outcome.run_id)  # done, cached or failed
         ratios.fill_time_ratios(self.out, self.summary.done + self.summary.cached)
         return self.summary

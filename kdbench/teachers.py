@@ -197,12 +197,24 @@ def ensure_teacher(
     """The cached teacher of this architecture, dataset and recipe, trained here first if there is
     none (or if `force`)."""
     spec = teacher_spec(architecture, dataset, recipe)
-    found = None if force else find_cached(out, spec, progress)
-    if found:
-        return found
+    store.ensure_writable(out)
+    with store.claim(out, spec.run_id):  # a second process waits here, then finds it cached
+        found = None if force else find_cached(out, spec, progress)
+        return found or _train_here(spec, Path(out), data_root, device, threads, env_extra or {}, progress)
+
+
+def _train_here(
+    spec: RunSpec,
+    out: Path,
+    data_root: str | None,
+    device: str,
+    threads: int | None,
+    env_extra: dict,
+    progress: Progress,
+) -> tuple[Path, str]:
     if threads:
         torch.set_num_threads(threads)
     torch_device = torch.device(device)
-    env = {**environment(torch_device), **(env_extra or {})}
-    data = prepare_data(dataset, data_root, recipe)
-    return train_teacher(spec, data, Path(out), torch_device, env, progress)
+    env = {**environment(torch_device), **env_extra}
+    data = prepare_data(spec.dataset, data_root, spec.recipe)
+    return train_teacher(spec, data, out, torch_device, env, progress)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ class WorkerSettings:
     device: str = "cpu"
     threads: int | None = None  # torch threads per run (None: leave torch's setting)
     concurrent_runs: int = 1  # recorded in the environment: how many runs shared the machine
+    force: bool = False  # re-train a unit even when its record is done
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Outcome:
     """What a finished unit tells the scheduler (small and picklable: it crosses processes)."""
 
     run_id: str
-    status: str  # "done" | "failed" | "teacher"
+    status: str  # "done" | "failed" | "teacher" | "cached" (another process finished it meanwhile)
     teacher_path: str | None = None
     teacher_sha256: str | None = None
 
@@ -83,7 +84,7 @@ class Worker:
         self._teachers: dict[str, nn.Module] = {}
 
     def data_for(self, dataset: str, recipe: Recipe) -> PreparedData:
-        key = (dataset, replace(recipe, epochs=0, lr=0.0))  # only subset / split matter for the data
+        key = (dataset, recipe.train_subset, recipe.val_split)  # only these choose the images
         if key not in self._data:
             self._data[key] = prepare_data(dataset, self.settings.data_root, recipe)
         return self._data[key]
@@ -95,6 +96,23 @@ class Worker:
         return self._teachers[str(path)]
 
     def execute(self, unit: Unit) -> Outcome:
+        """Train the unit under the store's claim on it, unless another process finished it meanwhile."""
+        with store.claim(self.out, unit.spec.run_id):
+            finished = None if self.settings.force else self.finished_elsewhere(unit)
+            return finished or self._execute(unit)
+
+    def finished_elsewhere(self, unit: Unit) -> Outcome | None:
+        spec = unit.spec
+        if isinstance(unit, TeacherUnit):
+            found = teachers.find_cached(self.out, spec, self.progress)
+            return Outcome(spec.run_id, "teacher", str(found[0]), found[1]) if found else None
+        record = store.find_record(self.out, spec.run_id)
+        if record and record["status"] == "done":
+            self.progress(f"[{spec.run_id}] {spec.label}: trained by another process meanwhile")
+            return Outcome(spec.run_id, "cached")
+        return None
+
+    def _execute(self, unit: Unit) -> Outcome:
         if isinstance(unit, TeacherUnit):
             spec = unit.spec
             path, digest = teachers.train_teacher(

@@ -14,6 +14,7 @@ A method only writes `method_terms`; CE and the KD term are shared here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cache
 from typing import ClassVar
@@ -21,12 +22,13 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdbench.errors import ConfigError, KdbenchError
 from kdbench.features import Features, FeatureShapes
 from kdbench.methods.logit_std import standardize_logits
 from kdbench.registries import METHODS, UnknownNameError, lookup
 
 
-class PairNotSupportedError(ValueError):
+class PairNotSupportedError(KdbenchError, ValueError):
     """A method cannot serve this teacher/student pair; raised before training starts."""
 
 
@@ -74,6 +76,28 @@ def kd_kl_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
 
 
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _coerce(name: str, default, value):
+    """`value` as the type of `default`; a ConfigError naming the hyper-parameter when it is not one."""
+    if isinstance(default, bool):
+        word = str(value).strip().lower()
+        if isinstance(value, bool) or word in _TRUE + _FALSE:
+            return value if isinstance(value, bool) else word in _TRUE
+        raise ConfigError(f"hyper-parameter {name}={value!r}: takes true or false (also 1/0, yes/no)")
+    if not isinstance(default, (int, float)):
+        return value
+    kind = "a whole number" if isinstance(default, int) else "a number"
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (isinstance(default, int) and not number.is_integer()):
+        raise ConfigError(f"hyper-parameter {name}={value!r}: takes {kind}")
+    return type(default)(number) if isinstance(default, int) else type(default)(value)
+
+
 class Method(nn.Module):
     """Base class. Subclasses set the class attributes and implement `method_terms`."""
 
@@ -102,18 +126,15 @@ class Method(nn.Module):
 
     @classmethod
     def resolve_hp(cls, overrides: dict | None = None) -> dict:
-        """Base defaults < the method's published defaults < user overrides; unknown keys refused."""
+        """Base defaults < the method's published defaults < user overrides; unknown keys refused,
+        each value converted to its default's type (bool, int, float) or refused."""
         hp = {**cls.base_defaults, **cls.defaults}
         for key, value in (overrides or {}).items():
             if key not in hp:
-                raise ValueError(
+                raise ConfigError(
                     f"method '{cls.name}' has no hyper-parameter '{key}'; it has: {', '.join(sorted(hp))}"
                 )
-            hp[key] = (
-                type(hp[key])(value)
-                if isinstance(hp[key], (int, float)) and not isinstance(hp[key], bool)
-                else value
-            )
+            hp[key] = _coerce(f"{cls.name}.{key}", hp[key], value)
         return hp
 
     @classmethod

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Features, Method, MethodContext, register_method
+from .base import Features, Method, MethodContext, PairNotSupportedError, register_method
 
 
 def nce_loss(scores: Tensor, noise_probability: float) -> Tensor:
@@ -69,7 +69,7 @@ class CRD(Method):
 
         self.num_negatives = min(hp["nce_k"], num_train - int(torch.bincount(context.train_labels).max()))
         if self.num_negatives < 1:
-            raise ValueError("crd: the training set has a single class, so 'exact' mode has no negatives")
+            raise PairNotSupportedError("crd: the training set has a single class, so 'exact' mode has no negatives")
         if self.num_negatives < hp["nce_k"]:
             warnings.warn(
                 f"crd: nce_k {hp['nce_k']} capped at {self.num_negatives}, the fewest other-class samples "

@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first. A module may import from its own layer and the layers below it.
 LAYERS = [
-    ["kdbench", "kdbench.spec", "kdbench.store", "kdbench.features", "kdbench.registries"]
-    + ["kdbench.catalog", "kdbench.environment"],
+    ["kdbench", "kdbench.errors", "kdbench.spec", "kdbench.store", "kdbench.features"]
+    + ["kdbench.registries", "kdbench.catalog", "kdbench.environment"],
     ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data", "kdbench.measure"],
     ["kdbench.teachers", "kdbench.engine", "kdbench.units", "kdbench.ratios"],
     ["kdbench.backends"],
@@ -53,7 +53,8 @@ def _layer(module: str) -> int:
     best = None
     for index, members in enumerate(LAYERS):
         for member in members:
-            if (module == member or module.startswith(member + ".")) and (
+            is_package = member != "kdbench"  # the top package's layer is not its submodules'
+            if (module == member or (is_package and module.startswith(member + "."))) and (
                 best is None or len(member) > len(best[1])
             ):
                 best = (index, member)

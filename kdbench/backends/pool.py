@@ -18,10 +18,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 
 from kdbench.backends.base import Backend
+from kdbench.errors import KdbenchError
 from kdbench.units import Outcome, Unit, Worker, WorkerSettings
 
 
-class WorkerStartupError(RuntimeError):
+class WorkerStartupError(KdbenchError, RuntimeError):
     """A pool worker could not start (its own error is the cause)."""
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from kdbench.errors import ConfigError
 from kdbench.spec import VAMConfig
 from kdbench.wrappers.base import StudentWrapper, register_wrapper
 
@@ -79,7 +80,7 @@ def wrap(student: nn.Module, config: VAMConfig) -> list[str]:
             parametrize.register_parametrization(module, "weight", attention.to(module.weight.device))
             names.append(name)
     if not names:
-        raise ValueError(
+        raise ConfigError(
             f"VAM found no convolution to wrap in the last {config.last_stages} stage(s) with "
             f"{config.groups} groups; try another --vam-groups"
         )

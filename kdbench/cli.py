@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", type=_whole(1), default=2048, help="training images per timed epoch")
     bench.add_argument("--repeats", type=_whole(1), default=3)
 
+    pins = commands.add_parser(
+        "pins", help="CI's fast tier: every method's first training steps against the pinned losses"
+    )
+    pins.add_argument("--file", help="pinned losses (default: results/baselines/step-losses.json)")
+    pins.add_argument("--write", action="store_true", help="re-measure and rewrite the file")
+
     teacher = commands.add_parser("teacher", help="teacher commands")
     teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True)
     train = teacher_commands.add_parser(
@@ -475,6 +481,23 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_pins(args) -> int:
+    from kdbench import pins
+
+    path = Path(args.file) if args.file else pins.DEFAULT_FILE
+    if args.write:
+        content = pins.write(path)
+        print(f"wrote {path}: {len(content['losses'])} methods, rtol {content['rtol']:.1e}", file=sys.stderr)
+        return 0
+    if not path.is_file():
+        raise ConfigError(f"pinned losses {path} not found; make them with `kdbench pins --write`")
+    problems = pins.check(path)
+    for line in problems:
+        print(f"CHANGED: {line}")
+    print(f"{len(problems)} pinned loss(es) changed against {path}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_explain(args) -> int:
     from kdbench import explain, explain_report
     from kdbench.catalog import preset
@@ -512,6 +535,7 @@ COMMANDS = {
     "check": cmd_check,
     "list": cmd_list,
     "teacher": cmd_teacher,
+    "pins": cmd_pins,
     "explain": cmd_explain,
 }
 

@@ -214,7 +214,8 @@ class Trainer:
         return True
 
     # -- stages ------------------------------------------------------------------------------
-    def _batches(self):
+    def batches(self):
+        """The training split, shuffled and augmented by this run's generator, in batches."""
         return iterate_batches(
             self.data.train,
             self.data.info,
@@ -241,12 +242,12 @@ class Trainer:
         self.student.train()
         for epoch in range(1, stage.epochs + 1):
             total, steps = 0.0, 0
-            for images, _, _ in self._batches():
+            for images, _, _ in self.batches():
                 student_out = _forward(self.student, images, self.student_features)
                 with torch.no_grad():
                     teacher_out = _forward(self.teacher, images, self.teacher_features)
                 loss = sum(stage.loss(student_out, teacher_out).values())
-                self._check_finite(loss, f"init stage epoch {epoch}", steps)
+                self._check_finite(loss, f"init stage epoch {epoch} step {steps}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -254,36 +255,43 @@ class Trainer:
             self.progress(f"[{self.spec.run_id}] init stage {epoch}/{stage.epochs} loss {total / steps:.4f}")
         self.init_done = True
 
-    def _check_finite(self, loss: torch.Tensor, where: str, step: int, terms: dict | None = None) -> None:
+    def _check_finite(self, loss: torch.Tensor, where: str, terms: dict | None = None) -> None:
         if not torch.isfinite(loss):
             detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in (terms or {}).items())
-            raise NonFiniteLossError(
-                f"non-finite loss at {where} step {step}" + (f" ({detail})" if detail else "")
-            )
+            raise NonFiniteLossError(f"non-finite loss at {where}" + (f" ({detail})" if detail else ""))
 
-    def train_epoch(self, epoch: int) -> dict:
+    def begin_epoch(self, epoch: int) -> None:
+        """Train mode, and the epoch hooks of the student's modules, the method and the wrappers."""
         self.student.train()
         self.method.train()
         _set_epoch_hooks([self.student, self.method], epoch, self.spec.recipe.epochs)
         for wrapper in self.wrappers:
             wrapper.set_epoch(self.student, epoch, self.spec.recipe.epochs)
+
+    def step(self, images, labels, indices, where: str) -> tuple[float, dict[str, float]]:
+        """One optimisation step on a batch: (total loss, each weighted term), as floats."""
+        terms = self._loss_terms(images, labels, indices)
+        loss = sum(terms.values())
+        self._check_finite(loss, where, terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()), {name: float(value.detach()) for name, value in terms.items()}
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.begin_epoch(epoch)
         sums: dict[str, float] = {}
         loss_sum, steps, images_seen = 0.0, 0, 0
         start = time.perf_counter()
-        batches = self._batches()
+        batches = self.batches()
         if self.progress_bar:
             steps_per_epoch = math.ceil(len(self.data.train) / self.spec.recipe.batch_size)
             batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step")
         for images, labels, indices in batches:
-            terms = self._loss_terms(images, labels, indices)
-            loss = sum(terms.values())
-            self._check_finite(loss, f"epoch {epoch}", steps, terms)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_sum += float(loss.detach())
+            loss, terms = self.step(images, labels, indices, f"epoch {epoch} step {steps}")
+            loss_sum += loss
             for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
+                sums[name] = sums.get(name, 0.0) + value
             steps += 1
             images_seen += len(labels)
         seconds = time.perf_counter() - start

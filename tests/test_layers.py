@@ -15,7 +15,8 @@ LAYERS = [
     ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data", "kdbench.measure"],
     ["kdbench.teachers", "kdbench.engine", "kdbench.units", "kdbench.ratios"],
     ["kdbench.backends"],
-    ["kdbench.sweep", "kdbench.explain", "kdbench.explain_report", "kdbench.bench", "kdbench.report"],
+    ["kdbench.sweep", "kdbench.explain", "kdbench.explain_report", "kdbench.bench", "kdbench.pins"]
+    + ["kdbench.report"],
     ["kdbench.cli"],
 ]
 

@@ -1,0 +1,32 @@
+"""The fast regression tier: every method's first steps match the committed pinned losses."""
+
+import json
+
+import pytest
+
+from kdbench import pins
+
+
+@pytest.fixture(scope="module")
+def measured():
+    return pins.measure(1)
+
+
+def test_every_registered_method_is_pinned(measured):
+    pinned = json.loads(pins.DEFAULT_FILE.read_text())
+    assert set(measured) == set(pinned["losses"])
+
+
+def test_every_method_takes_its_pinned_first_steps(measured):
+    problems = pins.compare(json.loads(pins.DEFAULT_FILE.read_text()), measured)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_change_to_a_loss_is_named(measured):
+    pinned = json.loads(pins.DEFAULT_FILE.read_text())
+    changed = {label: [dict(step) for step in steps] for label, steps in measured.items()}
+    changed["kd"][2]["kd"] *= 1 + 3 * pinned["rtol"]
+    assert pins.compare(pinned, changed) == [
+        f"kd step 2 kd: {changed['kd'][2]['kd']:.8g}, pinned {pinned['losses']['kd'][2]['kd']:.8g} "
+        f"(rtol {pinned['rtol']:.1e})"
+    ]

@@ -4,6 +4,8 @@
 - loader share: time to produce an epoch's augmented batches vs the bare training epoch;
 - VAM training overhead: the same student with and without VAM;
 - method step cost: each chosen method's epoch vs the student baseline's;
+- cohort: the student and the chosen methods trained as one cohort (one data stream, one
+  teacher forward) vs the same runs alone, one after another;
 - memory layout: the bare loop in NCHW vs channels-last (the engine's layout);
 - local pool: two 1-thread training processes at once vs the same two one after another with
   every core's thread (what `kdbench run`'s default pool relies on; CPU only).
@@ -21,6 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from kdbench.cohort import Cohort
 from kdbench.data import MEMORY_FORMAT, PreparedData, iterate_batches, load_dataset
 from kdbench.engine import Trainer
 from kdbench.environment import available_cores
@@ -107,9 +110,9 @@ def run_bench(
     recipe = Recipe(epochs=1, batch_size=batch_size, lr_decay_epochs=())
     teacher_model = build_model(teacher, num_classes=info.num_classes, in_chans=info.in_chans).eval()
 
-    def trainer(method: str, vam: bool) -> Trainer:
+    def spec_of(method: str, vam: bool) -> RunSpec:
         cls = method_class(method)
-        spec = RunSpec(
+        return RunSpec(
             method=method,
             student=student,
             teacher=teacher if cls.needs_teacher else None,
@@ -118,10 +121,12 @@ def run_bench(
             hp=cls.resolve_hp(),
             recipe=recipe,
         )
+
+    def trainer(method: str, vam: bool) -> Trainer:
         return Trainer(
-            spec,
+            spec_of(method, vam),
             data,
-            teacher=teacher_model if cls.needs_teacher else None,
+            teacher=teacher_model if method_class(method).needs_teacher else None,
             device=device,
             out=out,
             progress=lambda line: None,
@@ -140,6 +145,11 @@ def run_bench(
         method_trainer = trainer(method, vam)
         return lambda: method_trainer.train_epoch(1)
 
+    members = ("student", *methods)
+    alone = [epoch_of(method, vam=False) for method in members]
+    cohort = Cohort([spec_of(m, False) for m in members], data, teacher=teacher_model, device=device, out=out)
+    together, apart = f"cohort: {', '.join(members)} in one epoch", "the same runs alone, one after another"
+
     measures = [  # (name, work, name of its reference)
         (bare, _bare_epoch(*bare_args, MEMORY_FORMAT), bare),
         ("layout: the bare loop in NCHW", _bare_epoch(*bare_args, torch.contiguous_format), bare),
@@ -147,6 +157,8 @@ def run_bench(
         (engine, epoch_of("student", vam=False), bare),
         ("VAM: student +VAM epoch", epoch_of("student", vam=True), engine),
         *((f"method: {method} epoch", epoch_of(method, vam=False), engine) for method in methods),
+        (apart, lambda: [epoch() for epoch in alone], apart),
+        (together, lambda: cohort.train_stream(1, cohort.live()), apart),
     ]
     seconds = _best_seconds_in_turns({name: work for name, work, _ in measures}, repeats)
     rows = [

@@ -126,6 +126,13 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--force", action="store_true", help="re-run specs that already have a record")
+    parser.add_argument(
+        "--cohort",
+        choices=("on", "off"),
+        default="on",
+        help="train runs sharing a seed and recipe in lockstep: one data pass, one teacher forward "
+        "(default on; records are bit-identical either way)",
+    )
     _add_parallel_flags(parser)
     _add_common(parser)
 
@@ -322,6 +329,7 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
         out=Path(args.out),
         device=args.device,
         force=args.force,
+        cohort=args.cohort == "on",
         **_parallelism(args),
     )
 

@@ -25,6 +25,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -94,6 +95,24 @@ def probe_shapes(model: nn.Module, info: DatasetInfo, device: torch.device) -> F
     return shapes
 
 
+@dataclass
+class EpochMeter:
+    """Sums over an epoch's steps."""
+
+    steps: int = 0
+    images: int = 0
+    loss_sum: float = 0.0
+    term_sums: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def add(self, loss: float, terms: dict[str, float], images: int) -> None:
+        self.loss_sum += loss
+        for name, value in terms.items():
+            self.term_sums[name] = self.term_sums.get(name, 0.0) + value
+        self.steps += 1
+        self.images += images
+
+
 class Trainer:
     """Trains one RunSpec. Build it, then call `run()`; it returns the record's measured part."""
 
@@ -157,17 +176,24 @@ class Trainer:
         self.start_epoch = 1
         self.init_done = False
         self.train_seconds = 0.0
+        self.costs: dict = {}  # measured by `prepare`
 
     # -- losses -----------------------------------------------------------------------------
-    def _loss_terms(self, images, labels, indices, student=None, method=None) -> dict[str, torch.Tensor]:
-        """Weighted loss terms of one batch (on copies of student / method when given)."""
+    def _loss_terms(
+        self, images, labels, indices, student=None, method=None, teacher_out: Features | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of one batch (on copies of student / method when given; with the
+        teacher's features when a cohort computed them already)."""
         student = student or self.student
         method = method or self.method
         student_out = _forward(student, images, self.student_features)
-        teacher_out = None
-        if self.teacher is not None:
+        if self.teacher is None:
+            teacher_out = None
+        elif teacher_out is None:
             with torch.no_grad():
                 teacher_out = _forward(self.teacher, images, self.teacher_features)
+        else:
+            teacher_out = teacher_out.only(self.teacher_features)
         terms = method.losses(student_out, teacher_out, labels, indices)
         for wrapper in self.wrappers:
             terms.update(wrapper.loss_terms(student))
@@ -268,9 +294,11 @@ class Trainer:
         for wrapper in self.wrappers:
             wrapper.set_epoch(self.student, epoch, self.spec.recipe.epochs)
 
-    def step(self, images, labels, indices, where: str) -> tuple[float, dict[str, float]]:
+    def step(
+        self, images, labels, indices, where: str, teacher_out: Features | None = None
+    ) -> tuple[float, dict[str, float]]:
         """One optimisation step on a batch: (total loss, each weighted term), as floats."""
-        terms = self._loss_terms(images, labels, indices)
+        terms = self._loss_terms(images, labels, indices, teacher_out=teacher_out)
         loss = sum(terms.values())
         self._check_finite(loss, where, terms)
         self.optimizer.zero_grad(set_to_none=True)
@@ -280,29 +308,27 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         self.begin_epoch(epoch)
-        sums: dict[str, float] = {}
-        loss_sum, steps, images_seen = 0.0, 0, 0
-        start = time.perf_counter()
+        meter = EpochMeter()
         batches = self.batches()
         if self.progress_bar:
             steps_per_epoch = math.ceil(len(self.data.train) / self.spec.recipe.batch_size)
             batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step")
+        start = time.perf_counter()
         for images, labels, indices in batches:
-            loss, terms = self.step(images, labels, indices, f"epoch {epoch} step {steps}")
-            loss_sum += loss
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value
-            steps += 1
-            images_seen += len(labels)
-        seconds = time.perf_counter() - start
+            meter.add(*self.step(images, labels, indices, f"epoch {epoch} step {meter.steps}"), len(labels))
+        meter.seconds = time.perf_counter() - start
+        return self.close_epoch(epoch, meter)
+
+    def close_epoch(self, epoch: int, meter: EpochMeter) -> dict:
+        """The epoch's history entry (before evaluation); steps the lr schedule."""
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         return {
             "epoch": epoch,
-            "train_loss": loss_sum / steps,
-            "loss_terms": {name: value / steps for name, value in sums.items()},
-            "epoch_seconds": seconds,
-            "images": images_seen,
+            "train_loss": meter.loss_sum / meter.steps,
+            "loss_terms": {name: value / meter.steps for name, value in meter.term_sums.items()},
+            "epoch_seconds": meter.seconds,
+            "images": meter.images,
             "lr": lr,
         }
 
@@ -368,33 +394,43 @@ class Trainer:
             export_error = float((deployed(example) - self.student(example)).abs().max())
         return deployed, export_error
 
-    def run(self) -> TrainResult:
-        """Train to the end (resuming if a checkpoint exists) and return the measured results."""
-        recipe = self.spec.recipe
+    def prepare(self) -> None:
+        """Everything before the first epoch: resume from a checkpoint, measure costs, init stage."""
         self.try_resume()
-        costs = self.measure_costs()
+        self.costs = self.measure_costs()
         if not self.init_done:
             self.run_init_stage()
             self.save_checkpoint(0)
-        for epoch in range(self.start_epoch, recipe.epochs + 1):
-            entry = self.train_epoch(epoch)
-            evaluated = ""
-            if epoch % recipe.eval_every == 0 or epoch == recipe.epochs:
-                test = evaluate(self.student, self.data.test, self.data.info, self.device)
-                entry.update(test_top1=test["top1"], test_top5=test["top5"])
-                evaluated = f" test top-1 {test['top1']:.2f}%"
-                if self.data.val is not None:
-                    entry["val_top1"] = evaluate(self.student, self.data.val, self.data.info, self.device)[
-                        "top1"
-                    ]
-            self.history.append(entry)
-            self.train_seconds += entry["epoch_seconds"]
-            self.save_checkpoint(epoch)
-            self.progress(
-                f"[{self.spec.run_id}] {self.spec.label} epoch {epoch}/{recipe.epochs} "
-                f"loss {entry['train_loss']:.4f}{evaluated} "
-                f"({entry['epoch_seconds']:.1f}s, {entry['images'] / entry['epoch_seconds']:.0f} img/s)"
-            )
+
+    def finish_epoch(self, entry: dict) -> None:
+        """Evaluate where the recipe says so, record the epoch, checkpoint it, print its line."""
+        recipe, epoch = self.spec.recipe, entry["epoch"]
+        evaluated = ""
+        if epoch % recipe.eval_every == 0 or epoch == recipe.epochs:
+            test = evaluate(self.student, self.data.test, self.data.info, self.device)
+            entry.update(test_top1=test["top1"], test_top5=test["top5"])
+            evaluated = f" test top-1 {test['top1']:.2f}%"
+            if self.data.val is not None:
+                entry["val_top1"] = evaluate(self.student, self.data.val, self.data.info, self.device)["top1"]
+        self.history.append(entry)
+        self.train_seconds += entry["epoch_seconds"]
+        self.save_checkpoint(epoch)
+        self.progress(
+            f"[{self.spec.run_id}] {self.spec.label} epoch {epoch}/{recipe.epochs} "
+            f"loss {entry['train_loss']:.4f}{evaluated} "
+            f"({entry['epoch_seconds']:.1f}s, {entry['images'] / entry['epoch_seconds']:.0f} img/s)"
+        )
+
+    def run(self) -> TrainResult:
+        """Train to the end (resuming if a checkpoint exists) and return the measured results."""
+        self.prepare()
+        for epoch in range(self.start_epoch, self.spec.recipe.epochs + 1):
+            self.finish_epoch(self.train_epoch(epoch))
+        return self.result()
+
+    def result(self) -> TrainResult:
+        """The record's measured part, once every epoch is done."""
+        costs = self.costs
         deployed, export_error = self.deployed_student()
         example = torch.zeros(1, self.data.info.in_chans, *self.data.info.image_size, device=self.device)
         best = max((h for h in self.history if "test_top1" in h), key=lambda h: h["test_top1"])

@@ -9,6 +9,7 @@ copying their `runs/` folders together.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,8 @@ class SweepRequest:
     out: Path = Path("kdbench-results")
     device: str = "cpu"
     force: bool = False
-    jobs: int = 1  # runs trained at once, each in its own process
+    jobs: int = 1  # units trained at once, each in its own process
+    cohort: bool = True  # train runs sharing a seed and recipe as cohorts (kdbench/cohort.py)
     threads: int | None = None  # torch threads per run (None: leave torch's setting)
 
 
@@ -108,6 +110,18 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
     return specs
 
 
+def cohorts(specs: list[RunSpec], jobs: int, enabled: bool = True) -> list[list[RunSpec]]:
+    """Specs that can share a data stream and a teacher forward (same student, dataset, recipe,
+    seed), split so that `jobs` workers all get work: each group into ceil(jobs / groups) parts."""
+    if not enabled:
+        return [[spec] for spec in specs]
+    groups: dict[tuple, list[RunSpec]] = {}
+    for spec in specs:
+        groups.setdefault((spec.student, spec.dataset, spec.recipe, spec.seed), []).append(spec)
+    parts = math.ceil(jobs / len(groups)) if groups else 1
+    return [group[i::parts] for group in groups.values() for i in range(min(parts, len(group)))]
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -163,7 +177,9 @@ class Sweep:
         spec = teachers.teacher_spec(architecture, request.dataset, request.teacher_recipe)
         return teachers.find_cached(self.out, spec, self.progress)
 
-    def submit_pair_runs(self, backend: Backend, pair: Pair, teacher: tuple[Path, str] | None) -> None:
+    def pending(self, pair: Pair, teacher: tuple[Path, str] | None) -> list[RunSpec]:
+        """The pair's specs (without a teacher, or with this one) not yet submitted nor finished."""
+        specs = []
         for spec in specs_for_pair(self.request, pair, teacher[1] if teacher else None):
             if spec.run_id in self.submitted:
                 continue
@@ -175,7 +191,14 @@ class Sweep:
                     f"[{spec.run_id}] {spec.label}: cached ({existing['metrics']['last_top1']:.2f}%)"
                 )
             else:
-                backend.submit(RunUnit(spec, str(teacher[0]) if teacher else None))
+                specs.append(spec)
+        return specs
+
+    def submit(self, backend: Backend, specs: list[RunSpec], teacher: tuple[Path, str] | None) -> None:
+        """One unit per cohort (or per run with --cohort off); see `cohorts`."""
+        teacher_path = str(teacher[0]) if teacher else None
+        for members in cohorts(specs, self.request.jobs, self.request.cohort):
+            backend.submit(RunUnit(tuple(members), teacher_path))
 
     def run(self) -> SweepSummary:
         """Teachers first where they must be trained; runs needing no teacher start beside them."""
@@ -200,17 +223,20 @@ class Sweep:
         with self.backend() as backend:
             for spec in to_train.values():
                 backend.submit(TeacherUnit(spec))
-            for pair in request.pairs:
-                self.submit_pair_runs(backend, pair, None)
-                if pair.teacher in known:
-                    self.submit_pair_runs(backend, pair, known[pair.teacher])
+            for pair in request.pairs:  # with a known teacher, the baseline rides in its cohorts
+                teacher = known.get(pair.teacher)
+                self.submit(
+                    backend,
+                    self.pending(pair, None) + (self.pending(pair, teacher) if teacher else []),
+                    teacher,
+                )
             for outcome in backend.outcomes():
                 if outcome.status == "teacher":
                     architecture = to_train[outcome.run_id].student
                     known[architecture] = (Path(outcome.teacher_path), outcome.teacher_sha256)
                     for pair in request.pairs:
                         if pair.teacher == architecture:
-                            self.submit_pair_runs(backend, pair, known[architecture])
+                            self.submit(backend, self.pending(pair, known[architecture]), known[architecture])
                 else:
                     getattr(self.summary, outcome.status).append(outcome.run_id)  # done, cached or failed
         ratios.fill_time_ratios(self.out, self.summary.done + self.summary.cached)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from kdbench import store, teachers
+from kdbench.cohort import Cohort
 from kdbench.data import PreparedData, prepare_data
 from kdbench.engine import NonFiniteLossError, train
 from kdbench.environment import environment
@@ -39,11 +41,18 @@ class WorkerSettings:
 class TeacherUnit:
     spec: RunSpec  # kind "teacher": the architecture is `spec.student`
 
+    @property
+    def specs(self) -> tuple[RunSpec, ...]:
+        return (self.spec,)
+
 
 @dataclass(frozen=True)
 class RunUnit:
-    spec: RunSpec
-    teacher_path: str | None = None  # the checkpoint whose SHA-256 is `spec.teacher_sha256`
+    """Runs trained together: one spec alone, or a cohort (one seed, recipe and teacher; see
+    kdbench/cohort.py) over one data stream and one teacher forward."""
+
+    specs: tuple[RunSpec, ...]
+    teacher_path: str | None = None  # the checkpoint whose SHA-256 is the specs' `teacher_sha256`
 
 
 Unit = TeacherUnit | RunUnit
@@ -95,66 +104,99 @@ class Worker:
             self._teachers[str(path)] = teachers.load_teacher(path, architecture, data.info, self.device)
         return self._teachers[str(path)]
 
-    def execute(self, unit: Unit) -> Outcome:
-        """Train the unit under the store's claim on it, unless another process finished it meanwhile."""
-        with store.claim(self.out, unit.spec.run_id):
-            finished = None if self.settings.force else self.finished_elsewhere(unit)
-            return finished or self._execute(unit)
+    def execute(self, unit: Unit) -> list[Outcome]:
+        """Train the unit's runs under the store's claims on them (taken in run-id order, so two
+        processes never wait on each other), except those another process finished meanwhile."""
+        with ExitStack() as claims:
+            for run_id in sorted(spec.run_id for spec in unit.specs):
+                claims.enter_context(store.claim(self.out, run_id))
+            finished = [] if self.settings.force else self.finished_elsewhere(unit)
+            if isinstance(unit, TeacherUnit):
+                return finished or [self.train_teacher(unit.spec)]
+            done = {outcome.run_id for outcome in finished}
+            specs = [spec for spec in unit.specs if spec.run_id not in done]
+            teacher_path = Path(unit.teacher_path) if unit.teacher_path else None
+            return finished + (self.train_runs(specs, teacher_path) if specs else [])
 
-    def finished_elsewhere(self, unit: Unit) -> Outcome | None:
-        spec = unit.spec
+    def finished_elsewhere(self, unit: Unit) -> list[Outcome]:
         if isinstance(unit, TeacherUnit):
-            found = teachers.find_cached(self.out, spec, self.progress)
-            return Outcome(spec.run_id, "teacher", str(found[0]), found[1]) if found else None
-        record = store.find_record(self.out, spec.run_id)
-        if record and record["status"] == "done":
-            self.progress(f"[{spec.run_id}] {spec.label}: trained by another process meanwhile")
-            return Outcome(spec.run_id, "cached")
-        return None
+            found = teachers.find_cached(self.out, unit.spec, self.progress)
+            return [Outcome(unit.spec.run_id, "teacher", str(found[0]), found[1])] if found else []
+        outcomes = []
+        for spec in unit.specs:
+            record = store.find_record(self.out, spec.run_id)
+            if record and record["status"] == "done":
+                self.progress(f"[{spec.run_id}] {spec.label}: trained by another process meanwhile")
+                outcomes.append(Outcome(spec.run_id, "cached"))
+        return outcomes
 
-    def _execute(self, unit: Unit) -> Outcome:
-        if isinstance(unit, TeacherUnit):
-            spec = unit.spec
-            path, digest = teachers.train_teacher(
-                spec,
-                self.data_for(spec.dataset, spec.recipe),
-                self.out,
-                self.device,
-                self.environment,
-                self.progress,
-                self.progress_bar,
-            )
-            return Outcome(spec.run_id, "teacher", str(path), digest)
-        return self.train_run(unit.spec, Path(unit.teacher_path) if unit.teacher_path else None)
+    def train_teacher(self, spec: RunSpec) -> Outcome:
+        path, digest = teachers.train_teacher(
+            spec,
+            self.data_for(spec.dataset, spec.recipe),
+            self.out,
+            self.device,
+            self.environment,
+            self.progress,
+            self.progress_bar,
+        )
+        return Outcome(spec.run_id, "teacher", str(path), digest)
 
-    def _write(self, spec: RunSpec, status: str, result: dict | None = None, error: str | None = None):
+    def train_runs(self, specs: list[RunSpec], teacher_path: Path | None) -> list[Outcome]:
+        """Train the specs (alone, or as one cohort) and write a record for each."""
+        data = self.data_for(specs[0].dataset, specs[0].recipe)
+        architecture = next((spec.teacher for spec in specs if spec.teacher), None)
+        teacher = self.teacher_module(architecture, teacher_path, data) if architecture else None
+        environment = {**self.environment, "cohort_size": len(specs)}
+        if len(specs) == 1:
+            try:
+                result, final_state = train(
+                    specs[0],
+                    data,
+                    teacher=teacher,
+                    device=self.device,
+                    out=self.out,
+                    progress=self.progress,
+                    progress_bar=self.progress_bar,
+                )
+            except (NonFiniteLossError, PairNotSupportedError) as err:
+                return [self.record(specs[0], environment, error=err)]
+            return [self.record(specs[0], environment, result, final_state)]
+        cohort = Cohort(
+            specs, data, teacher=teacher, device=self.device, out=self.out, progress=self.progress
+        )
+        return [
+            self.record(member.spec, environment, member.result, error=member.error)
+            if member.error or member.result is None
+            else self.record(member.spec, environment, member.result, member.result.pop("final_state"))
+            for member in cohort.run()
+        ]
+
+    def record(
+        self,
+        spec: RunSpec,
+        environment: dict,
+        result: dict | None = None,
+        final_state: dict | None = None,
+        error: Exception | None = None,
+    ) -> Outcome:
+        """Write the run's record (failed, with the reason, when it has an error) and its weights."""
+        status = "failed" if error is not None else "done"
+        if final_state is not None:  # RepDistiller's checkpoint format
+            store.atomic_torch_save(self.out / "models" / f"{spec.run_id}.pt", {"model": final_state})
         record = store.new_record(
-            spec.to_dict(), spec.run_id, spec.kind, status, self.environment, result, error
+            spec.to_dict(),
+            spec.run_id,
+            spec.kind,
+            status,
+            environment,
+            None if error else result,
+            None if error is None else str(error),
         )
         store.write_record(self.out, record)
         store.checkpoint_path(self.out, spec.run_id).unlink(missing_ok=True)
-        return record
-
-    def train_run(self, spec: RunSpec, teacher_path: Path | None) -> Outcome:
-        """Train one spec and write its record (failed, with the reason, for an expected failure)."""
-        data = self.data_for(spec.dataset, spec.recipe)
-        teacher = self.teacher_module(spec.teacher, teacher_path, data) if spec.teacher else None
-        try:
-            result, final_state = train(
-                spec,
-                data,
-                teacher=teacher,
-                device=self.device,
-                out=self.out,
-                progress=self.progress,
-                progress_bar=self.progress_bar,
-            )
-        except (NonFiniteLossError, PairNotSupportedError) as err:
-            self._write(spec, "failed", error=str(err))
-            self.progress(f"[{spec.run_id}] {spec.label}: FAILED: {err}")
-            return Outcome(spec.run_id, "failed")
-        # RepDistiller's checkpoint format
-        store.atomic_torch_save(self.out / "models" / f"{spec.run_id}.pt", {"model": final_state})
-        record = self._write(spec, "done", result)
-        self.progress(f"[{spec.run_id}] {spec.label}: done, top-1 {record['metrics']['last_top1']:.2f}%")
-        return Outcome(spec.run_id, "done")
+        if error is not None:
+            self.progress(f"[{spec.run_id}] {spec.label}: FAILED: {error}")
+        else:
+            self.progress(f"[{spec.run_id}] {spec.label}: done, top-1 {record['metrics']['last_top1']:.2f}%")
+        return Outcome(spec.run_id, status)

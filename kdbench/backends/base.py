@@ -1,8 +1,8 @@
 """The execution interface every back-end implements: submit units, iterate outcomes, cancel.
 
     with backend:                       # __exit__ with an exception (Ctrl-C, an error) cancels
-        backend.submit(unit)            # a kdbench.units.TeacherUnit or RunUnit
-        for outcome in backend.outcomes():   # as units finish, until none is in flight;
+        backend.submit(unit)            # a kdbench.units.TeacherUnit or RunUnit (one run or a cohort)
+        for outcome in backend.outcomes():   # one per run, as units finish, until none is in flight;
             backend.submit(more)             # submitting from the loop is allowed
 
 A unit that raises (a bug, not an expected failure: those come back as "failed" outcomes)

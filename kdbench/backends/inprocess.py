@@ -24,7 +24,7 @@ class InProcessBackend(Backend):
 
     def outcomes(self) -> Iterator[Outcome]:
         while self.queue:  # FIFO; a teacher's outcome may submit (and so queue) its pair's runs
-            yield self.worker.execute(self.queue.popleft())
+            yield from self.worker.execute(self.queue.popleft())
 
     def cancel(self) -> None:
         self.queue.clear()

@@ -51,7 +51,7 @@ def _start_worker(settings: WorkerSettings) -> None:
         _startup_error = err
 
 
-def _execute(unit: Unit) -> Outcome:
+def _execute(unit: Unit) -> list[Outcome]:
     if _startup_error is not None:
         raise WorkerStartupError(f"a pool worker failed to start: {_startup_error}") from _startup_error
     return _worker.execute(unit)
@@ -76,12 +76,11 @@ class PoolBackend(Backend):
             for future in finished:
                 unit = self.in_flight.pop(future)
                 try:
-                    outcome = future.result()
+                    outcomes = future.result()
                 except BrokenProcessPool as err:
-                    raise RuntimeError(
-                        f"a pool worker died while training {unit.spec.label} ({unit.spec.run_id}): {err}"
-                    ) from err
-                yield outcome
+                    runs = ", ".join(f"{spec.label} ({spec.run_id})" for spec in unit.specs)
+                    raise RuntimeError(f"a pool worker died while training {runs}: {err}") from err
+                yield from outcomes
 
     def cancel(self) -> None:
         """Terminate the workers now (their runs resume from their last epoch checkpoints)."""

@@ -133,6 +133,15 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="train runs sharing a seed and recipe in lockstep: one data pass, one teacher forward "
         "(default on; records are bit-identical either way)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="student runs' precision: autocast bf16 / fp16 (with a gradient scaler) or fp32 "
+        "(default: the preset's, else fp32); recorded in every spec",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the student's and teacher's training forward"
+    )
     _add_parallel_flags(parser)
     _add_common(parser)
 
@@ -330,6 +339,8 @@ def _request_from_args(args, methods_override: list[str] | None = None, pairs_ov
         device=args.device,
         force=args.force,
         cohort=args.cohort == "on",
+        precision=args.precision or chosen.get("precision", "fp32"),
+        compile=args.compile,
         **_parallelism(args),
     )
 

@@ -117,8 +117,9 @@ class Cohort:
         if self.teacher is None or not any(m.trainer.teacher is not None for m in members):
             return None
         fields = tuple(sorted({f for m in members for f in m.trainer.teacher_features}))
-        with torch.no_grad():
-            return _forward(self.teacher, images, fields)
+        leader = members[0].trainer  # members share precision and compile (the cohort key)
+        with torch.no_grad(), leader.precision.autocast():
+            return _forward(leader.train_teacher, images, fields)
 
     def train_stream(self, epoch: int, members: list[Member]) -> list[tuple[Member, dict]]:
         """One epoch of `members` over one stream, the batches and the teacher forward shared:

@@ -25,6 +25,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from kdbench.features import Features, FeatureShapes
 from kdbench.measure import inference_flops, measure_train_step, parameter_count
 from kdbench.methods.base import Method, MethodContext, method_class
 from kdbench.models import build_model
+from kdbench.precision import Precision, backward_step
 from kdbench.registries import WRAPPERS
 from kdbench.spec import RunSpec
 from kdbench.store import CheckpointError, TrainResult, atomic_torch_save, checkpoint_path, read_checkpoint
@@ -66,8 +68,14 @@ def _forward(model: nn.Module, images: torch.Tensor, fields: tuple[str, ...]) ->
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageData, info: DatasetInfo, device: torch.device) -> dict:
-    """Top-1 / top-5 accuracy (%) on a whole split, eval mode."""
+def evaluate(
+    model: nn.Module,
+    data: ImageData,
+    info: DatasetInfo,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> dict:
+    """Top-1 / top-5 accuracy (%) on a whole split, eval mode (under the run's autocast)."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = 0
@@ -75,7 +83,8 @@ def evaluate(model: nn.Module, data: ImageData, info: DatasetInfo, device: torch
     for images, labels, _ in iterate_batches(
         data, info, EVAL_BATCH_SIZE, shuffle=False, augment=False, device=device, generator=None
     ):
-        logits = model(images)
+        with autocast():
+            logits = model(images)
         top = logits.topk(topk, dim=1).indices
         hits = top.eq(labels[:, None])
         correct1 += int(hits[:, 0].sum())
@@ -143,6 +152,11 @@ class Trainer:
         self.teacher = teacher
         if teacher is not None:
             teacher.eval().requires_grad_(False).to(memory_format=MEMORY_FORMAT)
+        self.precision = Precision(spec.precision, device)
+        self.scaler = self.precision.scaler()
+        # what the training steps call: compiled wrappers where asked (the modules stay as they are)
+        self.train_student = torch.compile(self.student) if spec.compile else self.student
+        self.train_teacher = torch.compile(teacher) if spec.compile and teacher is not None else teacher
         method_cls: type[Method] = method_class(spec.method)
         student_shapes = probe_shapes(self.student, info, device)
         teacher_shapes = probe_shapes(teacher, info, device) if teacher is not None else None
@@ -184,14 +198,14 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """Weighted loss terms of one batch (on copies of student / method when given; with the
         teacher's features when a cohort computed them already)."""
-        student = student or self.student
+        student = student or self.train_student
         method = method or self.method
         student_out = _forward(student, images, self.student_features)
         if self.teacher is None:
             teacher_out = None
         elif teacher_out is None:
             with torch.no_grad():
-                teacher_out = _forward(self.teacher, images, self.teacher_features)
+                teacher_out = _forward(self.train_teacher, images, self.teacher_features)
         else:
             teacher_out = teacher_out.only(self.teacher_features)
         terms = method.losses(student_out, teacher_out, labels, indices)
@@ -216,6 +230,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "torch_rng": torch.get_rng_state(),
             "generator": self.generator.get_state(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
         }
         atomic_torch_save(self._checkpoint_file(), state)
 
@@ -235,6 +250,8 @@ class Trainer:
         self.init_done = state["init_done"]
         torch.set_rng_state(state["torch_rng"])
         self.generator.set_state(state["generator"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = state["epoch"] + 1
         self.progress(f"[{self.spec.run_id}] resuming {self.spec.label} after epoch {state['epoch']}")
         return True
@@ -265,18 +282,19 @@ class Trainer:
         optimizer = torch.optim.SGD(
             parameters, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
         )
+        scaler = self.precision.scaler()
         self.student.train()
         for epoch in range(1, stage.epochs + 1):
             total, steps = 0.0, 0
             for images, _, _ in self.batches():
-                student_out = _forward(self.student, images, self.student_features)
-                with torch.no_grad():
-                    teacher_out = _forward(self.teacher, images, self.teacher_features)
-                loss = sum(stage.loss(student_out, teacher_out).values())
+                with self.precision.autocast():
+                    student_out = _forward(self.train_student, images, self.student_features)
+                    with torch.no_grad():
+                        teacher_out = _forward(self.train_teacher, images, self.teacher_features)
+                    loss = sum(stage.loss(student_out, teacher_out).values())
                 self._check_finite(loss, f"init stage epoch {epoch} step {steps}")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                backward_step(loss, optimizer, scaler)
                 total, steps = total + float(loss.detach()), steps + 1
             self.progress(f"[{self.spec.run_id}] init stage {epoch}/{stage.epochs} loss {total / steps:.4f}")
         self.init_done = True
@@ -298,12 +316,12 @@ class Trainer:
         self, images, labels, indices, where: str, teacher_out: Features | None = None
     ) -> tuple[float, dict[str, float]]:
         """One optimisation step on a batch: (total loss, each weighted term), as floats."""
-        terms = self._loss_terms(images, labels, indices, teacher_out=teacher_out)
-        loss = sum(terms.values())
+        with self.precision.autocast():
+            terms = self._loss_terms(images, labels, indices, teacher_out=teacher_out)
+            loss = sum(terms.values())
         self._check_finite(loss, where, terms)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        backward_step(loss, self.optimizer, self.scaler)
         return float(loss.detach()), {name: float(value.detach()) for name, value in terms.items()}
 
     def train_epoch(self, epoch: int) -> dict:
@@ -354,7 +372,8 @@ class Trainer:
         trained = [p for p in student.parameters()] + [p for p in method.parameters() if p.requires_grad]
 
         def step():
-            return sum(self._loss_terms(images, labels, indices, student, method).values())
+            with self.precision.autocast():
+                return sum(self._loss_terms(images, labels, indices, student, method).values())
 
         frozen = [self.teacher] if self.teacher is not None else []
         costs = measure_train_step(step, trained, frozen, len(labels), self.device)
@@ -407,11 +426,15 @@ class Trainer:
         recipe, epoch = self.spec.recipe, entry["epoch"]
         evaluated = ""
         if epoch % recipe.eval_every == 0 or epoch == recipe.epochs:
-            test = evaluate(self.student, self.data.test, self.data.info, self.device)
+            test = evaluate(
+                self.student, self.data.test, self.data.info, self.device, self.precision.autocast
+            )
             entry.update(test_top1=test["top1"], test_top5=test["top5"])
             evaluated = f" test top-1 {test['top1']:.2f}%"
             if self.data.val is not None:
-                entry["val_top1"] = evaluate(self.student, self.data.val, self.data.info, self.device)["top1"]
+                entry["val_top1"] = evaluate(
+                    self.student, self.data.val, self.data.info, self.device, self.precision.autocast
+                )["top1"]
         self.history.append(entry)
         self.train_seconds += entry["epoch_seconds"]
         self.save_checkpoint(epoch)

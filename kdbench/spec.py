@@ -113,6 +113,11 @@ class VAMConfig:
         return cls(**data)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+# fields added after the first records were written, and their defaults
+HASH_OMITS_AT_DEFAULT = {"precision": "fp32", "compile": False}
+
+
 @dataclass(frozen=True)
 class RunSpec:
     method: str
@@ -125,6 +130,12 @@ class RunSpec:
     hp: dict = field(default_factory=dict)  # resolved method hyper-parameters
     recipe: Recipe = field(default_factory=Recipe)
     kind: str = "distill"  # "distill" or "teacher"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; kdbench/precision.py)
+    compile: bool = False  # torch.compile the student's and the teacher's training forward
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def __hash__(self) -> int:  # dict field: hash the canonical form instead
         return hash(self.run_id)
@@ -143,7 +154,13 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """The hash of every field; a field added later is left out at its default, so the run ids
+        of earlier records stay valid."""
+        data = self.to_dict()
+        for name, default in HASH_OMITS_AT_DEFAULT.items():
+            if data[name] == default:
+                del data[name]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @property
@@ -153,4 +170,9 @@ class RunSpec:
     @property
     def label(self) -> str:
         vam = " +VAM" if self.vam else ""
-        return f"{self.method}{vam} {self.pair} {self.dataset} seed={self.seed}"
+        mode = "".join(
+            f" {m}"
+            for m in (self.precision if self.precision != "fp32" else "", "compiled" if self.compile else "")
+            if m
+        )
+        return f"{self.method}{vam} {self.pair} {self.dataset} seed={self.seed}{mode}"

@@ -48,6 +48,8 @@ class SweepRequest:
     force: bool = False
     jobs: int = 1  # units trained at once, each in its own process
     cohort: bool = True  # train runs sharing a seed and recipe as cohorts (kdbench/cohort.py)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (kdbench/precision.py)
+    compile: bool = False  # torch.compile the training forwards
     threads: int | None = None  # torch threads per run (None: leave torch's setting)
 
 
@@ -105,6 +107,8 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
                         vam=request.vam_config if vam_on else None,
                         hp=hp,
                         recipe=recipe,
+                        precision=request.precision,
+                        compile=request.compile,
                     )
                 )
     return specs
@@ -112,12 +116,13 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
 
 def cohorts(specs: list[RunSpec], jobs: int, enabled: bool = True) -> list[list[RunSpec]]:
     """Specs that can share a data stream and a teacher forward (same student, dataset, recipe,
-    seed), split so that `jobs` workers all get work: each group into ceil(jobs / groups) parts."""
+    seed, precision, compile), split so that `jobs` workers all get work: each group into ceil(jobs / groups) parts."""
     if not enabled:
         return [[spec] for spec in specs]
     groups: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
-        groups.setdefault((spec.student, spec.dataset, spec.recipe, spec.seed), []).append(spec)
+        key = (spec.student, spec.dataset, spec.recipe, spec.seed, spec.precision, spec.compile)
+        groups.setdefault(key, []).append(spec)
     parts = math.ceil(jobs / len(groups)) if groups else 1
     return [group[i::parts] for group in groups.values() for i in range(min(parts, len(group)))]
 

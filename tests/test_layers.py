@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ["kdbench", "kdbench.errors", "kdbench.spec", "kdbench.store", "kdbench.features"]
     + ["kdbench.registries", "kdbench.catalog", "kdbench.environment"],
-    ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data", "kdbench.measure"],
+    ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data", "kdbench.measure"]
+    + ["kdbench.precision"],
     ["kdbench.teachers", "kdbench.engine", "kdbench.cohort", "kdbench.units", "kdbench.ratios"],
     ["kdbench.backends"],
     ["kdbench.sweep", "kdbench.explain", "kdbench.explain_report", "kdbench.bench", "kdbench.pins"]

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from kdbench.cohort import Cohort
 from kdbench.data import MEMORY_FORMAT, PreparedData, iterate_batches, load_dataset
@@ -29,44 +28,36 @@ from kdbench.engine import Trainer
 from kdbench.environment import available_cores
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
+from kdbench.reference_loops import bare_epoch, bare_kd_epoch, classic_kd_epoch
 from kdbench.spec import Recipe, RunSpec, VAMConfig
 
 
-def _best_seconds_in_turns(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def _best_seconds_in_turns(
+    works: dict[str, Callable[[], object]], repeats: int, device: torch.device
+) -> dict[str, float]:
     """Best seconds of each work over `repeats` rounds, each round timing every work once."""
+
+    def synchronize():  # a GPU works asynchronously: wait for it before reading the clock
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for work in works.values():
-        work()  # warm-up, untimed: first-call allocations and oneDNN kernel choices
+        work()  # warm-up, untimed: first-call allocations, kernel choices, compilation
     best = dict.fromkeys(works, float("inf"))
     for _ in range(repeats):
         for name, work in works.items():
+            synchronize()
             start = time.perf_counter()
             work()
+            synchronize()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
-
-
-def _bare_epoch(
-    student: str, batches: list, num_classes: int, in_chans: int, memory_format: torch.memory_format
-) -> Callable[[], None]:
-    """One epoch of a bare PyTorch SGD loop over `batches`, no engine: the reference of the ratios."""
-    model = build_model(student, num_classes=num_classes, in_chans=in_chans).to(memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    steps = [(images.contiguous(memory_format=memory_format), labels) for images, labels, _ in batches]
-
-    def epoch():
-        for images, labels in steps:
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-    return epoch
 
 
 def _training_seconds(student: str, batches: list, num_classes: int, in_chans: int, threads: int) -> float:
     """Seconds of one bare epoch over `batches` with `threads` torch threads (after a warm-up epoch)."""
     torch.set_num_threads(threads)
-    epoch = _bare_epoch(student, batches, num_classes, in_chans, MEMORY_FORMAT)
+    epoch = bare_epoch(student, batches, num_classes, in_chans, MEMORY_FORMAT)
     epoch()  # warm-up, untimed: first-call allocations and a kernel choice per batch shape
     start = time.perf_counter()
     epoch()
@@ -101,16 +92,19 @@ def run_bench(
     repeats: int = 3,
     data_root: str | None = None,
     out: str = "/tmp/kdbench-bench",
+    device: str = "cpu",
+    dataset_options: dict | None = None,
 ) -> list[dict]:
     """Return rows {measure, seconds, reference_seconds, ratio}."""
-    info, train, test = load_dataset(dataset, data_root)
+    info, train, test = load_dataset(dataset, data_root, **(dataset_options or {}))
     train = train.take(torch.arange(min(train_images, len(train))))
     data = PreparedData(info, train, test, None)
-    device = torch.device("cpu")
+    device = torch.device(device)
     recipe = Recipe(epochs=1, batch_size=batch_size, lr_decay_epochs=())
-    teacher_model = build_model(teacher, num_classes=info.num_classes, in_chans=info.in_chans).eval()
+    teacher_model = build_model(teacher, num_classes=info.num_classes, in_chans=info.in_chans)
+    teacher_model = teacher_model.to(device, memory_format=MEMORY_FORMAT).eval().requires_grad_(False)
 
-    def spec_of(method: str, vam: bool) -> RunSpec:
+    def spec_of(method: str, vam: bool, precision: str = "fp32", compile: bool = False) -> RunSpec:
         cls = method_class(method)
         return RunSpec(
             method=method,
@@ -120,11 +114,13 @@ def run_bench(
             vam=VAMConfig() if vam else None,
             hp=cls.resolve_hp(),
             recipe=recipe,
+            precision=precision,
+            compile=compile,
         )
 
-    def trainer(method: str, vam: bool) -> Trainer:
+    def trainer(method: str, vam: bool, **mode) -> Trainer:
         return Trainer(
-            spec_of(method, vam),
+            spec_of(method, vam, **mode),
             data,
             teacher=teacher_model if method_class(method).needs_teacher else None,
             device=device,
@@ -141,32 +137,43 @@ def run_bench(
     bare_args = (student, prepared, info.num_classes, info.in_chans)
     bare, engine = "bare PyTorch loop, channels-last (reference)", "engine: student baseline epoch"
 
-    def epoch_of(method: str, vam: bool) -> Callable[[], dict]:
-        method_trainer = trainer(method, vam)
+    def epoch_of(method: str, vam: bool, **mode) -> Callable[[], dict]:
+        method_trainer = trainer(method, vam, **mode)
         return lambda: method_trainer.train_epoch(1)
 
     members = ("student", *methods)
     alone = [epoch_of(method, vam=False) for method in members]
     cohort = Cohort([spec_of(m, False) for m in members], data, teacher=teacher_model, device=device, out=out)
     together, apart = f"cohort: {', '.join(members)} in one epoch", "the same runs alone, one after another"
+    kd_args = (student, teacher_model, prepared, info.num_classes, info.in_chans)
+    bare_kd, engine_kd = "bare fp32 KD loop (reference)", "engine: kd epoch, fp32"
 
     measures = [  # (name, work, name of its reference)
-        (bare, _bare_epoch(*bare_args, MEMORY_FORMAT), bare),
-        ("layout: the bare loop in NCHW", _bare_epoch(*bare_args, torch.contiguous_format), bare),
+        (bare, bare_epoch(*bare_args, MEMORY_FORMAT), bare),
+        ("layout: the bare loop in NCHW", bare_epoch(*bare_args, torch.contiguous_format), bare),
         ("loader: augmented batches only", lambda: sum(1 for _ in batches()), bare),
         (engine, epoch_of("student", vam=False), bare),
         ("VAM: student +VAM epoch", epoch_of("student", vam=True), engine),
         *((f"method: {method} epoch", epoch_of(method, vam=False), engine) for method in methods),
         (apart, lambda: [epoch() for epoch in alone], apart),
         (together, lambda: cohort.train_stream(1, cohort.live()), apart),
+        (bare_kd, bare_kd_epoch(*kd_args), bare_kd),
+        (engine_kd, epoch_of("kd", vam=False), bare_kd),
+        (
+            "classic: per-image DataLoader KD loop",
+            classic_kd_epoch(student, teacher_model, train, info, batch_size),
+            engine_kd,
+        ),
+        ("precision: kd epoch, bf16 autocast", epoch_of("kd", vam=False, precision="bf16"), engine_kd),
+        ("compile: kd epoch, torch.compile", epoch_of("kd", vam=False, compile=True), engine_kd),
     ]
-    seconds = _best_seconds_in_turns({name: work for name, work, _ in measures}, repeats)
+    seconds = _best_seconds_in_turns({name: work for name, work, _ in measures}, repeats, device)
     rows = [
         {"measure": name, "seconds": seconds[name], "reference_seconds": seconds[reference]}
         for name, _, reference in measures
     ]
     cores = available_cores()
-    if cores > 1:
+    if cores > 1 and device.type == "cpu":
         one_after_another = pooled = float("inf")
         for _ in range(repeats):  # in turns, as above
             one_after_another = min(one_after_another, 2 * _training_seconds(*bare_args, threads=cores))

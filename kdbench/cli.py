@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", default="kd,crd")
     bench.add_argument("--images", type=_whole(1), default=2048, help="training images per timed epoch")
     bench.add_argument("--repeats", type=_whole(1), default=3)
+    bench.add_argument("--batch-size", type=_whole(1), default=128)
+    bench.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    bench.add_argument(
+        "--num-classes", type=_whole(2), help="synthetic data only: classes (100 = CIFAR-100-shaped)"
+    )
+    bench.add_argument("--image-size", type=_whole(8), help="synthetic data only: image side (32 = CIFAR)")
 
     pins = commands.add_parser(
         "pins", help="CI's fast tier: every method's first training steps against the pinned losses"
@@ -492,8 +498,19 @@ def cmd_bench(args) -> int:
         teacher=args.teacher,
         methods=tuple(m for m in args.methods.split(",") if m),
         train_images=args.images,
+        batch_size=args.batch_size,
         repeats=args.repeats,
         data_root=args.data_root,
+        device=args.device,
+        dataset_options={
+            key: value
+            for key, value in (
+                ("num_classes", args.num_classes),
+                ("image_size", args.image_size),
+                ("num_train", args.images if args.dataset == "synthetic" else None),
+            )
+            if value is not None
+        },
     )
     print(tabulate(rows, headers="keys", floatfmt=".3f"))
     print("ratio = seconds / reference_seconds, both measured in this run (best of repeats)")

@@ -17,6 +17,7 @@ LAYERS = [
     ["kdbench.teachers", "kdbench.engine", "kdbench.cohort", "kdbench.units", "kdbench.ratios"],
     ["kdbench.backends"],
     ["kdbench.sweep", "kdbench.explain", "kdbench.explain_report", "kdbench.bench", "kdbench.pins"]
+    + ["kdbench.reference_loops"]
     + ["kdbench.report"],
     ["kdbench.cli"],
 ]

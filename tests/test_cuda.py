@@ -1,0 +1,83 @@
+"""The GPU path; skipped without CUDA (run on a GPU machine by tests/gpu_check.sh: pytest -m cuda)."""
+
+import pytest
+import torch
+
+from kdbench.catalog import Pair
+from kdbench.data import PreparedData, load_dataset
+from kdbench.engine import Trainer
+from kdbench.methods.base import method_class
+from kdbench.models import build_model
+from kdbench.registries import METHODS
+from kdbench.spec import Recipe, RunSpec, VAMConfig
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    info, train, test = load_dataset("synthetic", num_train=128, num_test=64, image_size=16)
+    return PreparedData(info, train, test, None)
+
+
+def trainer(tiny_data, tmp_path, method, **fields):
+    torch.manual_seed(1)
+    teacher = build_model(
+        "resnet14", num_classes=tiny_data.info.num_classes, in_chans=tiny_data.info.in_chans
+    )
+    cls = method_class(method)
+    spec = RunSpec(
+        method=method,
+        student="resnet8",
+        teacher="resnet14" if cls.needs_teacher else None,
+        dataset="synthetic",
+        hp=cls.resolve_hp(),
+        recipe=Recipe(epochs=1, batch_size=32, lr_decay_epochs=()),
+        **fields,
+    )
+    teacher = teacher.to(CUDA) if cls.needs_teacher else None
+    return Trainer(spec, tiny_data, teacher=teacher, device=CUDA, out=tmp_path, progress=lambda _: None)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS.module_dict))
+def test_every_method_trains_on_cuda(tiny_data, tmp_path, method):
+    result = trainer(tiny_data, tmp_path, method).run()
+    assert result["history"][0]["train_loss"] == result["history"][0]["train_loss"]  # not NaN
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda(tiny_data, tmp_path, precision):
+    result = trainer(tiny_data, tmp_path, "kd", precision=precision).run()
+    assert result["history"][0]["train_loss"] == result["history"][0]["train_loss"]
+
+
+def test_compile_on_cuda(tiny_data, tmp_path):
+    eager = trainer(tiny_data, tmp_path / "eager", "kd").run()
+    compiled = trainer(tiny_data, tmp_path / "compiled", "kd", compile=True).run()
+    assert compiled["history"][0]["train_loss"] == pytest.approx(eager["history"][0]["train_loss"], rel=1e-2)
+
+
+def test_vam_fold_is_exact_on_cuda(tiny_data, tmp_path):
+    result = trainer(tiny_data, tmp_path, "kd", vam=VAMConfig()).run()
+    assert result["overhead"]["export_max_abs_error"] < 1e-4
+
+
+def test_cohort_members_equal_solo_runs_on_cuda_with_deterministic_kernels(tmp_path):
+    """Bit for bit where the kernels are deterministic (torch.use_deterministic_algorithms)."""
+    from test_cohort import request, stored, without_timing  # the same comparison as on the CPU
+
+    from kdbench.sweep import Sweep
+
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    try:
+        base = dict(pairs=[Pair("resnet14", "resnet8")], device="cuda", vam_modes=[False], jobs=1)
+        Sweep(request(tmp_path / "solo", cohort=False, **base), progress=lambda _: None).run()
+        Sweep(request(tmp_path / "cohort", **base), progress=lambda _: None).run()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    solo, _ = stored(tmp_path / "solo")
+    together, _ = stored(tmp_path / "cohort")
+    assert {k: without_timing(v) for k, v in together.items()} == {
+        k: without_timing(v) for k, v in solo.items()
+    }

@@ -98,8 +98,10 @@ def run_bench(
     """Return rows {measure, seconds, reference_seconds, ratio}."""
     info, train, test = load_dataset(dataset, data_root, **(dataset_options or {}))
     train = train.take(torch.arange(min(train_images, len(train))))
-    data = PreparedData(info, train, test, None)
     device = torch.device(device)
+    host_train = train  # the classic loop augments on the host, one image at a time
+    data = PreparedData(info, train, test, None).to(device)
+    train = data.train
     recipe = Recipe(epochs=1, batch_size=batch_size, lr_decay_epochs=())
     teacher_model = build_model(teacher, num_classes=info.num_classes, in_chans=info.in_chans)
     teacher_model = teacher_model.to(device, memory_format=MEMORY_FORMAT).eval().requires_grad_(False)
@@ -161,7 +163,7 @@ def run_bench(
         (engine_kd, epoch_of("kd", vam=False), bare_kd),
         (
             "classic: per-image DataLoader KD loop",
-            classic_kd_epoch(student, teacher_model, train, info, batch_size),
+            classic_kd_epoch(student, teacher_model, host_train, info, batch_size),
             engine_kd,
         ),
         ("precision: kd epoch, bf16 autocast", epoch_of("kd", vam=False, precision="bf16"), engine_kd),

@@ -55,7 +55,8 @@ class DatasetCorruptError(KdbenchError, RuntimeError):
 class ImageData:
     """One split of a dataset, decoded into memory.
 
-    images: uint8 (N, C, H, W), on the CPU; labels: int64 (N,). Sample i is images[i], labels[i].
+    images: uint8 (N, C, H, W); labels: int64 (N,). Sample i is images[i], labels[i]. Decoded on
+    the CPU; a GPU run keeps them resident on the device (`to`), where batches are then sliced.
     """
 
     images: torch.Tensor
@@ -74,6 +75,9 @@ class ImageData:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def to(self, device: torch.device | str) -> ImageData:
+        return ImageData(self.images.to(device), self.labels.to(device))
 
     def take(self, indices: torch.Tensor) -> ImageData:
         """The samples at `indices`, in that order (a copy)."""
@@ -727,6 +731,12 @@ class PreparedData:
     train: ImageData
     test: ImageData
     val: ImageData | None
+
+    def to(self, device: torch.device | str) -> PreparedData:
+        """Every split on `device` (uint8 images: a quarter of their float size)."""
+        return PreparedData(
+            self.info, self.train.to(device), self.test.to(device), self.val.to(device) if self.val else None
+        )
 
 
 def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> PreparedData:

@@ -95,7 +95,8 @@ class Worker:
     def data_for(self, dataset: str, recipe: Recipe) -> PreparedData:
         key = (dataset, recipe.train_subset, recipe.val_split)  # only these choose the images
         if key not in self._data:
-            self._data[key] = prepare_data(dataset, self.settings.data_root, recipe)
+            # resident on the device: batches are sliced, augmented and normalised there
+            self._data[key] = prepare_data(dataset, self.settings.data_root, recipe).to(self.device)
         return self._data[key]
 
     def teacher_module(self, architecture: str, path: Path, data: PreparedData) -> nn.Module:

@@ -486,21 +486,10 @@ class Trainer:
         }
 
 
-def train(
-    spec: RunSpec,
-    data: PreparedData,
-    *,
-    teacher: nn.Module | None,
-    device: torch.device,
-    out: Path,
-    progress: Callable[[str], None] | None = None,
-    progress_bar: bool | None = None,
-) -> tuple[TrainResult, dict]:
-    """Train one spec to the end (resuming from its checkpoint): (measured result, deployed state_dict)."""
+def train(spec: RunSpec, data: PreparedData, **trainer_options) -> tuple[TrainResult, dict]:
+    """Train one spec to the end (resuming from its checkpoint): (measured result, deployed
+    state_dict). `trainer_options` are Trainer's keyword arguments (teacher, device, out, ...)."""
     started = time.perf_counter()
-    trainer = Trainer(
-        spec, data, teacher=teacher, device=device, out=out, progress=progress, progress_bar=progress_bar
-    )
-    result = trainer.run()
+    result = Trainer(spec, data, **trainer_options).run()
     result["wall_seconds"] = time.perf_counter() - started
     return result, result.pop("final_state")

@@ -8,3 +8,37 @@ def _one_thread_and_seed():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    """128 synthetic 16x16 training images, 64 test images: a few steps per epoch."""
+    from kdbench.data import PreparedData, load_dataset
+
+    info, train, test = load_dataset("synthetic", num_train=128, num_test=64, image_size=16)
+    return PreparedData(info, train, test, None)
+
+
+def make_trainer(data, out, method, device="cpu", teacher=None, **fields):
+    """A Trainer of resnet8 (from a fresh resnet14 teacher, seed 1, when the method needs one):
+    1 epoch at batch 32 unless `fields` says otherwise (RunSpec fields; `recipe` replaces it)."""
+    from kdbench.engine import Trainer
+    from kdbench.methods.base import method_class
+    from kdbench.models import build_model
+    from kdbench.spec import Recipe, RunSpec
+
+    cls = method_class(method)
+    if cls.needs_teacher and teacher is None:
+        torch.manual_seed(1)
+        teacher = build_model("resnet14", num_classes=data.info.num_classes, in_chans=data.info.in_chans)
+    fields.setdefault("recipe", Recipe(epochs=1, batch_size=32, lr_decay_epochs=()))
+    spec = RunSpec(
+        method=method,
+        student="resnet8",
+        teacher="resnet14" if cls.needs_teacher else None,
+        dataset="synthetic",
+        hp=cls.resolve_hp(),
+        **fields,
+    )
+    teacher = teacher.to(device) if cls.needs_teacher else None
+    return Trainer(spec, data, teacher=teacher, device=torch.device(device), out=out, progress=lambda _: None)

@@ -2,42 +2,17 @@
 
 import pytest
 import torch
+from conftest import make_trainer
 
 from kdbench.catalog import Pair
-from kdbench.data import PreparedData, load_dataset
-from kdbench.engine import Trainer
-from kdbench.methods.base import method_class
-from kdbench.models import build_model
 from kdbench.registries import METHODS
-from kdbench.spec import Recipe, RunSpec, VAMConfig
+from kdbench.spec import VAMConfig
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-CUDA = torch.device("cuda")
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    info, train, test = load_dataset("synthetic", num_train=128, num_test=64, image_size=16)
-    return PreparedData(info, train, test, None)
 
 
 def trainer(tiny_data, tmp_path, method, **fields):
-    torch.manual_seed(1)
-    teacher = build_model(
-        "resnet14", num_classes=tiny_data.info.num_classes, in_chans=tiny_data.info.in_chans
-    )
-    cls = method_class(method)
-    spec = RunSpec(
-        method=method,
-        student="resnet8",
-        teacher="resnet14" if cls.needs_teacher else None,
-        dataset="synthetic",
-        hp=cls.resolve_hp(),
-        recipe=Recipe(epochs=1, batch_size=32, lr_decay_epochs=()),
-        **fields,
-    )
-    teacher = teacher.to(CUDA) if cls.needs_teacher else None
-    return Trainer(spec, tiny_data, teacher=teacher, device=CUDA, out=tmp_path, progress=lambda _: None)
+    return make_trainer(tiny_data, tmp_path, method, device="cuda", **fields)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS.module_dict))

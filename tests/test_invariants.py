@@ -11,19 +11,13 @@
 
 import pytest
 import torch
+from conftest import make_trainer
 
-from kdbench.data import PreparedData, load_dataset
-from kdbench.engine import Trainer, evaluate
-from kdbench.methods.base import Method, method_class, register_method
+from kdbench.engine import evaluate
+from kdbench.methods.base import Method, register_method
 from kdbench.models import build_model
 from kdbench.registries import METHODS
-from kdbench.spec import Recipe, RunSpec
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    info, train, test = load_dataset("synthetic", num_train=128, num_test=64, image_size=16)
-    return PreparedData(info, train, test, None)
+from kdbench.spec import Recipe
 
 
 def fresh_teacher(data):
@@ -32,20 +26,8 @@ def fresh_teacher(data):
 
 
 def trainer_for(method, data, tmp_path, teacher=None, epochs=1, **recipe):
-    method_cls = method_class(method)
-    spec = RunSpec(
-        method=method,
-        student="resnet8",
-        teacher="resnet14" if method_cls.needs_teacher else None,
-        dataset="synthetic",
-        hp=method_cls.resolve_hp(),
-        recipe=Recipe(**{"epochs": epochs, "batch_size": 32, "lr_decay_epochs": (), **recipe}),
-    )
-    if method_cls.needs_teacher and teacher is None:
-        teacher = fresh_teacher(data)
-    return Trainer(
-        spec, data, teacher=teacher, device=torch.device("cpu"), out=tmp_path, progress=lambda _: None
-    )
+    recipe = Recipe(**{"epochs": epochs, "batch_size": 32, "lr_decay_epochs": (), **recipe})
+    return make_trainer(data, tmp_path, method, teacher=teacher, recipe=recipe)
 
 
 def state_of(module):

@@ -3,39 +3,14 @@
 import math
 
 import pytest
-import torch
+from conftest import make_trainer
 
-from kdbench.data import PreparedData, load_dataset
-from kdbench.engine import Trainer
-from kdbench.methods.base import method_class
-from kdbench.models import build_model
-from kdbench.spec import Recipe, RunSpec
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    info, train, test = load_dataset("synthetic", num_train=128, num_test=64, image_size=16)
-    return PreparedData(info, train, test, None)
+from kdbench.spec import RunSpec
 
 
 def run(tiny_data, tmp_path, method="kd", **spec_fields):
-    torch.manual_seed(1)
-    teacher = build_model(
-        "resnet14", num_classes=tiny_data.info.num_classes, in_chans=tiny_data.info.in_chans
-    )
-    spec = RunSpec(
-        method=method,
-        student="resnet8",
-        teacher="resnet14",
-        dataset="synthetic",
-        hp=method_class(method).resolve_hp(),
-        recipe=Recipe(epochs=1, batch_size=32, lr_decay_epochs=()),
-        **spec_fields,
-    )
-    trainer = Trainer(
-        spec, tiny_data, teacher=teacher, device=torch.device("cpu"), out=tmp_path, progress=lambda _: None
-    )
-    return spec, trainer, trainer.run()
+    trainer = make_trainer(tiny_data, tmp_path, method, **spec_fields)
+    return trainer.spec, trainer, trainer.run()
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

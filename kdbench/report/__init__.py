@@ -1,0 +1,52 @@
+"""Leaderboards, plots and the CI regression check, all computed from run records (`store.load_records`).
+
+What a number means (README.md and docs/DESIGN.md, "Protocol"): a leaderboard cell is the top-1 (%) of the
+*last* epoch on the test split, mean ± sample std (ddof=1) over seeds, with n. Best-epoch accuracy is in every
+record but is never shown next to it, and published numbers are separate rows marked "(published)", never
+averaged in. Failed runs are never averaged either: they are listed in the notes with their error.
+
+Modules: `frame` (records as a pandas frame, labels, the published numbers), `board` (the `Leaderboard`
+and its statistics), `renderers` (text formats), `plots` (figures), `vam` (VAM's attention entropies) and
+`check` (the regression baseline).
+"""
+
+from kdbench.report.board import OVERHEAD_COLUMNS, STATS_COLUMNS, Leaderboard, leaderboard
+from kdbench.report.check import check_regression, write_baseline
+from kdbench.report.frame import (
+    BASELINE_METHOD,
+    FRAME_COLUMNS,
+    METRIC_KEYS,
+    NUMERIC_COLUMNS,
+    OVERHEAD_KEYS,
+    load_published,
+    pair_label,
+    records_frame,
+    row_label,
+)
+from kdbench.report.plots import plot_accuracy_vs_overhead, plot_learning_curves
+from kdbench.report.renderers import FORMATS, latex_escape, render
+from kdbench.report.vam import vam_entropy_table
+
+__all__ = [
+    "BASELINE_METHOD",
+    "FORMATS",
+    "FRAME_COLUMNS",
+    "METRIC_KEYS",
+    "NUMERIC_COLUMNS",
+    "OVERHEAD_COLUMNS",
+    "OVERHEAD_KEYS",
+    "STATS_COLUMNS",
+    "Leaderboard",
+    "check_regression",
+    "latex_escape",
+    "leaderboard",
+    "load_published",
+    "pair_label",
+    "plot_accuracy_vs_overhead",
+    "plot_learning_curves",
+    "records_frame",
+    "render",
+    "row_label",
+    "vam_entropy_table",
+    "write_baseline",
+]

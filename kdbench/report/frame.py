@@ -1,0 +1,133 @@
+"""Run records as a pandas frame (one row per record), the labels tables use, and the published numbers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kdbench.store import RunRecord
+
+BASELINE_METHOD = "student"
+METRIC_KEYS = ("last_top1", "last_top5", "best_top1", "best_top5", "best_epoch")
+OVERHEAD_KEYS = (
+    "extra_trainable_params",
+    "train_flops_per_image",
+    "teacher_flops_per_image",
+    "epoch_seconds",
+    "time_ratio_vs_student",
+    "peak_memory_bytes",
+    "deploy_params",
+    "deploy_flops_per_image",
+)
+FRAME_COLUMNS = (
+    ("run_id", "method", "label", "teacher", "student", "dataset", "seed", "vam", "epochs", "config")
+    + ("status", "error")
+    + METRIC_KEYS
+    + ("wall_seconds", "throughput_img_s")
+    + OVERHEAD_KEYS
+)
+NUMERIC_COLUMNS = METRIC_KEYS + ("wall_seconds", "throughput_img_s") + OVERHEAD_KEYS
+
+
+def _count(value: float) -> str:
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= size:
+            return f"{value / size:.2f}{suffix}"
+    return f"{value:.0f}"
+
+
+def row_label(method: str, vam: bool) -> str:
+    return f"{method} +VAM" if vam else method
+
+
+def pair_label(teacher: str | None, student: str) -> str:
+    """A leaderboard column: "teacher→student", or the bare student where no teacher was run with it."""
+    # pd.isna: records_frame holds a missing teacher as None or NaN depending on the column's dtype
+    return student if pd.isna(teacher) else f"{teacher}→{student}"
+
+
+def _config_key(spec: dict[str, Any]) -> str:
+    # Seeds of one cell must share hp and recipe; this key lets the leaderboard say when they do not.
+    return json.dumps({"hp": spec.get("hp"), "recipe": spec.get("recipe")}, sort_keys=True, default=str)
+
+
+def _frame_row(record: RunRecord) -> dict[str, Any]:
+    spec = record["spec"]
+    metrics = record.get("metrics") or {}
+    overhead = record.get("overhead") or {}
+    vam = bool(spec.get("vam"))
+    return {
+        "run_id": record.get("run_id"),
+        "method": spec["method"],
+        "label": row_label(spec["method"], vam),
+        "teacher": spec.get("teacher"),
+        "student": spec["student"],
+        "dataset": spec["dataset"],
+        "seed": spec["seed"],
+        "vam": vam,
+        "epochs": (spec.get("recipe") or {}).get("epochs"),
+        "config": _config_key(spec),
+        "status": record["status"],
+        "error": record.get("error"),
+        **{key: metrics.get(key) for key in METRIC_KEYS},
+        "wall_seconds": record.get("wall_seconds"),
+        "throughput_img_s": record.get("throughput_img_s"),
+        **{key: overhead.get(key) for key in OVERHEAD_KEYS},
+    }
+
+
+def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per record, flattened: the spec fields tables group by, status/error, metrics, overhead."""
+    rows = [_frame_row(record) for record in records]
+    frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
+    frame[list(NUMERIC_COLUMNS)] = frame[list(NUMERIC_COLUMNS)].apply(pd.to_numeric)
+    return frame
+
+
+def _done_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    frame = records_frame(records)
+    done = frame[frame["status"] == "done"]
+    if done.empty:
+        raise ValueError("no finished runs to plot")
+    return done
+
+
+def _pairs(frame: pd.DataFrame) -> list[tuple[str | None, str]]:
+    """Teacher/student pairs, plus bare students that no teacher was run with (a baseline-only column)."""
+    taught = sorted(
+        {(t, s) for t, s in zip(frame["teacher"], frame["student"], strict=True) if not pd.isna(t)}
+    )
+    students_with_teacher = {student for _, student in taught}
+    alone = sorted(set(frame["student"][frame["teacher"].isna()]) - students_with_teacher)
+    return taught + [(None, student) for student in alone]
+
+
+def _pair_runs(frame: pd.DataFrame, teacher: str | None, student: str) -> pd.DataFrame:
+    # The student baseline has no teacher, so it belongs to every pair with its student.
+    in_pair = (
+        frame["teacher"].isna()
+        if teacher is None
+        else frame["teacher"].isna() | (frame["teacher"] == teacher)
+    )
+    return frame[(frame["student"] == student) & in_pair]
+
+
+def _pair_column(frame: pd.DataFrame) -> list[str]:
+    """Each run's pair label, for `frame.assign(pair=...)`."""
+    return [pair_label(t, s) for t, s in zip(frame["teacher"], frame["student"], strict=True)]
+
+
+def load_published(path: Path | None = None) -> dict:
+    """The published reference numbers (registry/published.json unless `path`); sources must resolve."""
+    source = Path(path) if path else resources.files("kdbench.registry") / "published.json"
+    text = source.read_text()
+    published = json.loads(text)
+    for entry in published["entries"] + published.get("teachers", []):
+        if entry["source"] not in published["sources"]:
+            raise ValueError(f"published entry {entry} names an unknown source '{entry['source']}'")
+    return published

@@ -1,0 +1,151 @@
+"""A leaderboard as text: terminal, markdown, CSV, LaTeX (booktabs) or HTML, caption and notes included."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+
+import pandas as pd
+from tabulate import tabulate
+
+from kdbench.report.board import Leaderboard
+
+FORMATS = ("terminal", "markdown", "csv", "latex", "html")
+
+
+def _marked(board: Leaderboard, mark: Callable[[str], str]) -> pd.DataFrame:
+    table = board.table.copy()
+    for row, column in board.best:
+        table.loc[row, column] = mark(table.loc[row, column])
+    return table
+
+
+def _tabulated(board: Leaderboard, tablefmt: str, mark: Callable[[str], str]) -> str:
+    return tabulate(
+        _marked(board, mark).reset_index(),
+        headers="keys",
+        tablefmt=tablefmt,
+        showindex=False,
+        disable_numparse=True,
+    )
+
+
+def _render_terminal(board: Leaderboard) -> str:
+    notes = "".join(f"\n- {note}" for note in board.notes)
+    table = _tabulated(board, "simple", lambda text: f"{text} *")
+    return f"{board.caption} (* = best)\n\n{table}\n{notes}\n"
+
+
+def _render_markdown(board: Leaderboard) -> str:
+    notes = "".join(f"\n- {note}" for note in board.notes)
+    table = _tabulated(board, "github", lambda text: f"**{text}**")
+    return f"{board.caption} (**bold** = best)\n\n{table}\n{notes}\n"
+
+
+def _render_csv(board: Leaderboard) -> str:
+    # Caption and notes as leading '#' lines: pandas.read_csv(comment="#") reads the table back.
+    header = "".join(f"# {line}\n" for line in [f"{board.caption} (* = best)", *board.notes])
+    return header + _marked(board, lambda text: f"{text} *").to_csv(lineterminator="\n")
+
+
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "→": r"$\to$",
+    "Δ": r"$\Delta$",
+    "−": r"$-$",
+    "–": "--",
+    "≥": r"$\geq$",
+    "×": r"$\times$",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIALS.get(char, char) for char in str(text))
+
+
+def _render_latex(board: Leaderboard) -> str:
+    table = board.table
+    best = set(board.best)
+
+    def row_line(label: str) -> str:
+        cells = [latex_escape(label)]
+        for column in table.columns:
+            text = latex_escape(table.loc[label, column])
+            cells.append(rf"\textbf{{{text}}}" if (label, column) in best else text)
+        return " & ".join(cells) + r" \\"
+
+    measured = [label for label in table.index if label not in board.published_rows]
+    lines = [
+        "% needs \\usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(board.caption)} Best in bold.}}",
+        rf"\begin{{tabular}}{{l{'r' * len(table.columns)}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in [table.index.name, *table.columns]) + r" \\",
+        r"\midrule",
+        *(row_line(label) for label in measured),
+    ]
+    if board.published_rows:
+        lines += [r"\midrule", *(row_line(label) for label in board.published_rows)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if board.notes:
+        lines += [r"\par\smallskip\footnotesize", *(latex_escape(note) + r"\\" for note in board.notes)]
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def _render_html(board: Leaderboard) -> str:
+    table = board.table
+    escape = html.escape
+
+    def row_html(label: str) -> str:
+        css = ' class="published"' if label in board.published_rows else ""
+        cells = [f"<th>{escape(label)}</th>"]
+        for column in table.columns:
+            text = escape(table.loc[label, column])
+            cells.append(f"<td><b>{text}</b></td>" if (label, column) in board.best else f"<td>{text}</td>")
+        return f"<tr{css}>{''.join(cells)}</tr>"
+
+    header = "".join(f"<th>{escape(h)}</th>" for h in [table.index.name, *table.columns])
+    lines = [
+        '<table class="kdbench-leaderboard">',
+        f"<caption>{escape(board.caption)} Best in bold.</caption>",
+        f"<thead><tr>{header}</tr></thead>",
+        "<tbody>",
+        *(row_html(label) for label in table.index),
+        "</tbody>",
+        "</table>",
+    ]
+    if board.notes:
+        lines += ['<ul class="notes">', *(f"<li>{escape(note)}</li>" for note in board.notes), "</ul>"]
+    return "\n".join(lines) + "\n"
+
+
+_RENDERERS: dict[str, Callable[[Leaderboard], str]] = {
+    "terminal": _render_terminal,
+    "markdown": _render_markdown,
+    "csv": _render_csv,
+    "latex": _render_latex,
+    "html": _render_html,
+}
+
+
+def render(board: Leaderboard, fmt: str) -> str:
+    """The leaderboard as text in one of FORMATS, caption and notes included."""
+    if fmt not in _RENDERERS:
+        raise ValueError(f"unknown report format '{fmt}'. Valid: {', '.join(FORMATS)}")
+    text = _RENDERERS[fmt](board)
+    if board.costs is not None:
+        text += "\n" + _RENDERERS[fmt](board.costs)
+    return text

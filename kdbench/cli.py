@@ -361,7 +361,7 @@ def _teacher_recipe(args, teacher_recipe):
 
 
 def _parallelism(args) -> dict:
-    from kdbench.sweep import default_jobs
+    from kdbench.environment import default_jobs
 
     return {"threads": args.threads, "jobs": args.jobs or default_jobs(args.device, args.threads)}
 
@@ -379,10 +379,15 @@ def _print_board(out: Path, fmt: str, dataset: str | None = None, published: boo
 
 
 def cmd_run(args) -> int:
+    from kdbench import distributed
     from kdbench.sweep import Sweep
 
+    distributed.init_from_env(args.device)  # under torchrun: one run on every process
     request = _request_from_args(args)
-    summary = Sweep(request).run()
+    quiet = None if distributed.is_main() else (lambda line: None)
+    summary = Sweep(request, progress=quiet).run()
+    if not distributed.is_main():
+        return 1 if summary.failed else 0
     print(
         f"{len(summary.done)} trained, {len(summary.cached)} cached, {len(summary.failed)} failed "
         f"(records in {args.out}/runs)",

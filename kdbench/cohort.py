@@ -14,6 +14,7 @@ that fails (non-finite loss) is dropped with its error; the others go on.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -164,3 +165,16 @@ class Cohort:
                 member.result = member.trainer.result()
                 member.result["wall_seconds"] = time.perf_counter() - member.started
         return self.members
+
+
+def plan_cohorts(specs: list[RunSpec], jobs: int, enabled: bool = True) -> list[list[RunSpec]]:
+    """Specs that can share a data stream and a teacher forward (same student, dataset, recipe,
+    seed, precision, compile), split so that `jobs` workers all get work: each group into ceil(jobs / groups) parts."""
+    if not enabled:
+        return [[spec] for spec in specs]
+    groups: dict[tuple, list[RunSpec]] = {}
+    for spec in specs:
+        key = (spec.student, spec.dataset, spec.recipe, spec.seed, spec.precision, spec.compile)
+        groups.setdefault(key, []).append(spec)
+    parts = math.ceil(jobs / len(groups)) if groups else 1
+    return [group[i::parts] for group in groups.values() for i in range(min(parts, len(group)))]

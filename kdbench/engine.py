@@ -33,8 +33,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from kdbench import distributed
 from kdbench.data import MEMORY_FORMAT, DatasetInfo, ImageData, PreparedData, iterate_batches
-from kdbench.errors import KdbenchError
+from kdbench.errors import ConfigError, KdbenchError
 from kdbench.features import Features, FeatureShapes
 from kdbench.measure import inference_flops, measure_train_step, parameter_count
 from kdbench.methods.base import Method, MethodContext, method_class
@@ -158,6 +159,8 @@ class Trainer:
         self.train_student = torch.compile(self.student) if spec.compile else self.student
         self.train_teacher = torch.compile(teacher) if spec.compile and teacher is not None else teacher
         method_cls: type[Method] = method_class(spec.method)
+        if distributed.world_size() > 1 and not method_cls.distributed_ok:  # the sweep refuses it first
+            raise ConfigError(f"{spec.method} cannot train on {distributed.world_size()} processes")
         student_shapes = probe_shapes(self.student, info, device)
         teacher_shapes = probe_shapes(teacher, info, device) if teacher is not None else None
         method_cls.check_pair(student_shapes, teacher_shapes)  # refuse before any training
@@ -217,7 +220,13 @@ class Trainer:
     def _checkpoint_file(self) -> Path:
         return checkpoint_path(self.out, self.spec.run_id)
 
+    def _average_gradients(self) -> None:
+        trained = [p for group in self.optimizer.param_groups for p in group["params"]]
+        distributed.average_gradients(trained)
+
     def save_checkpoint(self, epoch: int) -> None:
+        if not distributed.is_main():  # every rank holds the same state; rank 0 writes it
+            return
         state = {
             "run_id": self.spec.run_id,
             "epoch": epoch,
@@ -259,7 +268,7 @@ class Trainer:
     # -- stages ------------------------------------------------------------------------------
     def batches(self):
         """The training split, shuffled and augmented by this run's generator, in batches."""
-        return iterate_batches(
+        batches = iterate_batches(
             self.data.train,
             self.data.info,
             self.spec.recipe.batch_size,
@@ -268,6 +277,7 @@ class Trainer:
             device=self.device,
             generator=self.generator,
         )
+        return (distributed.shard(*batch) for batch in batches)  # this process's part of each batch
 
     def run_init_stage(self) -> None:
         """The method's declared pre-training stage (AB / FT / FSP style), if any."""
@@ -294,7 +304,7 @@ class Trainer:
                     loss = sum(stage.loss(student_out, teacher_out).values())
                 self._check_finite(loss, f"init stage epoch {epoch} step {steps}")
                 optimizer.zero_grad(set_to_none=True)
-                backward_step(loss, optimizer, scaler)
+                backward_step(loss, optimizer, scaler, lambda: distributed.average_gradients(parameters))
                 total, steps = total + float(loss.detach()), steps + 1
             self.progress(f"[{self.spec.run_id}] init stage {epoch}/{stage.epochs} loss {total / steps:.4f}")
         self.init_done = True
@@ -321,7 +331,7 @@ class Trainer:
             loss = sum(terms.values())
         self._check_finite(loss, where, terms)
         self.optimizer.zero_grad(set_to_none=True)
-        backward_step(loss, self.optimizer, self.scaler)
+        backward_step(loss, self.optimizer, self.scaler, self._average_gradients)
         return float(loss.detach()), {name: float(value.detach()) for name, value in terms.items()}
 
     def train_epoch(self, epoch: int) -> dict:

@@ -45,3 +45,10 @@ def environment(device: torch.device) -> dict:
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_jobs(device: str, threads: int) -> int:
+    """Runs at once: one per `threads` CPU cores on CPU, one on an accelerator."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, available_cores() // threads)

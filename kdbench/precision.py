@@ -8,6 +8,7 @@ tested without a GPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -30,13 +31,21 @@ class Precision:
 
 
 def backward_step(
-    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    between: Callable[[], None] | None = None,
 ) -> None:
-    """loss.backward() and optimizer.step(), through the scaler where there is one."""
+    """loss.backward() and optimizer.step(), through the scaler where there is one; `between`
+    runs after the backward (the gradient averaging of a distributed run)."""
     if scaler is None:
         loss.backward()
+        if between:
+            between()
         optimizer.step()
         return
     scaler.scale(loss).backward()
+    if between:
+        between()
     scaler.step(optimizer)
     scaler.update()

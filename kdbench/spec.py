@@ -115,7 +115,7 @@ class VAMConfig:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # fields added after the first records were written, and their defaults
-HASH_OMITS_AT_DEFAULT = {"precision": "fp32", "compile": False}
+HASH_OMITS_AT_DEFAULT = {"precision": "fp32", "compile": False, "world_size": 1}
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,7 @@ class RunSpec:
     kind: str = "distill"  # "distill" or "teacher"
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; kdbench/precision.py)
     compile: bool = False  # torch.compile the student's and the teacher's training forward
+    world_size: int = 1  # processes training the run together (torchrun; kdbench/distributed.py)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -9,7 +9,6 @@ copying their `runs/` folders together.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from kdbench import ratios, store, teachers
+from kdbench import distributed, ratios, store, teachers
 from kdbench.backends import Backend, InProcessBackend, PoolBackend
 from kdbench.catalog import Pair
+from kdbench.cohort import plan_cohorts
 from kdbench.data import DatasetInfo, prepare_data
-from kdbench.environment import available_cores
 from kdbench.errors import ConfigError
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import build_model, list_models
@@ -64,6 +63,11 @@ def validate_names(request: SweepRequest) -> None:
     """Fail before any training on an unknown method, model or hyper-parameter (one line, valid names)."""
     for method in request.methods:
         method_class(method).resolve_hp(request.hp_overrides.get(method))
+        if distributed.world_size() > 1 and not method_class(method).distributed_ok:
+            raise ConfigError(
+                f"{method} cannot train on {distributed.world_size()} processes (its state follows "
+                "individual samples); run it without torchrun"
+            )
     for method in set(request.hp_overrides) - set(request.methods):
         raise ConfigError(
             f"--hp names method '{method}', which is not in --methods ({', '.join(request.methods)})"
@@ -73,13 +77,6 @@ def validate_names(request: SweepRequest) -> None:
         for name in (pair.teacher, pair.student):
             if not name.startswith("timm:") and name not in zoo:
                 build_model(name, num_classes=2)  # raises UnknownNameError with the valid names
-
-
-def default_jobs(device: str, threads: int) -> int:
-    """Runs at once: one per `threads` CPU cores on CPU, one on an accelerator."""
-    if torch.device(device).type != "cpu":
-        return 1
-    return max(1, available_cores() // threads)
 
 
 def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -> list[RunSpec]:
@@ -109,22 +106,10 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
                         recipe=recipe,
                         precision=request.precision,
                         compile=request.compile,
+                        world_size=distributed.world_size(),
                     )
                 )
     return specs
-
-
-def cohorts(specs: list[RunSpec], jobs: int, enabled: bool = True) -> list[list[RunSpec]]:
-    """Specs that can share a data stream and a teacher forward (same student, dataset, recipe,
-    seed, precision, compile), split so that `jobs` workers all get work: each group into ceil(jobs / groups) parts."""
-    if not enabled:
-        return [[spec] for spec in specs]
-    groups: dict[tuple, list[RunSpec]] = {}
-    for spec in specs:
-        key = (spec.student, spec.dataset, spec.recipe, spec.seed, spec.precision, spec.compile)
-        groups.setdefault(key, []).append(spec)
-    parts = math.ceil(jobs / len(groups)) if groups else 1
-    return [group[i::parts] for group in groups.values() for i in range(min(parts, len(group)))]
 
 
 def _stderr(line: str) -> None:
@@ -202,7 +187,8 @@ class Sweep:
     def submit(self, backend: Backend, specs: list[RunSpec], teacher: tuple[Path, str] | None) -> None:
         """One unit per cohort (or per run with --cohort off); see `cohorts`."""
         teacher_path = str(teacher[0]) if teacher else None
-        for members in cohorts(specs, self.request.jobs, self.request.cohort):
+        alone = distributed.world_size() > 1  # the ranks of a torchrun run train one run at a time
+        for members in plan_cohorts(specs, self.request.jobs, self.request.cohort and not alone):
             backend.submit(RunUnit(tuple(members), teacher_path))
 
     def run(self) -> SweepSummary:
@@ -210,6 +196,9 @@ class Sweep:
         request = self.request
         validate_names(request)
         store.ensure_writable(self.out)
+        distributed.barrier()  # every rank plans from the same store: none has written yet
+        if distributed.world_size() > 1:  # the ranks step together through one run at a time
+            self.request = request = replace(request, jobs=1)
         info = prepare_data(
             request.dataset, request.data_root, request.recipe
         ).info  # a bad dataset fails here
@@ -244,5 +233,6 @@ class Sweep:
                             self.submit(backend, self.pending(pair, known[architecture]), known[architecture])
                 else:
                     getattr(self.summary, outcome.status).append(outcome.run_id)  # done, cached or failed
-        ratios.fill_time_ratios(self.out, self.summary.done + self.summary.cached)
+        if distributed.is_main():
+            ratios.fill_time_ratios(self.out, self.summary.done + self.summary.cached)
         return self.summary

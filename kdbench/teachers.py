@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdbench import store
+from kdbench import distributed, store
 from kdbench.data import DatasetInfo, PreparedData, prepare_data
 from kdbench.engine import train
 from kdbench.environment import environment
@@ -46,6 +46,7 @@ def teacher_spec(architecture: str, dataset: str, recipe: Recipe) -> RunSpec:
         hp=method_class(BASELINE_METHOD).resolve_hp(),
         recipe=recipe,
         kind="teacher",
+        world_size=distributed.world_size(),
     )
 
 
@@ -169,14 +170,17 @@ def train_teacher(
         },
     }
     path = cache_path(out, spec)
-    store.atomic_torch_save(path, payload)
+    if distributed.is_main():
+        store.atomic_torch_save(path, payload)
+    distributed.barrier()  # the other ranks read the checkpoint rank 0 wrote
     digest = sha256_of(path)
     checkpoint = {"path": str(path.relative_to(out)), "sha256": digest}
     record = store.new_record(
         spec.to_dict(), spec.run_id, spec.kind, "done", env, result, checkpoint=checkpoint
     )
-    store.write_record(out, record)
-    store.checkpoint_path(out, spec.run_id).unlink(missing_ok=True)
+    if distributed.is_main():
+        store.write_record(out, record)
+        store.checkpoint_path(out, spec.run_id).unlink(missing_ok=True)
     progress(f"[{spec.run_id}] teacher {spec.student}: done, top-1 {record['metrics']['last_top1']:.2f}%")
     return path, digest
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdbench import store, teachers
+from kdbench import distributed, store, teachers
 from kdbench.cohort import Cohort
 from kdbench.data import PreparedData, prepare_data
 from kdbench.engine import NonFiniteLossError, train
@@ -88,7 +88,11 @@ class Worker:
         self.progress_bar = progress_bar
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        self.environment = {**environment(self.device), "concurrent_runs": settings.concurrent_runs}
+        self.environment = {
+            **environment(self.device),
+            "concurrent_runs": settings.concurrent_runs,
+            "world_size": distributed.world_size(),
+        }
         self._data: dict[tuple, PreparedData] = {}
         self._teachers: dict[str, nn.Module] = {}
 
@@ -110,7 +114,8 @@ class Worker:
         processes never wait on each other), except those another process finished meanwhile."""
         with ExitStack() as claims:
             for run_id in sorted(spec.run_id for spec in unit.specs):
-                claims.enter_context(store.claim(self.out, run_id))
+                if distributed.is_main():  # the ranks of one torchrun run train it together
+                    claims.enter_context(store.claim(self.out, run_id))
             finished = [] if self.settings.force else self.finished_elsewhere(unit)
             if isinstance(unit, TeacherUnit):
                 return finished or [self.train_teacher(unit.spec)]
@@ -183,6 +188,8 @@ class Worker:
     ) -> Outcome:
         """Write the run's record (failed, with the reason, when it has an error) and its weights."""
         status = "failed" if error is not None else "done"
+        if not distributed.is_main():  # rank 0 writes what every rank computed
+            return Outcome(spec.run_id, status)
         if final_state is not None:  # RepDistiller's checkpoint format
             store.atomic_torch_save(self.out / "models" / f"{spec.run_id}.pt", {"model": final_state})
         record = store.new_record(

@@ -103,6 +103,9 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""  # the registry name (`register_method` reads it): written once, here
     needs_teacher: ClassVar[bool] = True
+    # False for a method whose state follows individual samples (a memory bank): under torchrun
+    # each rank would update it from its own shard only, so the engine refuses the run.
+    distributed_ok: ClassVar[bool] = True
     # Which `Features` fields the method reads beyond logits; the engine hands it only these
     # (an undeclared field reaches the method empty), and skips the feature forward without any.
     student_features: ClassVar[tuple[str, ...]] = ()

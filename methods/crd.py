@@ -49,6 +49,7 @@ class CRD(Method):
     """Contrastive representation distillation with memory banks and 'exact' negative sampling."""
 
     name = "crd"
+    distributed_ok = False  # its memory bank is indexed by sample; ranks would see shards only
     student_features = ("pooled",)
     teacher_features = ("pooled",)
     defaults = {
@@ -69,7 +70,9 @@ class CRD(Method):
 
         self.num_negatives = min(hp["nce_k"], num_train - int(torch.bincount(context.train_labels).max()))
         if self.num_negatives < 1:
-            raise PairNotSupportedError("crd: the training set has a single class, so 'exact' mode has no negatives")
+            raise PairNotSupportedError(
+                "crd: the training set has a single class, so 'exact' mode has no negatives"
+            )
         if self.num_negatives < hp["nce_k"]:
             warnings.warn(
                 f"crd: nce_k {hp['nce_k']} capped at {self.num_negatives}, the fewest other-class samples "

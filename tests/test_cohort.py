@@ -8,8 +8,9 @@ import pytest
 
 from kdbench import store
 from kdbench.catalog import Pair
+from kdbench.cohort import plan_cohorts
 from kdbench.spec import Recipe
-from kdbench.sweep import Sweep, SweepRequest, cohorts
+from kdbench.sweep import Sweep, SweepRequest
 
 TINY = Recipe(epochs=2, batch_size=64, lr=0.05, lr_decay_epochs=(1,), train_subset=192)
 TEACHER = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=192)
@@ -119,7 +120,7 @@ def test_cohorts_group_by_seed_and_recipe_and_feed_every_worker():
     from kdbench.spec import RunSpec
 
     specs = [RunSpec(m, "resnet8", "synthetic", seed=s, recipe=TINY) for s in (0, 1) for m in ("a", "b", "c")]
-    assert [[s.method for s in c] for c in cohorts(specs, jobs=1)] == [["a", "b", "c"], ["a", "b", "c"]]
-    assert all(len({s.seed for s in c}) == 1 for c in cohorts(specs, jobs=4))
-    assert len(cohorts(specs, jobs=4)) == 4  # two parts per seed: every worker has a unit
-    assert cohorts(specs, jobs=2, enabled=False) == [[s] for s in specs]
+    assert [[s.method for s in c] for c in plan_cohorts(specs, jobs=1)] == [["a", "b", "c"], ["a", "b", "c"]]
+    assert all(len({s.seed for s in c}) == 1 for c in plan_cohorts(specs, jobs=4))
+    assert len(plan_cohorts(specs, jobs=4)) == 4  # two parts per seed: every worker has a unit
+    assert plan_cohorts(specs, jobs=2, enabled=False) == [[s] for s in specs]

@@ -175,16 +175,26 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="train a grid of methods x pairs x seeds x VAM, then print the board"
     )
     _add_run_flags(run)
-    run.add_argument("--format", default="terminal", help="leaderboard format printed at the end")
+    run.add_argument(
+        "--format",
+        default="terminal",
+        choices=("terminal", "markdown", "csv", "latex", "html"),
+        help="leaderboard format printed at the end",
+    )
 
     report = commands.add_parser("report", help="leaderboard from the records of a store")
     _add_common(report)
-    report.add_argument("--format", default="terminal", help="terminal, markdown, csv, latex or html")
+    report.add_argument(
+        "--format", default="terminal", choices=("terminal", "markdown", "csv", "latex", "html")
+    )
     report.add_argument("--dataset", help="dataset to tabulate (default: the one with most runs)")
     report.add_argument(
         "--plot", metavar="DIR", help="also write accuracy-vs-overhead and learning-curve PNGs"
     )
     report.add_argument("--no-published", action="store_true", help="omit the published reference rows")
+    report.add_argument(
+        "--vam-entropy", action="store_true", help="also print the VAM attention-entropy table"
+    )
 
     check = commands.add_parser("check", help="CI: non-zero exit when a result regresses below a baseline")
     _add_common(check)
@@ -195,7 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--write-baseline", action="store_true", help="write the baseline from the store instead"
     )
     check.add_argument(
-        "--tolerance", type=float, default=2.0, help="allowed drop in points (with --write-baseline)"
+        "--alpha",
+        type=_number(above=0, below=1),
+        help="one-sided Welch test level (default: the baseline's, 0.01)",
+    )
+    check.add_argument(
+        "--floor",
+        type=_number(low=0),
+        help="points a cell may drop where too few seeds allow a test (default 1)",
     )
 
     listing = commands.add_parser("list", help="list registered names")
@@ -410,31 +427,34 @@ def cmd_report(args) -> int:
             report.plot_learning_curves(records, plot_dir / "learning_curves.png"),
         ):
             print(f"wrote {path}", file=sys.stderr)
-    entropy = report.vam_entropy_table(store.load_records(Path(args.out)))
-    if not entropy.empty:
+    if args.vam_entropy:
+        entropy = report.vam_entropy_table(store.load_records(Path(args.out)))
         print("\nVAM attention row entropy (nats; log G = no specialisation), mean over seeds:")
-        print(entropy.to_string())
+        print(entropy.to_string() if not entropy.empty else "(no VAM runs)")
     return 0
 
 
 def cmd_check(args) -> int:
-    import json
-
     from kdbench import report, store
 
     records = store.load_records(Path(args.out))
     if args.write_baseline:
-        report.write_baseline(records, Path(args.baseline), args.tolerance)
-        print(f"wrote baseline {args.baseline} from {len(records)} records", file=sys.stderr)
+        options = {
+            key: value
+            for key, value in (("alpha", args.alpha), ("floor_pts", args.floor))
+            if value is not None
+        }
+        baseline = report.write_baseline(records, Path(args.baseline), **options)
+        print(f"wrote baseline {args.baseline}: {len(baseline['cells'])} cells", file=sys.stderr)
         return 0
-    baseline_path = Path(args.baseline)
-    if not baseline_path.is_file():
-        raise ConfigError(f"baseline {baseline_path} not found; create it with --write-baseline")
-    baseline = json.loads(baseline_path.read_text())
-    regressions = report.check_regression(records, baseline, baseline.get("tolerance_pts", args.tolerance))
+    baseline = report.read_baseline(Path(args.baseline))
+    regressions = report.check_regression(records, baseline, args.alpha, args.floor)
     for line in regressions:
         print(f"REGRESSION: {line}")
-    print(f"{len(regressions)} regression(s) against {baseline_path}", file=sys.stderr)
+    print(
+        f"{len(regressions)} regression(s) in {len(baseline['cells'])} cells of {args.baseline}",
+        file=sys.stderr,
+    )
     return 1 if regressions else 0
 
 

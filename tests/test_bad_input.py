@@ -259,3 +259,37 @@ def test_two_runs_on_one_store_train_each_spec_once(tmp_path):
             sum(f"[{record['run_id']}] " in line and ": done, top-1" in line for line in both.splitlines())
             == 1
         )
+
+
+# -- the regression gate's inputs (exit 2 = unusable input, never confused with a regression) -----
+def test_check_refuses_unusable_input_with_exit_2(capsys, tmp_path):
+    baseline = tmp_path / "baseline.json"
+    code, _, err = run_cli(capsys, "check", "--baseline", str(baseline), "--out", str(tmp_path))
+    assert_one_line_error(code, err, str(baseline), "not found")
+    baseline.write_text("[]")
+    code, _, err = run_cli(capsys, "check", "--baseline", str(baseline), "--out", str(tmp_path))
+    assert_one_line_error(code, err, str(baseline), "is not a kdbench-baseline/2 file")
+    code, _, err = run_cli(
+        capsys,
+        "check",
+        "--baseline",
+        str(tmp_path / "new.json"),
+        "--write-baseline",
+        "--out",
+        str(tmp_path / "nothing"),
+    )
+    assert_one_line_error(code, err, "would be empty; nothing written")
+    assert not (tmp_path / "new.json").exists()
+
+
+def test_an_unknown_format_is_refused_before_training(capsys, tmp_path):
+    from kdbench.report import FORMATS
+
+    code, _, err = run_cli(capsys, "run", *TINY, "--format", "xlsx", "--out", str(tmp_path))
+    assert_one_line_error(code, err, "argument --format", "xlsx")
+    assert not (tmp_path / "runs").exists()
+    from kdbench.cli import build_parser
+
+    run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
+    (format_action,) = [a for a in run_parser._actions if a.dest == "format"]
+    assert tuple(format_action.choices) == tuple(FORMATS)  # the command line offers what the report renders

@@ -1,5 +1,4 @@
 import io
-import json
 import statistics
 
 import pandas as pd
@@ -280,53 +279,79 @@ def test_vam_entropy_table_compares_kd_with_no_kd(records):
     assert report.vam_entropy_table(seeds(KD)).empty
 
 
-def test_regression_check_flags_drops_beyond_tolerance(records, tmp_path):
-    baseline = report.write_baseline(records, tmp_path / "baseline.json", tolerance_pts=0.5)
-    assert json.loads((tmp_path / "baseline.json").read_text()) == baseline
-    assert len(baseline["entries"]) == 4  # the failed crd run makes no entry
+def test_regression_gate_flags_significant_drops_only(records, tmp_path):
+    """The gate of issue 10: per cell (one configuration), a one-sided Welch test at alpha 0.01."""
+    baseline = report.write_baseline(records, tmp_path / "baseline.json")
+    assert report.read_baseline(tmp_path / "baseline.json") == baseline
+    assert len(baseline["cells"]) == 4  # the failed crd run makes no cell
     assert report.check_regression(records, baseline) == []
 
-    kd_entry = next(e for e in baseline["entries"] if e["method"] == "kd" and not e["vam"])
-    assert kd_entry["teacher"] == "resnet56" and kd_entry["last_top1_mean"] == pytest.approx(
+    kd_cell = next(c for c in baseline["cells"] if c["config"]["method"] == "kd" and not c["config"]["vam"])
+    assert kd_cell["config"]["teacher"] == "resnet56" and kd_cell["mean"] == pytest.approx(
         statistics.mean(KD)
     )
-    within = [r for r in records if r["spec"]["method"] != "kd" or r["spec"]["vam"]] + seeds(
-        [v - 0.4 for v in KD]
-    )
+    assert kd_cell["n"] == 3 and kd_cell["std"] == pytest.approx(statistics.stdev(KD), abs=1e-4)
+    others = [r for r in records if r["spec"]["method"] != "kd" or r["spec"]["vam"]]
+    within = others + seeds([v - 0.4 for v in KD])  # a shift inside the seeds' noise (std 0.4)
     assert report.check_regression(within, baseline) == []
-    dropped = [r for r in records if r["spec"]["method"] != "kd" or r["spec"]["vam"]] + seeds(
-        [v - 0.6 for v in KD]
-    )
+    dropped = others + seeds([v - 2.0 for v in KD])
     (message,) = report.check_regression(dropped, baseline)
-    assert message.startswith("kd on cifar100 resnet56→resnet20") and "0.60 pts below" in message
-    assert report.check_regression(dropped, baseline, tolerance_pts=1.0) == []
+    assert message.startswith("kd on cifar100 resnet56→resnet20") and "significantly lower" in message
+    assert report.check_regression(dropped, baseline, alpha=1e-6) == []
 
 
-def test_regression_check_flags_missing_and_failed_entries(records):
-    baseline = {
-        "tolerance_pts": 0.5,
-        "entries": [
-            {
-                "method": "crd",
-                "teacher": "resnet56",
-                "student": "resnet20",
-                "dataset": "cifar100",
-                "vam": False,
-                "last_top1_mean": 71.0,
-            },
-            {
-                "method": "dkd",
-                "teacher": "resnet56",
-                "student": "resnet20",
-                "dataset": "cifar100",
-                "vam": False,
-                "last_top1_mean": 71.0,
-            },
-        ],
-    }
-    crd, dkd = report.check_regression(records, baseline)
-    assert "no finished run" in crd and "non-finite loss" in crd
-    assert dkd.startswith("dkd on cifar100 resnet56→resnet20: no finished run")
+def test_regression_gate_uses_the_floor_where_seeds_are_too_few(records, tmp_path):
+    baseline = report.write_baseline(records, tmp_path / "baseline.json", floor_pts=0.5)
+    others = [r for r in records if r["spec"]["method"] != "kd" or r["spec"]["vam"]]
+    one_seed = others + seeds([statistics.mean(KD) - 0.6])
+    (message,) = report.check_regression(one_seed, baseline)
+    assert "0.60 pts below, more than the floor 0.5" in message
+    assert report.check_regression(one_seed, baseline, floor_pts=1.0) == []
+
+
+def test_regression_gate_flags_cells_whose_runs_failed(records, tmp_path):
+    baseline = report.write_baseline(records, tmp_path / "baseline.json")
+    others = [r for r in records if r["spec"]["method"] != "kd" or r["spec"]["vam"]]
+    failed = others + [make_record(method="kd", status="failed", error="non-finite loss at epoch 1 step 3")]
+    (message,) = report.check_regression(failed, baseline)
+    assert "kd on cifar100" in message and "no finished run" in message and "non-finite loss" in message
+
+
+def test_a_cell_is_one_configuration(records, tmp_path):
+    """Another teacher (its SHA-256) or another hyper-parameter is another cell, never averaged in."""
+    from kdbench.errors import ConfigError
+
+    other_teacher = [dict(r, spec={**r["spec"], "teacher_sha256": "3f2a1c"}) for r in seeds(KD)]
+    baseline = report.write_baseline(records + other_teacher, tmp_path / "baseline.json")
+    assert len(baseline["cells"]) == 5
+    with pytest.raises(ConfigError, match="has no run of its configuration in the store"):
+        report.check_regression(records, baseline)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [("[]", "is not a kdbench-baseline/2 file"), ("{}", "is not a kdbench-baseline/2 file"),
+     ('{"format": "kdbench-baseline/2", "cells": []}', "has no cells"),
+     ('{"format": "kdbench-baseline/2", "cells": [{"label": "x"}]}', "cell 0 lacks config, mean, std, n"),
+     ("{not json", "is not readable JSON")],
+)  # fmt: skip
+def test_a_malformed_baseline_is_refused_naming_the_file(tmp_path, content, fragment):
+    from kdbench.errors import ConfigError
+
+    path = tmp_path / "baseline.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=fragment):
+        report.read_baseline(path)
+
+
+def test_a_baseline_that_would_be_empty_or_thin_is_not_written(records, tmp_path):
+    from kdbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="would be empty"):
+        report.write_baseline([], tmp_path / "empty.json")
+    with pytest.raises(ConfigError, match="needs >= 3 seeds per cell: kd on cifar100"):
+        report.write_baseline(seeds(KD[:2]), tmp_path / "thin.json")
+    assert not list(tmp_path.iterdir())
 
 
 # RepDistiller's model zoo names (kdbench keeps them) and the methods the registry may cite.

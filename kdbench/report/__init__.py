@@ -11,7 +11,7 @@ and its statistics), `renderers` (text formats), `plots` (figures), `vam` (VAM's
 """
 
 from kdbench.report.board import OVERHEAD_COLUMNS, STATS_COLUMNS, Leaderboard, leaderboard
-from kdbench.report.check import check_regression, write_baseline
+from kdbench.report.check import check_regression, read_baseline, write_baseline
 from kdbench.report.frame import (
     BASELINE_METHOD,
     FRAME_COLUMNS,
@@ -38,6 +38,7 @@ __all__ = [
     "STATS_COLUMNS",
     "Leaderboard",
     "check_regression",
+    "read_baseline",
     "latex_escape",
     "leaderboard",
     "load_published",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from kdbench.errors import ConfigError
 from kdbench.report.frame import (
     BASELINE_METHOD,
     _count,
@@ -94,13 +95,13 @@ def leaderboard(
 def _pick_dataset(frame: pd.DataFrame, dataset: str | None) -> str:
     datasets = sorted(frame["dataset"].unique())
     if not datasets:
-        raise ValueError("no run records to report; run `kdbench run` first")
+        raise ConfigError("no run records to report; run `kdbench run` first")
     if dataset is None:
         if len(datasets) > 1:
-            raise ValueError(f"records span datasets {', '.join(datasets)}; choose one (dataset=...)")
+            raise ConfigError(f"records span datasets {', '.join(datasets)}; choose one with --dataset")
         return datasets[0]
     if dataset not in datasets:
-        raise ValueError(f"no run records for dataset '{dataset}'; records have {', '.join(datasets)}")
+        raise ConfigError(f"no run records for dataset '{dataset}'; records have {', '.join(datasets)}")
     return dataset
 
 

@@ -1,79 +1,155 @@
-"""The CI regression check: the mean last-epoch top-1 of each baseline cell against a baseline file."""
+"""The CI regression gate: each baseline cell against the store's runs of the same configuration.
+
+A cell is one configuration: the full resolved spec except the seed (teacher SHA-256, VAM settings,
+every hyper-parameter, recipe, precision, ...). The baseline holds per cell the mean, std and n of the
+last-epoch top-1 over n >= 3 seeds, and the configuration itself. A cell regresses when its runs are
+significantly below the baseline (one-sided Welch t-test, `alpha`, default 0.01) or, where a test is
+impossible (fewer than 2 seeds on a side, or no variance on either), when its mean is more than
+`floor_pts` below. A baseline that is missing or malformed, an empty store, or a baseline cell whose
+configuration the store never trained are unusable input (ConfigError: `kdbench check` exits 2).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
+from scipy import stats
 
-from kdbench.report.frame import pair_label, records_frame, row_label
+from kdbench.errors import ConfigError
+from kdbench.report.frame import pair_label, row_label
 from kdbench.store import RunRecord, atomic_write_bytes
 
-
-def _baseline_key_mask(frame: pd.DataFrame, entry: dict) -> pd.Series:
-    teacher = frame["teacher"].isna() if entry["teacher"] is None else frame["teacher"] == entry["teacher"]
-    return (
-        (frame["method"] == entry["method"])
-        & teacher
-        & (frame["student"] == entry["student"])
-        & (frame["dataset"] == entry["dataset"])
-        & (frame["vam"] == bool(entry["vam"]))
-    )
+BASELINE_FORMAT = "kdbench-baseline/2"
+DEFAULT_ALPHA = 0.01
+DEFAULT_FLOOR_PTS = 1.0
+MIN_SEEDS = 3
+_CELL_KEYS = ("label", "config", "mean", "std", "n")
 
 
-def _baseline_entry_label(entry: dict) -> str:
-    pair = pair_label(entry["teacher"], entry["student"])
-    return f"{row_label(entry['method'], entry['vam'])} on {entry['dataset']} {pair}"
+def _config(spec: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in spec.items() if key != "seed"}
+
+
+def _key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _label(config: dict[str, Any]) -> str:
+    pair = pair_label(config.get("teacher"), config["student"])
+    return f"{row_label(config['method'], bool(config.get('vam')))} on {config['dataset']} {pair}"
+
+
+def _cells(records: Iterable[RunRecord]) -> dict[str, dict]:
+    """Per configuration: its finished top-1 per distinct seed, and the errors of failed runs."""
+    cells: dict[str, dict] = {}
+    for record in records:
+        config = _config(record["spec"])
+        cell = cells.setdefault(_key(config), {"config": config, "top1": {}, "errors": []})
+        if record["status"] == "done":
+            cell["top1"].setdefault(record["spec"]["seed"], record["metrics"]["last_top1"])
+        else:
+            cell["errors"].append(record.get("error") or record["status"])
+    return cells
+
+
+def _summary(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def write_baseline(
+    records: Iterable[RunRecord],
+    path: Path,
+    alpha: float = DEFAULT_ALPHA,
+    floor_pts: float = DEFAULT_FLOOR_PTS,
+) -> dict:
+    """Write the baseline of every finished cell; refuse (nothing written) an empty one or a cell
+    with fewer than MIN_SEEDS seeds."""
+    cells = [cell for cell in _cells(records).values() if cell["top1"]]
+    if not cells:
+        raise ConfigError(
+            f"no finished run in the store: the baseline {path} would be empty; nothing written"
+        )
+    few = [f"{_label(c['config'])} (n={len(c['top1'])})" for c in cells if len(c["top1"]) < MIN_SEEDS]
+    if few:
+        raise ConfigError(
+            f"a baseline needs >= {MIN_SEEDS} seeds per cell: {', '.join(few)}; nothing written"
+        )
+    entries = []
+    for cell in cells:
+        mean, std = _summary(list(cell["top1"].values()))
+        entries.append(
+            {"label": _label(cell["config"]), "config": cell["config"], "mean": round(mean, 4),
+             "std": round(std, 4), "n": len(cell["top1"]), "seeds": sorted(cell["top1"])}
+        )  # fmt: skip
+    baseline = {"format": BASELINE_FORMAT, "alpha": alpha, "floor_pts": floor_pts, "cells": entries}
+    atomic_write_bytes(Path(path), (json.dumps(baseline, indent=1, sort_keys=True) + "\n").encode())
+    return baseline
+
+
+def read_baseline(path: Path) -> dict:
+    """The baseline at `path`, its shape checked; a ConfigError naming the file and the fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"baseline {path} not found; create it with kdbench check --write-baseline")
+    try:
+        baseline = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"baseline {path} is not readable JSON ({err})") from err
+    if not isinstance(baseline, dict) or baseline.get("format") != BASELINE_FORMAT:
+        raise ConfigError(
+            f"baseline {path} is not a {BASELINE_FORMAT} file (rewrite it with --write-baseline)"
+        )
+    cells = baseline.get("cells")
+    if not isinstance(cells, list) or not cells:
+        raise ConfigError(f"baseline {path} has no cells")
+    for index, cell in enumerate(cells):
+        missing = [key for key in _CELL_KEYS if not isinstance(cell, dict) or key not in cell]
+        if missing:
+            raise ConfigError(f"baseline {path}: cell {index} lacks {', '.join(missing)}")
+    return baseline
+
+
+def _verdict(label: str, values: list[float], cell: dict, alpha: float, floor_pts: float) -> str | None:
+    mean, std = _summary(values)
+    base_mean, base_std, base_n = cell["mean"], cell["std"], cell["n"]
+    seen = f"top-1 {mean:.2f} ± {std:.2f} (n={len(values)}) vs baseline {base_mean:.2f} ± {base_std:.2f} (n={base_n})"
+    if len(values) >= 2 and base_n >= 2 and (std > 0 or base_std > 0):
+        p_value = stats.ttest_ind_from_stats(
+            mean, std, len(values), base_mean, base_std, base_n, equal_var=False, alternative="less"
+        ).pvalue
+        if math.isfinite(p_value) and p_value < alpha:
+            return f"{label}: {seen}: significantly lower (one-sided Welch p = {p_value:.2g} < {alpha})"
+        return None
+    if mean < base_mean - floor_pts:
+        return f"{label}: {seen}: {base_mean - mean:.2f} pts below, more than the floor {floor_pts} (too few seeds to test)"
+    return None
 
 
 def check_regression(
-    records: Iterable[RunRecord], baseline: dict, tolerance_pts: float | None = None
+    records: Iterable[RunRecord], baseline: dict, alpha: float | None = None, floor_pts: float | None = None
 ) -> list[str]:
-    """One message per regression: a measured last-top-1 mean below the baseline mean − tolerance, or a
-    baseline entry with no finished run. `tolerance_pts` defaults to the baseline file's own."""
-    tolerance = baseline["tolerance_pts"] if tolerance_pts is None else tolerance_pts
-    frame = records_frame(records)
+    """One message per regressed cell (or cell whose runs all failed)."""
+    alpha = baseline.get("alpha", DEFAULT_ALPHA) if alpha is None else alpha
+    floor_pts = baseline.get("floor_pts", DEFAULT_FLOOR_PTS) if floor_pts is None else floor_pts
+    cells = _cells(records)
+    if not cells:
+        raise ConfigError("the store has no run records to check")
     messages = []
-    for entry in baseline["entries"]:
-        runs = frame[_baseline_key_mask(frame, entry)]
-        done = runs[runs["status"] == "done"]
-        label = _baseline_entry_label(entry)
-        expected = entry["last_top1_mean"]
-        if done.empty:
-            failed = runs[runs["status"] != "done"]
-            why = f"; {len(failed)} failed, e.g. {failed['error'].iloc[0]}" if not failed.empty else ""
-            messages.append(f"{label}: no finished run (baseline {expected:.2f}){why}")
-            continue
-        mean = done["last_top1"].mean()
-        if mean < expected - tolerance:
+    for cell in baseline["cells"]:
+        current = cells.get(_key(cell["config"]))
+        if current is None:
+            raise ConfigError(f"baseline cell '{cell['label']}' has no run of its configuration in the store")
+        if not current["top1"]:
             messages.append(
-                f"{label}: top-1 {mean:.2f} (n={len(done)}) is {expected - mean:.2f} pts below the baseline "
-                f"{expected:.2f} (tolerance {tolerance:.2f})"
+                f"{cell['label']}: no finished run; {len(current['errors'])} failed, e.g. {current['errors'][0]}"
             )
+            continue
+        message = _verdict(cell["label"], list(current["top1"].values()), cell, alpha, floor_pts)
+        if message:
+            messages.append(message)
     return messages
-
-
-def write_baseline(records: Iterable[RunRecord], path: Path, tolerance_pts: float) -> dict:
-    """Write the regression baseline (the mean of every finished cell) that `check_regression` reads."""
-    frame = records_frame(records)
-    done = frame[frame["status"] == "done"]
-    entries = []
-    for (method, teacher, student, dataset, vam), group in done.groupby(
-        ["method", "teacher", "student", "dataset", "vam"], dropna=False
-    ):
-        entries.append(
-            {
-                "method": method,
-                "teacher": None if pd.isna(teacher) else teacher,
-                "student": student,
-                "dataset": dataset,
-                "vam": bool(vam),
-                "last_top1_mean": round(float(group["last_top1"].mean()), 4),
-                "n_seeds": len(group),
-            }
-        )
-    baseline = {"tolerance_pts": tolerance_pts, "entries": entries}
-    atomic_write_bytes(Path(path), (json.dumps(baseline, indent=1) + "\n").encode())
-    return baseline

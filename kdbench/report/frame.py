@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from kdbench.errors import ConfigError
 from kdbench.store import RunRecord
 
 BASELINE_METHOD = "student"
@@ -93,7 +94,7 @@ def _done_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
     frame = records_frame(records)
     done = frame[frame["status"] == "done"]
     if done.empty:
-        raise ValueError("no finished runs to plot")
+        raise ConfigError("no finished runs to plot")
     return done
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pandas as pd
 from tabulate import tabulate
 
+from kdbench.errors import ConfigError
 from kdbench.report.board import Leaderboard
 
 FORMATS = ("terminal", "markdown", "csv", "latex", "html")
@@ -144,7 +145,7 @@ _RENDERERS: dict[str, Callable[[Leaderboard], str]] = {
 def render(board: Leaderboard, fmt: str) -> str:
     """The leaderboard as text in one of FORMATS, caption and notes included."""
     if fmt not in _RENDERERS:
-        raise ValueError(f"unknown report format '{fmt}'. Valid: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown report format '{fmt}'. Valid: {', '.join(FORMATS)}")
     text = _RENDERERS[fmt](board)
     if board.costs is not None:
         text += "\n" + _RENDERERS[fmt](board.costs)

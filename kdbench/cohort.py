@@ -169,12 +169,16 @@ class Cohort:
 
 def plan_cohorts(specs: list[RunSpec], jobs: int, enabled: bool = True) -> list[list[RunSpec]]:
     """Specs that can share a data stream and a teacher forward (same student, dataset, recipe,
-    seed, precision, compile), split so that `jobs` workers all get work: each group into ceil(jobs / groups) parts."""
+    seed, precision, compile), each group cut into `parts` cohorts: the fewest parts that keep the
+    `jobs` workers busiest (rounds of work per part: ceil(groups * parts / jobs) / parts)."""
     if not enabled:
         return [[spec] for spec in specs]
     groups: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
         key = (spec.student, spec.dataset, spec.recipe, spec.seed, spec.precision, spec.compile)
         groups.setdefault(key, []).append(spec)
-    parts = math.ceil(jobs / len(groups)) if groups else 1
+    if not groups:
+        return []
+    largest = max(len(group) for group in groups.values())
+    parts = min(range(1, largest + 1), key=lambda p: (math.ceil(len(groups) * p / jobs) / p, p))
     return [group[i::parts] for group in groups.values() for i in range(min(parts, len(group)))]

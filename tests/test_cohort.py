@@ -123,4 +123,6 @@ def test_cohorts_group_by_seed_and_recipe_and_feed_every_worker():
     assert [[s.method for s in c] for c in plan_cohorts(specs, jobs=1)] == [["a", "b", "c"], ["a", "b", "c"]]
     assert all(len({s.seed for s in c}) == 1 for c in plan_cohorts(specs, jobs=4))
     assert len(plan_cohorts(specs, jobs=4)) == 4  # two parts per seed: every worker has a unit
+    three_seeds = [RunSpec(m, "resnet8", "synthetic", seed=s, recipe=TINY) for s in (0, 1, 2) for m in "abcd"]
+    assert len(plan_cohorts(three_seeds, jobs=2)) == 6  # 3 rounds of half cohorts beat 2 rounds of whole ones
     assert plan_cohorts(specs, jobs=2, enabled=False) == [[s] for s in specs]

@@ -417,3 +417,10 @@ def test_published_numbers_show_on_a_matching_leaderboard():
     assert board.table.loc["student (published)", pair] == "72.50"
     assert board.table.loc["kd (published)", pair] == "73.33"
     assert "crd (published)" not in board.table.index  # only methods that were measured
+
+
+def test_holm_adjusts_like_the_textbook():
+    from kdbench.report.check import holm
+
+    # Holm (1979): sorted p 0.01, 0.02, 0.03, 0.04 x (4, 3, 2, 1), kept monotone
+    assert holm([0.04, 0.01, 0.03, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])

@@ -3,9 +3,10 @@
 A cell is one configuration: the full resolved spec except the seed (teacher SHA-256, VAM settings,
 every hyper-parameter, recipe, precision, ...). The baseline holds per cell the mean, std and n of the
 last-epoch top-1 over n >= 3 seeds, and the configuration itself. A cell regresses when its runs are
-significantly below the baseline (one-sided Welch t-test, `alpha`, default 0.01) or, where a test is
-impossible (fewer than 2 seeds on a side, or no variance on either), when its mean is more than
-`floor_pts` below. A baseline that is missing or malformed, an empty store, or a baseline cell whose
+significantly below the baseline (one-sided Welch t-test; the p-values of a check's cells are Holm-
+corrected, so `alpha`, default 0.01, bounds the chance of any false alarm in the whole check) or,
+where a test is impossible (fewer than 2 seeds on a side, or no variance on either), when its mean
+is more than `floor_pts` below. A baseline that is missing or malformed, an empty store, or a baseline cell whose
 configuration the store never trained are unusable input (ConfigError: `kdbench check` exits 2).
 """
 
@@ -114,20 +115,33 @@ def read_baseline(path: Path) -> dict:
     return baseline
 
 
-def _verdict(label: str, values: list[float], cell: dict, alpha: float, floor_pts: float) -> str | None:
+def _p_value(values: list[float], cell: dict) -> float | None:
+    """One-sided Welch p-value of `values` being below the baseline cell; None where untestable."""
     mean, std = _summary(values)
-    base_mean, base_std, base_n = cell["mean"], cell["std"], cell["n"]
-    seen = f"top-1 {mean:.2f} ± {std:.2f} (n={len(values)}) vs baseline {base_mean:.2f} ± {base_std:.2f} (n={base_n})"
-    if len(values) >= 2 and base_n >= 2 and (std > 0 or base_std > 0):
-        p_value = stats.ttest_ind_from_stats(
-            mean, std, len(values), base_mean, base_std, base_n, equal_var=False, alternative="less"
-        ).pvalue
-        if math.isfinite(p_value) and p_value < alpha:
-            return f"{label}: {seen}: significantly lower (one-sided Welch p = {p_value:.2g} < {alpha})"
+    if len(values) < 2 or cell["n"] < 2 or (std == 0 and cell["std"] == 0):
         return None
-    if mean < base_mean - floor_pts:
-        return f"{label}: {seen}: {base_mean - mean:.2f} pts below, more than the floor {floor_pts} (too few seeds to test)"
-    return None
+    p_value = stats.ttest_ind_from_stats(
+        mean, std, len(values), cell["mean"], cell["std"], cell["n"], equal_var=False, alternative="less"
+    ).pvalue
+    return float(p_value) if math.isfinite(p_value) else None
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def _seen(values: list[float], cell: dict) -> str:
+    mean, std = _summary(values)
+    return (
+        f"{cell['label']}: top-1 {mean:.2f} ± {std:.2f} (n={len(values)}) vs baseline "
+        f"{cell['mean']:.2f} ± {cell['std']:.2f} (n={cell['n']})"
+    )
 
 
 def check_regression(
@@ -139,17 +153,26 @@ def check_regression(
     cells = _cells(records)
     if not cells:
         raise ConfigError("the store has no run records to check")
-    messages = []
+    messages, tested = [], []
     for cell in baseline["cells"]:
         current = cells.get(_key(cell["config"]))
         if current is None:
             raise ConfigError(f"baseline cell '{cell['label']}' has no run of its configuration in the store")
-        if not current["top1"]:
+        values = list(current["top1"].values())
+        if not values:
             messages.append(
                 f"{cell['label']}: no finished run; {len(current['errors'])} failed, e.g. {current['errors'][0]}"
             )
-            continue
-        message = _verdict(cell["label"], list(current["top1"].values()), cell, alpha, floor_pts)
-        if message:
-            messages.append(message)
+        elif (p_value := _p_value(values, cell)) is not None:
+            tested.append((cell, values, p_value))
+        elif statistics.mean(values) < cell["mean"] - floor_pts:
+            below = cell["mean"] - statistics.mean(values)
+            messages.append(
+                f"{_seen(values, cell)}: {below:.2f} pts below, more than the floor {floor_pts} (too few seeds to test)"
+            )
+    for (cell, values, _), adjusted in zip(tested, holm([p for *_, p in tested]), strict=True):
+        if adjusted < alpha:
+            messages.append(
+                f"{_seen(values, cell)}: significantly lower (one-sided Welch, Holm p = {adjusted:.2g} < {alpha})"
+            )
     return messages

@@ -178,14 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--format",
         default="terminal",
-        choices=("terminal", "markdown", "csv", "latex", "html"),
+        choices=("terminal", "markdown", "csv", "latex", "html", "json"),
         help="leaderboard format printed at the end",
     )
 
     report = commands.add_parser("report", help="leaderboard from the records of a store")
     _add_common(report)
     report.add_argument(
-        "--format", default="terminal", choices=("terminal", "markdown", "csv", "latex", "html")
+        "--format", default="terminal", choices=("terminal", "markdown", "csv", "latex", "html", "json")
     )
     report.add_argument("--dataset", help="dataset to tabulate (default: the one with most runs)")
     report.add_argument(

@@ -1,4 +1,5 @@
 import io
+import json
 import statistics
 
 import pandas as pd
@@ -169,7 +170,9 @@ def test_best_measured_cell_is_marked_in_every_format(records):
     assert f"<b>{best}</b>" in report.render(board, "html")
     assert rf"\textbf{{{report.latex_escape(best)}}}" in report.render(board, "latex")
     assert f"{best} *" in report.render(board, "terminal")
-    assert f"{best} *" in report.render(board, "csv")
+    # csv is tidy now (one row per cell, numbers): "best" is a column, not a mark
+    cells = pd.read_csv(io.StringIO(report.render(board, "csv")), comment="#")
+    assert set(cells.loc[cells["best"], "row"]) == {"kd +VAM"}
 
 
 def test_failed_runs_are_not_averaged_but_noted(records):
@@ -230,9 +233,25 @@ def test_published_rows_are_marked_separate_and_never_best():
 def test_every_format_renders_the_numbers_caption_and_notes(records, fmt):
     board = report.leaderboard(records)
     text = report.render(board, fmt)
-    vam_delta = f"{statistics.mean(KD_VAM) - statistics.mean(KD):+.2f}"
-    for number in (f"{statistics.mean(KD):.2f}", f"{statistics.stdev(KD):.2f}", vam_delta, "278.00K"):
-        assert number in text
+    vam_delta = statistics.mean(KD_VAM) - statistics.mean(KD)
+    if fmt in ("csv", "json"):  # tidy formats hold the numbers themselves, in plain units
+        cells = (
+            pd.read_csv(io.StringIO(text), comment="#")
+            if fmt == "csv"
+            else pd.DataFrame(json.loads(text)["cells"])
+        ).set_index("row")
+        assert cells.loc["kd", "mean"] == pytest.approx(statistics.mean(KD))
+        assert cells.loc["kd", "std"] == pytest.approx(statistics.stdev(KD))
+        assert cells.loc["kd +VAM", "vam_delta"] == pytest.approx(vam_delta)
+        assert cells.loc["kd", "deploy_params"] == 278_000
+    else:
+        for number in (
+            f"{statistics.mean(KD):.2f}",
+            f"{statistics.stdev(KD):.2f}",
+            f"{vam_delta:+.2f}",
+            "278.00K",
+        ):
+            assert number in text
     assert "non-finite loss" in text
     assert "last epoch" in text
 
@@ -242,8 +261,8 @@ def test_latex_escapes_and_csv_reads_back(records):
     latex = report.render(board, "latex")
     assert r"top-1 (\%)" in latex and r"$\pm$" in latex and r"\toprule" in latex and r"\bottomrule" in latex
     assert "resnet56$\\to$resnet20" in latex
-    table = pd.read_csv(io.StringIO(report.render(board, "csv")), comment="#", index_col=0)
-    assert list(table.index) == list(board.table.index)
+    cells = pd.read_csv(io.StringIO(report.render(board, "csv")), comment="#")
+    assert list(cells["row"]) == list(board.stats["row"])  # tidy: one line per cell, not the display table
     with pytest.raises(ValueError, match="Valid: terminal"):
         report.render(board, "pdf")
 
@@ -257,7 +276,9 @@ def test_leaderboard_needs_one_dataset(records):
 
 def test_mixed_recipes_and_few_seeds_are_noted():
     board = report.leaderboard([make_record(seed=0), make_record(seed=1, epochs=5)])
-    assert any("2 different hp/recipes" in note for note in board.notes)
+    # two recipes are two configurations: a row each, never averaged (they used to share one noted cell)
+    assert list(board.table.index) == ["kd (epochs=3)", "kd (epochs=5)"]
+    assert any("kd: 2 configurations" in note and "recipe.epochs" in note for note in board.notes)
     assert any("fewer than 3 seeds" in note for note in board.notes)
     assert any("no student baseline" in note for note in board.notes)
 

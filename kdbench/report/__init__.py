@@ -7,10 +7,12 @@ averaged in. Failed runs are never averaged either: they are listed in the notes
 
 Modules: `frame` (records as a pandas frame, labels, the published numbers), `board` (the `Leaderboard`
 and its statistics), `renderers` (text formats), `plots` (figures), `vam` (VAM's attention entropies) and
-`check` (the regression baseline).
+`check` (the regression baseline). A cell is one configuration (the full spec but the seed), the same
+in the leaderboard and the regression gate; its statistics are in `Leaderboard.stats` (`STATS_COLUMNS`) and
+`--format csv|json` writes them as tidy rows (`TIDY_COLUMNS`).
 """
 
-from kdbench.report.board import OVERHEAD_COLUMNS, STATS_COLUMNS, Leaderboard, leaderboard
+from kdbench.report.board import OVERHEAD_COLUMNS, STATS_COLUMNS, Leaderboard, holm, leaderboard
 from kdbench.report.check import check_regression, read_baseline, write_baseline
 from kdbench.report.frame import (
     BASELINE_METHOD,
@@ -24,7 +26,7 @@ from kdbench.report.frame import (
     row_label,
 )
 from kdbench.report.plots import plot_accuracy_vs_overhead, plot_learning_curves
-from kdbench.report.renderers import FORMATS, latex_escape, render
+from kdbench.report.renderers import FORMATS, TIDY_COLUMNS, latex_escape, render
 from kdbench.report.vam import vam_entropy_table
 
 __all__ = [
@@ -36,8 +38,10 @@ __all__ = [
     "OVERHEAD_COLUMNS",
     "OVERHEAD_KEYS",
     "STATS_COLUMNS",
+    "TIDY_COLUMNS",
     "Leaderboard",
     "check_regression",
+    "holm",
     "read_baseline",
     "latex_escape",
     "leaderboard",

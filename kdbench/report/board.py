@@ -1,20 +1,31 @@
 """The leaderboard of one dataset: statistics per (row, pair), the table of display strings, caption, notes.
 
-Rows are methods (±VAM), measured first and published after; columns are teacher→student pairs, each with
-its Δ and ΔVAM where there is one, then the overhead (or, with several pairs, a second table of costs).
+Rows are configurations (docs/DESIGN.md, "Statistics"): the runs of a cell share every resolved setting but
+the seed (the regression gate's cells, check.py), n = distinct seeds. Configurations of one method (±VAM)
+that differ within a pair get a row each, labelled by what differs: `kd (temperature=2)`,
+`kd [teacher 3f2a1c]`. Measured rows come first, published after; columns are teacher→student pairs, each
+with its Δ and ΔVAM where there is one, then the overhead (or, with several pairs, a second table of costs).
+
+Per cell: mean, sample std, n and a 95 % t-interval; Δ vs the student baseline of the same pair and
+configuration (VAM settings, recipe, precision) with a two-sided Welch p-value, Holm-corrected across the
+cells of the pair; "best" is every cell not significantly below the pair's top mean (one-sided Welch).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from kdbench.errors import ConfigError
 from kdbench.report.frame import (
     BASELINE_METHOD,
+    OVERHEAD_KEYS,
     _count,
     _pair_column,
     _pair_runs,
@@ -25,19 +36,28 @@ from kdbench.report.frame import (
 )
 from kdbench.store import RunRecord
 
+ALPHA = 0.05  # significance level of Δ (after Holm) and of "best"
+CONFIDENCE = 0.95  # the t-interval of a cell's mean
+
 STATS_COLUMNS = (
     "row",
     "method",
     "vam",
     "pair",
+    "config",  # the cell's configuration: its spec minus the seed, canonical JSON ("" for published rows)
     "published",
     "mean",
     "std",
     "n",
-    "configs",
+    "ci_low",
+    "ci_high",
     "delta",
+    "p_raw",  # two-sided Welch p of Δ, uncorrected
+    "p_value",  # the same, Holm-corrected across the cells of the pair
+    "significant",  # p_value < ALPHA (either sign; the table marks gains only)
+    "best",
     "vam_delta",
-)
+) + OVERHEAD_KEYS  # mean over the cell's runs, plain units (counts, FLOPs, seconds, bytes, ratio)
 
 # (header, records_frame column, formatter): the overhead shown beside accuracy. Deploy params/FLOPs are
 # measured on the exported student, so equal values with and without VAM show that its fold adds nothing.
@@ -58,22 +78,25 @@ class Leaderboard:
     table: pd.DataFrame  # display strings; index = row labels (measured first, then published); "" = no value
     caption: str
     notes: list[str]
-    best: set[tuple[str, str]] = field(default_factory=set)  # (row, column): best measured mean of a pair
+    best: set[tuple[str, str]] = field(default_factory=set)  # (row, pair): not significantly below the top
     published_rows: list[str] = field(default_factory=list)
-    stats: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (row, pair): mean, std, n, deltas
+    stats: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (row, pair): STATS_COLUMNS
     # With several pairs, costs differ per pair: they go in a second table, one row per (method, pair).
     costs: Leaderboard | None = None
+    significant: set[tuple[str, str]] = field(default_factory=set)  # (row, "pair Δ"): significant gains
 
 
 def leaderboard(
     records: Iterable[RunRecord], published: dict | None = None, dataset: str | None = None
 ) -> Leaderboard:
-    """Rows = methods (±VAM), columns = teacher→student pairs (+ Δ, ΔVAM) and overhead, for one dataset."""
+    """Rows = configurations of methods (±VAM), columns = teacher→student pairs (+ Δ, ΔVAM) and overhead."""
     frame = records_frame(records)
     dataset = _pick_dataset(frame, dataset)
     frame = frame[frame["dataset"] == dataset]
-    done = frame[frame["status"] == "done"]
     pairs = _pairs(frame)
+    done, duplicate_notes = _drop_duplicate_seeds(frame[frame["status"] == "done"])
+    differing = _differing_settings(done, pairs)
+    done = done.assign(row=[_config_label(run, differing) for run in done.itertuples()])
     stats, sources = _stats(done, pairs, published, dataset)
     labels = _row_order(stats)
     published_labels = [label for label in labels if label.endswith("(published)")]
@@ -82,14 +105,33 @@ def leaderboard(
     overhead_beside = not done.empty and not several_pairs
     table = _accuracy_table(stats, labels, _columns(stats, pairs, overhead_beside))
     if overhead_beside:
-        cost = _cost_table(done, ["label"])
+        cost = _cost_table(done, ["row"])
         table.loc[cost.index, cost.columns] = cost
     costs = _costs_board(done, dataset) if several_pairs and not done.empty else None
 
     measured = stats[~stats["published"]]
     caption = _caption(dataset, measured, bool(published_labels))
-    notes = _notes(frame[frame["status"] != "done"], measured, published, sources)
-    return Leaderboard(table, caption, notes, _best_cells(measured), published_labels, stats, costs)
+    notes = _notes(
+        frame[frame["status"] != "done"],
+        duplicate_notes + _split_notes(done, differing),
+        measured,
+        published,
+        sources,
+    )
+    best = {(cell.row, cell.pair) for cell in measured.itertuples() if cell.best}
+    significant = {
+        (cell.row, f"{cell.pair} Δ") for cell in measured.itertuples() if cell.significant and cell.delta > 0
+    }
+    return Leaderboard(
+        table,
+        caption,
+        notes,
+        best=best,
+        published_rows=published_labels,
+        stats=stats,
+        costs=costs,
+        significant=significant,
+    )
 
 
 def _pick_dataset(frame: pd.DataFrame, dataset: str | None) -> str:
@@ -105,6 +147,90 @@ def _pick_dataset(frame: pd.DataFrame, dataset: str | None) -> str:
     return dataset
 
 
+def _drop_duplicate_seeds(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One finished run per (configuration, seed): the first is kept, the others are named in a note."""
+    duplicated = done.duplicated(["config", "seed"], keep=False)
+    notes = []
+    for (_, seed), group in done[duplicated].groupby(["config", "seed"], sort=False):
+        first = group.iloc[0]
+        dropped = ", ".join(str(run_id) for run_id in group["run_id"].iloc[1:])
+        notes.append(
+            f"{first['label']} on {pair_label(first['teacher'], first['student'])} seed {seed}: "
+            f"{len(group)} finished runs of one configuration; kept {first['run_id']}, not counted: {dropped}"
+        )
+    return done[~done.duplicated(["config", "seed"], keep="first")], notes
+
+
+# Settings a row label never needs: the pair and dataset are the column and board, VAM on/off is in the label.
+_UNLABELLED = {"method", "teacher", "student", "dataset", "seed"}
+
+
+def _flat_settings(config: dict[str, Any]) -> dict[str, str]:
+    """A configuration as {dotted path: canonical JSON value}: hp.temperature, recipe.epochs, vam.groups."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+        else:
+            flat[prefix] = json.dumps(value, sort_keys=True, default=str)
+
+    for key, value in config.items():
+        if key not in _UNLABELLED and not (key == "vam" and not value):
+            walk(key, value)
+    return flat
+
+
+def _differing_settings(done: pd.DataFrame, pairs: list[tuple[str | None, str]]) -> dict[tuple, list[str]]:
+    """Per (method, vam): the settings in which its configurations differ within some pair."""
+    flat = {config: _flat_settings(json.loads(config)) for config in done["config"].unique()}
+    differing: dict[tuple, set[str]] = {}
+    for teacher, student in pairs:
+        runs = _pair_runs(done, teacher, student)
+        for (method, vam), group in runs.groupby(["method", "vam"], sort=False):
+            configs = [flat[config] for config in group["config"].unique()]
+            if len(configs) < 2:
+                continue
+            paths = set().union(*configs)
+            differing.setdefault((method, bool(vam)), set()).update(
+                path for path in paths if len({settings.get(path) for settings in configs}) > 1
+            )
+    return {key: sorted(paths) for key, paths in differing.items()}
+
+
+def _setting_text(path: str, value: str) -> str:
+    name = path.split(".", 1)[1] if path.split(".", 1)[0] in ("hp", "recipe") else path
+    return f"{name}={'–' if value is None else value.strip(chr(34))}"
+
+
+def _config_label(run: Any, differing: dict[tuple, list[str]]) -> str:
+    """The row of a run: `kd`, or `kd (temperature=2)`, `kd [teacher 3f2a1c]` where configurations differ."""
+    label = row_label(run.method, bool(run.vam))
+    paths = differing.get((run.method, bool(run.vam)))
+    if not paths:
+        return label
+    settings = _flat_settings(json.loads(run.config))
+    shown = [_setting_text(path, settings.get(path)) for path in paths if path != "teacher_sha256"]
+    if shown:
+        label += f" ({', '.join(shown)})"
+    if "teacher_sha256" in paths:
+        sha = json.loads(settings.get("teacher_sha256", "null"))
+        label += f" [teacher {sha[:6] if sha else 'unknown'}]"
+    return label
+
+
+def _split_notes(done: pd.DataFrame, differing: dict[tuple, list[str]]) -> list[str]:
+    notes = []
+    for (method, vam), paths in differing.items():
+        runs = done[(done["method"] == method) & (done["vam"] == vam)]
+        notes.append(
+            f"{row_label(method, vam)}: {runs['config'].nunique()} configurations, one row each, never "
+            f"averaged together; they differ in {', '.join(paths)}"
+        )
+    return notes
+
+
 def _stats(
     done: pd.DataFrame, pairs: list[tuple[str | None, str]], published: dict | None, dataset: str
 ) -> tuple[pd.DataFrame, set[str]]:
@@ -115,40 +241,114 @@ def _stats(
         published_rows, sources = _published_stats(published, dataset, pairs, set(done["method"]))
         rows += published_rows
     # explicit dtypes: an empty object column would make `stats[~stats["published"]]` select columns
-    stats = pd.DataFrame(rows, columns=list(STATS_COLUMNS)).astype({"vam": bool, "published": bool})
+    stats = pd.DataFrame(rows, columns=list(STATS_COLUMNS)).astype(
+        {"vam": bool, "published": bool, "significant": bool, "best": bool}
+    )
     return stats, sources
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order; a NaN (no test) stays NaN and is not counted."""
+    order = sorted((p, index) for index, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def _welch(cell: dict, other: dict, alternative: str = "two-sided") -> float:
+    """Welch's t-test of cell vs other from their mean/std/n; NaN where impossible (n < 2, no variance)."""
+    if cell["n"] < 2 or other["n"] < 2 or not (cell["std"] > 0 or other["std"] > 0):
+        return math.nan
+    result = scipy_stats.ttest_ind_from_stats(
+        cell["mean"], cell["std"], cell["n"], other["mean"], other["std"], other["n"],
+        equal_var=False, alternative=alternative,
+    )  # fmt: skip
+    return float(result.pvalue)
+
+
+def _t_interval(mean: float, std: float, n: int) -> tuple[float, float]:
+    if n < 2:
+        return math.nan, math.nan
+    if std == 0:
+        return mean, mean
+    low, high = scipy_stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return float(low), float(high)
+
+
+def _without(config: dict, keys: tuple[str, ...]) -> str:
+    return json.dumps({k: v for k, v in config.items() if k not in keys}, sort_keys=True, default=str)
+
+
+# A student baseline is the same experiment but the distillation: these settings may differ from it.
+_BASELINE_FREE = ("method", "teacher", "teacher_sha256", "hp", "kind")
 
 
 def _measured_stats(done: pd.DataFrame, pairs: list[tuple[str | None, str]]) -> list[dict]:
     rows = []
     for teacher, student in pairs:
-        runs = _pair_runs(done, teacher, student)
-        cells = {
-            (method, bool(vam)): group for (method, vam), group in runs.groupby(["method", "vam"], sort=False)
-        }
-        means = {key: group["last_top1"].mean() for key, group in cells.items()}
-        for (method, vam), group in cells.items():
-            mean = means[(method, vam)]
-            baseline = means.get((BASELINE_METHOD, vam))
-            vam_off = means.get((method, False))
-            rows.append(
+        pair_rows = []
+        for config, group in _pair_runs(done, teacher, student).groupby("config", sort=False):
+            values = group["last_top1"].astype(float)
+            mean, std, n = (
+                float(values.mean()),
+                float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+                len(values),
+            )
+            ci_low, ci_high = _t_interval(mean, std, n)
+            first = group.iloc[0]
+            pair_rows.append(
                 {
-                    "row": row_label(method, vam),
-                    "method": method,
-                    "vam": vam,
+                    "row": first["row"],
+                    "method": first["method"],
+                    "vam": bool(first["vam"]),
                     "pair": pair_label(teacher, student),
+                    "config": config,
                     "published": False,
                     "mean": mean,
-                    "std": group["last_top1"].std(ddof=1),
-                    "n": len(group),
-                    "configs": group["config"].nunique(),
-                    "delta": mean - baseline
-                    if baseline is not None and method != BASELINE_METHOD
-                    else math.nan,
-                    "vam_delta": mean - vam_off if vam and vam_off is not None else math.nan,
+                    "std": std,
+                    "n": n,
+                    "ci_low": ci_low,
+                    "ci_high": ci_high,
+                    **{key: float(group[key].mean()) for key in OVERHEAD_KEYS},
                 }
             )
+        _compare(pair_rows)
+        rows += pair_rows
     return rows
+
+
+def _compare(cells: list[dict]) -> None:
+    """Δ, ΔVAM, Welch and Holm p-values, significance and "best" of the measured cells of one pair."""
+    parsed = [json.loads(cell["config"]) for cell in cells]
+    baselines = {
+        _without(config, _BASELINE_FREE): cell
+        for cell, config in zip(cells, parsed, strict=True)
+        if cell["method"] == BASELINE_METHOD
+    }
+    vam_off = {
+        _without(config, ("vam",)): cell
+        for cell, config in zip(cells, parsed, strict=True)
+        if not cell["vam"]
+    }
+    for cell, config in zip(cells, parsed, strict=True):
+        baseline = (
+            baselines.get(_without(config, _BASELINE_FREE)) if cell["method"] != BASELINE_METHOD else None
+        )
+        cell["delta"] = cell["mean"] - baseline["mean"] if baseline else math.nan
+        cell["p_raw"] = _welch(cell, baseline) if baseline else math.nan
+        off = vam_off.get(_without(config, ("vam",))) if cell["vam"] else None
+        cell["vam_delta"] = cell["mean"] - off["mean"] if off else math.nan
+    for cell, p_value in zip(cells, holm([cell["p_raw"] for cell in cells]), strict=True):
+        cell["p_value"] = p_value
+        cell["significant"] = p_value < ALPHA  # False for NaN
+    if cells:
+        top = max(cells, key=lambda cell: cell["mean"])
+        for cell in cells:
+            # where no test is possible, only the top mean (and its ties) is best
+            cell["best"] = cell["mean"] >= top["mean"] - 1e-9 or _welch(cell, top, "less") >= ALPHA
 
 
 def _published_stats(
@@ -167,11 +367,18 @@ def _published_stats(
                 "pair": pair,
                 "published": True,
                 "mean": top1,
+                "config": "",
                 "std": math.nan,
                 "n": math.nan,
-                "configs": 1,
+                "ci_low": math.nan,
+                "ci_high": math.nan,
                 "delta": delta,
+                "p_raw": math.nan,
+                "p_value": math.nan,
+                "significant": False,
+                "best": False,
                 "vam_delta": math.nan,
+                **dict.fromkeys(OVERHEAD_KEYS, math.nan),
             }
         )
         sources.add(source)
@@ -210,6 +417,7 @@ def _row_order(stats: pd.DataFrame) -> list[str]:
             r["method"] != BASELINE_METHOD,
             r["method"],
             r["vam"],
+            r["row"],
         )
     )
     return [r["row"] for r in rows]
@@ -268,19 +476,10 @@ def _cost_table(done: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def _costs_board(done: pd.DataFrame, dataset: str) -> Leaderboard:
     """The second table of a several-pair leaderboard: costs per (method, pair)."""
     return Leaderboard(
-        _cost_table(done, ["label", "pair"]),
+        _cost_table(done, ["row", "pair"]),
         f"{dataset}: costs per pair, mean over the runs of each (method, pair).",
         [],
     )
-
-
-def _best_cells(measured: pd.DataFrame) -> set[tuple[str, str]]:
-    """(row, pair) of the best measured mean of each pair, ties included."""
-    best = set()
-    for pair, group in measured.groupby("pair"):
-        top = group["mean"].max()
-        best |= {(row, pair) for row in group["row"][group["mean"] >= top - 1e-9]}
-    return best
 
 
 def _seed_count_text(counts: pd.Series) -> str:
@@ -292,9 +491,14 @@ def _caption(dataset: str, measured: pd.DataFrame, has_published: bool) -> str:
     seeds = _seed_count_text(measured["n"]) if not measured.empty else "0"
     caption = (
         f"{dataset}: top-1 (%) of the last epoch on the test split, mean ± std over {seeds} seeds; "
-        "best-epoch accuracy recorded, not shown. Δ: vs the student baseline of the same pair and VAM "
-        "setting; ΔVAM: VAM on − off; best measured mean per pair marked. Overhead: mean over the row's "
-        "runs; deploy params/FLOPs are those of the exported student (after VAM's fold)."
+        "best-epoch accuracy recorded, not shown. A row is one configuration (every resolved setting but the "
+        "seed; n = distinct seeds); configurations of one method that differ get a row each, labelled by what "
+        "differs. Δ: vs the student baseline of the same pair and configuration (VAM setting, recipe); "
+        f"† = significant gain (two-sided Welch t-test, Holm-corrected across the methods of the pair, "
+        f"α = {ALPHA}). ΔVAM: VAM on − off. Best: every measured method not significantly below the top mean "
+        f"of its pair (one-sided Welch, α = {ALPHA}; where untestable, n < 2 or no variance, the top mean "
+        f"only). {CONFIDENCE:.0%} t-intervals and p-values: --format csv or json. Overhead: mean over the "
+        "row's runs; deploy params/FLOPs are those of the exported student (after VAM's fold)."
     )
     if has_published:
         caption += " '(published)': reference numbers from the literature, never averaged with measured runs."
@@ -302,19 +506,20 @@ def _caption(dataset: str, measured: pd.DataFrame, has_published: bool) -> str:
 
 
 def _notes(
-    failed: pd.DataFrame, measured: pd.DataFrame, published: dict | None, sources: set[str]
+    failed: pd.DataFrame,
+    cell_notes: list[str],
+    measured: pd.DataFrame,
+    published: dict | None,
+    sources: set[str],
 ) -> list[str]:
-    """Failed runs, mixed configs, missing baselines, too few seeds, then the published sources used."""
+    """Failed runs, `cell_notes` (duplicate seeds, split configurations), missing baselines, too few
+    seeds, then the published sources used."""
     notes = [
         f"failed, not averaged: {run.label} on {pair_label(run.teacher, run.student)} seed {run.seed} "
         f"({run.run_id}): {run.error}"
         for run in failed.itertuples()
     ]
-    notes += [
-        f"{cell.row} on {cell.pair} averages runs of {cell.configs} different hp/recipes"
-        for cell in measured.itertuples()
-        if cell.configs > 1
-    ]
+    notes += cell_notes
     notes += _missing_baseline_notes(measured)
     if not measured.empty and measured["n"].min() < 3:
         notes.append("cells with fewer than 3 seeds are not committable results (protocol: N ≥ 3)")
@@ -333,4 +538,11 @@ def _missing_baseline_notes(measured: pd.DataFrame) -> list[str]:
             setting = in_pair[in_pair["vam"] == vam]
             if BASELINE_METHOD not in set(setting["method"]):
                 notes.append(f"{pair}: no {row_label(BASELINE_METHOD, vam)} baseline, so no Δ for it")
+                continue
+            unmatched = setting[(setting["method"] != BASELINE_METHOD) & setting["delta"].isna()]
+            notes += [
+                f"{row} on {pair}: no student baseline of the same configuration (recipe, VAM settings, "
+                "precision), so no Δ"
+                for row in unmatched["row"]
+            ]
     return notes

@@ -53,8 +53,15 @@ def pair_label(teacher: str | None, student: str) -> str:
 
 
 def _config_key(spec: dict[str, Any]) -> str:
-    # Seeds of one cell must share hp and recipe; this key lets the leaderboard say when they do not.
-    return json.dumps({"hp": spec.get("hp"), "recipe": spec.get("recipe")}, sort_keys=True, default=str)
+    """The configuration of a run: its full resolved spec except the seed, as canonical JSON.
+
+    The same key as the regression gate's cells (check.py `_key(_config(spec))`, tested equal in
+    tests/test_report_stats.py), so a leaderboard cell and a baseline cell are the same set of runs.
+    Not imported from check.py: check.py imports this module.
+    """
+    return json.dumps(
+        {key: value for key, value in spec.items() if key != "seed"}, sort_keys=True, default=str
+    )
 
 
 def _frame_row(record: RunRecord) -> dict[str, Any]:

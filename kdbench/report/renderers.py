@@ -1,8 +1,11 @@
-"""A leaderboard as text: terminal, markdown, CSV, LaTeX (booktabs) or HTML, caption and notes included."""
+"""A leaderboard as text: terminal, markdown, LaTeX (booktabs) or HTML tables with caption and notes, or
+tidy CSV / JSON with one row per cell and numeric columns (`TIDY_COLUMNS`), for pandas and scripts."""
 
 from __future__ import annotations
 
 import html
+import json
+import math
 from collections.abc import Callable
 
 import pandas as pd
@@ -10,12 +13,29 @@ from tabulate import tabulate
 
 from kdbench.errors import ConfigError
 from kdbench.report.board import Leaderboard
+from kdbench.report.frame import OVERHEAD_KEYS
 
-FORMATS = ("terminal", "markdown", "csv", "latex", "html")
+FORMATS = ("terminal", "markdown", "csv", "latex", "html", "json")
+# One row per (row, pair) cell of a tidy export; numbers are plain (percent points, counts, FLOPs, seconds,
+# bytes), NaN/empty where a cell has none; booleans are True/False.
+TIDY_COLUMNS = (
+    ("method", "vam", "pair", "row", "config", "mean", "std", "n", "ci_low", "ci_high", "delta")
+    + ("p_raw", "p_value", "significant", "best", "vam_delta", "published")
+    + OVERHEAD_KEYS
+)
+SIGNIFICANT_MARK = "†"
+
+
+def _display(board: Leaderboard) -> pd.DataFrame:
+    """The table's strings with significant gains marked (the best cells are marked per format)."""
+    table = board.table.copy()
+    for row, column in board.significant:
+        table.loc[row, column] = f"{table.loc[row, column]}{SIGNIFICANT_MARK}"
+    return table
 
 
 def _marked(board: Leaderboard, mark: Callable[[str], str]) -> pd.DataFrame:
-    table = board.table.copy()
+    table = _display(board)
     for row, column in board.best:
         table.loc[row, column] = mark(table.loc[row, column])
     return table
@@ -43,10 +63,31 @@ def _render_markdown(board: Leaderboard) -> str:
     return f"{board.caption} (**bold** = best)\n\n{table}\n{notes}\n"
 
 
+def _tidy(board: Leaderboard) -> pd.DataFrame:
+    return board.stats.reindex(columns=list(TIDY_COLUMNS))
+
+
 def _render_csv(board: Leaderboard) -> str:
-    # Caption and notes as leading '#' lines: pandas.read_csv(comment="#") reads the table back.
-    header = "".join(f"# {line}\n" for line in [f"{board.caption} (* = best)", *board.notes])
-    return header + _marked(board, lambda text: f"{text} *").to_csv(lineterminator="\n")
+    # Caption and notes as leading '#' lines: pandas.read_csv(comment="#") reads the cells back. A '#' or a
+    # line break inside them would end the comment or the line, so none is written.
+    lines = [board.caption, *board.notes]
+    header = "".join("# " + line.replace("#", "no.").replace("\n", " ") + "\n" for line in lines)
+    return header + _tidy(board).to_csv(index=False, lineterminator="\n")
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def _render_json(board: Leaderboard) -> str:
+    cells = [
+        {column: _json_value(value) for column, value in row.items()}
+        for row in _tidy(board).to_dict("records")
+    ]
+    document = {"caption": board.caption, "notes": board.notes, "cells": cells}
+    return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 _LATEX_SPECIALS = {
@@ -67,6 +108,7 @@ _LATEX_SPECIALS = {
     "–": "--",
     "≥": r"$\geq$",
     "×": r"$\times$",
+    SIGNIFICANT_MARK: r"$^\dagger$",
 }
 
 
@@ -75,7 +117,7 @@ def latex_escape(text: str) -> str:
 
 
 def _render_latex(board: Leaderboard) -> str:
-    table = board.table
+    table = _display(board)
     best = set(board.best)
 
     def row_line(label: str) -> str:
@@ -107,7 +149,7 @@ def _render_latex(board: Leaderboard) -> str:
 
 
 def _render_html(board: Leaderboard) -> str:
-    table = board.table
+    table = _display(board)
     escape = html.escape
 
     def row_html(label: str) -> str:
@@ -139,7 +181,10 @@ _RENDERERS: dict[str, Callable[[Leaderboard], str]] = {
     "csv": _render_csv,
     "latex": _render_latex,
     "html": _render_html,
+    "json": _render_json,
 }
+# Formats whose cells already carry the overhead columns: a several-pair board's costs table is not added.
+_TIDY_FORMATS = ("csv", "json")
 
 
 def render(board: Leaderboard, fmt: str) -> str:
@@ -147,6 +192,6 @@ def render(board: Leaderboard, fmt: str) -> str:
     if fmt not in _RENDERERS:
         raise ConfigError(f"unknown report format '{fmt}'. Valid: {', '.join(FORMATS)}")
     text = _RENDERERS[fmt](board)
-    if board.costs is not None:
+    if board.costs is not None and fmt not in _TIDY_FORMATS:
         text += "\n" + _RENDERERS[fmt](board.costs)
     return text

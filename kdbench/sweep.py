@@ -61,6 +61,8 @@ class SweepSummary:
 
 def validate_names(request: SweepRequest) -> None:
     """Fail before any training on an unknown method, model or hyper-parameter (one line, valid names)."""
+    if not request.methods or not request.pairs or not request.seeds or not request.vam_modes:
+        raise ConfigError("nothing to train: methods, pairs, seeds and VAM modes must each name at least one")
     for method in request.methods:
         method_class(method).resolve_hp(request.hp_overrides.get(method))
         if distributed.world_size() > 1 and not method_class(method).distributed_ok:

@@ -293,3 +293,12 @@ def test_an_unknown_format_is_refused_before_training(capsys, tmp_path):
     run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
     (format_action,) = [a for a in run_parser._actions if a.dest == "format"]
     assert tuple(format_action.choices) == tuple(FORMATS)  # the command line offers what the report renders
+
+
+def test_a_preset_that_names_no_seed_is_refused(capsys, tmp_path, monkeypatch):
+    from kdbench import catalog
+
+    quick = catalog.preset("quick")
+    monkeypatch.setitem(catalog.presets(), "quick", {**quick, "seeds": 0})
+    code, _, err = run_cli(capsys, "run", *TINY, "--out", str(tmp_path))
+    assert_one_line_error(code, err, "nothing to train")

@@ -165,6 +165,31 @@ def _add_parallel_flags(parser: argparse.ArgumentParser) -> None:
         type=_whole(1),
         help="runs trained at once, one process each (default: CPU cores / --threads; 1 on a GPU)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["local", "ray", "slurm", "submitit-local"],
+        default="local",
+        help="where runs train: local (this process, or a pool with --jobs > 1), ray, slurm (via "
+        "submitit), submitit-local (submitit's jobs on this machine); off local, --out must be a "
+        "folder every node sees",
+    )
+    parser.add_argument(
+        "--ray-address", help="join this Ray cluster (auto, or HOST:PORT; default: start a local Ray)"
+    )
+    parser.add_argument("--slurm-partition", help="SLURM partition of the jobs")
+    parser.add_argument(
+        "--slurm-gpus-per-task", type=_whole(0), help="GPUs per SLURM job (default: 1 on cuda, else 0)"
+    )
+    parser.add_argument(
+        "--slurm-time",
+        type=_whole(1),
+        help="time limit of a SLURM job in minutes (default 240); a run that outlasts it resumes in a requeued job",
+    )
+    parser.add_argument(
+        "--slurm-array-parallelism",
+        type=_whole(1),
+        help="SLURM jobs running at once (default: submitit's cap of 256 per job array)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,7 +405,19 @@ def _teacher_recipe(args, teacher_recipe):
 def _parallelism(args) -> dict:
     from kdbench.environment import default_jobs
 
-    return {"threads": args.threads, "jobs": args.jobs or default_jobs(args.device, args.threads)}
+    slurm = {
+        "partition": args.slurm_partition,
+        "gpus_per_task": args.slurm_gpus_per_task,
+        "time_min": args.slurm_time,
+        "array_parallelism": args.slurm_array_parallelism,
+    }
+    return {
+        "threads": args.threads,
+        "jobs": args.jobs or default_jobs(args.device, args.threads),
+        "backend": args.backend,
+        "ray_address": args.ray_address,
+        "slurm": {key: value for key, value in slurm.items() if value is not None},
+    }
 
 
 def _print_board(out: Path, fmt: str, dataset: str | None = None, published: bool = True) -> bool:

@@ -68,6 +68,9 @@ class ExplainRequest:
     force: bool = False
     jobs: int = 1  # runs at once (kdbench.sweep.Sweep)
     threads: int | None = None  # torch threads per run
+    backend: str = "local"  # where the HME runs train (kdbench.sweep.SweepRequest.backend)
+    ray_address: str | None = None
+    slurm: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -129,6 +132,9 @@ def run_explain(request: ExplainRequest, progress: Callable[[str], None] | None 
                 force=request.force,
                 jobs=request.jobs,
                 threads=request.threads,
+                backend=request.backend,
+                ray_address=request.ray_address,
+                slurm=request.slurm,
             ),
             progress=progress,
         )

@@ -50,6 +50,9 @@ class SweepRequest:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (kdbench/precision.py)
     compile: bool = False  # torch.compile the training forwards
     threads: int | None = None  # torch threads per run (None: leave torch's setting)
+    backend: str = "local"  # local (this process for jobs 1, else a pool) | ray | slurm | submitit-local
+    ray_address: str | None = None  # None: a local Ray; "auto" or HOST:PORT: join that cluster
+    slurm: dict = field(default_factory=dict)  # SlurmBackend options: partition, gpus_per_task, time_min
 
 
 @dataclass
@@ -119,7 +122,7 @@ def _stderr(line: str) -> None:
 
 
 class Sweep:
-    """Run a SweepRequest on a back-end: in this process (jobs=1) or on a local pool.
+    """Run a SweepRequest on a back-end: in this process (jobs=1), on a local pool, Ray or SLURM.
 
     Every run is trained with `request.threads` torch threads wherever it runs, so a spec's
     numbers do not depend on `jobs` (tested).
@@ -139,6 +142,11 @@ class Sweep:
         self.submitted: set[str] = set()  # pairs sharing a student share its baseline run
 
     def backend(self) -> Backend:
+        """The request's back-end by name (kdbench/backends/): "local" runs in this process for one
+        job, else on a local process pool; "ray", "slurm" and "submitit-local" run elsewhere."""
+        from kdbench.backends.ray import RayBackend
+        from kdbench.backends.slurm import SlurmBackend
+
         request = self.request
         settings = WorkerSettings(
             out=self.out,
@@ -148,12 +156,23 @@ class Sweep:
             concurrent_runs=request.jobs,
             force=request.force,
         )
-        if request.jobs > 1:
-            # a worker trains with the parent's thread count unless the request names one
-            return PoolBackend(
-                replace(settings, threads=request.threads or torch.get_num_threads()), request.jobs
-            )
-        return InProcessBackend(settings, self.progress, self.progress_bar)
+        # another process trains with this one's thread count unless the request names one
+        elsewhere = replace(settings, threads=request.threads or torch.get_num_threads())
+        factories = {
+            "local": lambda: (
+                PoolBackend(elsewhere, request.jobs)
+                if request.jobs > 1
+                else InProcessBackend(settings, self.progress, self.progress_bar)
+            ),
+            "ray": lambda: RayBackend(elsewhere, address=request.ray_address),
+            "slurm": lambda: SlurmBackend(elsewhere, **request.slurm),
+            "submitit-local": lambda: SlurmBackend(
+                elsewhere, cluster="local", **{"max_running": request.jobs, **request.slurm}
+            ),
+        }
+        if request.backend not in factories:
+            raise ConfigError(f"unknown back-end '{request.backend}'; choose from {', '.join(factories)}")
+        return factories[request.backend]()
 
     def known_teacher(self, architecture: str, info: DatasetInfo) -> tuple[Path, str] | None:
         """(checkpoint, sha256) of the given or cached teacher, checked; None when it must be trained."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from kdbench import distributed, ratios, store, teachers
-from kdbench.backends import Backend, InProcessBackend, PoolBackend
+from kdbench.backends import Backend, open_backend
 from kdbench.catalog import Pair
 from kdbench.cohort import plan_cohorts
 from kdbench.data import DatasetInfo, prepare_data
@@ -142,11 +142,7 @@ class Sweep:
         self.submitted: set[str] = set()  # pairs sharing a student share its baseline run
 
     def backend(self) -> Backend:
-        """The request's back-end by name (kdbench/backends/): "local" runs in this process for one
-        job, else on a local process pool; "ray", "slurm" and "submitit-local" run elsewhere."""
-        from kdbench.backends.ray import RayBackend
-        from kdbench.backends.slurm import SlurmBackend
-
+        """The request's back-end by name (kdbench/backends/__init__.py)."""
         request = self.request
         settings = WorkerSettings(
             out=self.out,
@@ -156,23 +152,15 @@ class Sweep:
             concurrent_runs=request.jobs,
             force=request.force,
         )
-        # another process trains with this one's thread count unless the request names one
-        elsewhere = replace(settings, threads=request.threads or torch.get_num_threads())
-        factories = {
-            "local": lambda: (
-                PoolBackend(elsewhere, request.jobs)
-                if request.jobs > 1
-                else InProcessBackend(settings, self.progress, self.progress_bar)
-            ),
-            "ray": lambda: RayBackend(elsewhere, address=request.ray_address),
-            "slurm": lambda: SlurmBackend(elsewhere, **request.slurm),
-            "submitit-local": lambda: SlurmBackend(
-                elsewhere, cluster="local", **{"max_running": request.jobs, **request.slurm}
-            ),
-        }
-        if request.backend not in factories:
-            raise ConfigError(f"unknown back-end '{request.backend}'; choose from {', '.join(factories)}")
-        return factories[request.backend]()
+        return open_backend(
+            request.backend,
+            settings,
+            request.jobs,
+            ray_address=request.ray_address,
+            slurm=request.slurm,
+            progress=self.progress,
+            progress_bar=self.progress_bar,
+        )
 
     def known_teacher(self, architecture: str, info: DatasetInfo) -> tuple[Path, str] | None:
         """(checkpoint, sha256) of the given or cached teacher, checked; None when it must be trained."""

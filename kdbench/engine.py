@@ -41,6 +41,7 @@ from kdbench.measure import inference_flops, measure_train_step, parameter_count
 from kdbench.methods.base import Method, MethodContext, method_class
 from kdbench.models import build_model
 from kdbench.precision import Precision, backward_step
+from kdbench.progress import to_stderr
 from kdbench.registries import WRAPPERS
 from kdbench.spec import RunSpec
 from kdbench.store import CheckpointError, TrainResult, atomic_torch_save, checkpoint_path, read_checkpoint
@@ -138,7 +139,7 @@ class Trainer:
         progress_bar: bool | None = None,
     ):
         self.spec, self.data, self.device, self.out = spec, data, device, Path(out)
-        self.progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.progress = progress or to_stderr
         # a live bar for people at a terminal (None: when stderr is one); logs get per-epoch lines
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         info = data.info

@@ -9,7 +9,6 @@ copying their `runs/` folders together.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from kdbench.data import DatasetInfo, prepare_data
 from kdbench.errors import ConfigError
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import build_model, list_models
+from kdbench.progress import to_stderr
 from kdbench.spec import Recipe, RunSpec, VAMConfig
 from kdbench.units import RunUnit, TeacherUnit, WorkerSettings
 
@@ -117,10 +117,6 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
     return specs
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 class Sweep:
     """Run a SweepRequest on a back-end: in this process (jobs=1), on a local pool, Ray or SLURM.
 
@@ -136,7 +132,7 @@ class Sweep:
     ):
         self.request = request
         self.out = Path(request.out)
-        self.progress = progress or _stderr
+        self.progress = progress or to_stderr
         self.progress_bar = progress_bar
         self.summary = SweepSummary()
         self.submitted: set[str] = set()  # pairs sharing a student share its baseline run

@@ -14,7 +14,6 @@ their teacher by SHA-256 (`RunSpec.teacher_sha256`), never by path. Every checkp
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,14 +26,11 @@ from kdbench.engine import train
 from kdbench.environment import environment
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import TIMM_PREFIX, build_model, list_models
+from kdbench.progress import to_stderr
 from kdbench.spec import Recipe, RunSpec
 from kdbench.store import CheckpointError
 
 Progress = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def teacher_spec(architecture: str, dataset: str, recipe: Recipe) -> RunSpec:
@@ -130,7 +126,7 @@ def load_teacher(path: Path, architecture: str, info: DatasetInfo, device: torch
     return teacher.to(device).eval().requires_grad_(False)
 
 
-def find_cached(out: Path, spec: RunSpec, progress: Progress = _stderr) -> tuple[Path, str] | None:
+def find_cached(out: Path, spec: RunSpec, progress: Progress = to_stderr) -> tuple[Path, str] | None:
     """(checkpoint, sha256) of the teacher cached for `spec`, verified; None when it must be trained."""
     path = cache_path(out, spec)
     record = store.find_record(out, spec.run_id)
@@ -150,7 +146,7 @@ def train_teacher(
     out: Path,
     device: torch.device,
     env: dict,
-    progress: Progress = _stderr,
+    progress: Progress = to_stderr,
     progress_bar: bool | None = None,
 ) -> tuple[Path, str]:
     """Train the teacher of `spec` (kind "teacher"), save its checkpoint and its record."""
@@ -196,7 +192,7 @@ def ensure_teacher(
     force: bool = False,
     threads: int | None = None,
     env_extra: dict | None = None,
-    progress: Progress = _stderr,
+    progress: Progress = to_stderr,
 ) -> tuple[Path, str]:
     """The cached teacher of this architecture, dataset and recipe, trained here first if there is
     none (or if `force`)."""

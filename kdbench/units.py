@@ -9,7 +9,6 @@ pair its method cannot serve) is recorded as failed with its reason, never raise
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from kdbench.data import PreparedData, prepare_data
 from kdbench.engine import NonFiniteLossError, train
 from kdbench.environment import environment
 from kdbench.methods.base import PairNotSupportedError
+from kdbench.progress import to_stderr
 from kdbench.spec import Recipe, RunSpec
 
 
@@ -68,10 +68,6 @@ class Outcome:
     teacher_sha256: str | None = None
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 class Worker:
     """Executes units in this process; one per process, it caches data and teachers between units."""
 
@@ -84,7 +80,7 @@ class Worker:
         self.settings = settings
         self.out = Path(settings.out)
         self.device = torch.device(settings.device)
-        self.progress = progress or _stderr
+        self.progress = progress or to_stderr
         self.progress_bar = progress_bar
         if settings.threads:
             torch.set_num_threads(settings.threads)

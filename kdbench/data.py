@@ -743,12 +743,23 @@ def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> Prepare
     """Load a dataset once (decoded tensors in memory) and apply the recipe's subset / val split.
 
     The subset and the split use a fixed seed (0), so every run and seed of a sweep sees the
-    same images; the run seed varies initialisation and batch order only.
+    same images; the run seed varies initialisation and batch order only. Only the subset and
+    the split choose the images, so recipes that share them share one decode per process (the
+    sweep's validation, its in-process worker and `kdbench explain`'s sweeps alike).
     """
+    # the environment's data folder is part of the key: the loader looks there when data_root is None
+    return _prepared(dataset, data_root, recipe.train_subset, recipe.val_split, os.environ.get(DATA_ROOT_ENV))
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared(
+    dataset: str, data_root: str | None, train_subset: int | None, val_split: float, env_root: str | None
+) -> PreparedData:
+    del env_root  # a cache key only
     info, train, test = load_dataset(dataset, data_root)
-    if recipe.train_subset and recipe.train_subset < len(train.labels):
-        train = stratified_subset(train, recipe.train_subset, seed=0)
+    if train_subset and train_subset < len(train.labels):
+        train = stratified_subset(train, train_subset, seed=0)
     val = None
-    if recipe.val_split:
-        train, val = split_validation(train, recipe.val_split, seed=0)
+    if val_split:
+        train, val = split_validation(train, val_split, seed=0)
     return PreparedData(info, train, test, val)

@@ -1,9 +1,8 @@
-"""A leaderboard as text: terminal, markdown, LaTeX (booktabs) or HTML tables with caption and notes, or
-tidy CSV / JSON with one row per cell and numeric columns (`TIDY_COLUMNS`), for pandas and scripts."""
+"""A leaderboard as text: terminal, markdown or LaTeX (booktabs) tables with caption and notes, an HTML page
+(html.py), or tidy CSV / JSON with one row per cell and numeric columns (`TIDY_COLUMNS`), for pandas and scripts."""
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from tabulate import tabulate
 from kdbench.errors import ConfigError
 from kdbench.report.board import Leaderboard
 from kdbench.report.frame import OVERHEAD_KEYS
+from kdbench.report.html import leaderboard_page
 
 FORMATS = ("terminal", "markdown", "csv", "latex", "html", "json")
 # One row per (row, pair) cell of a tidy export; numbers are plain (percent points, counts, FLOPs, seconds,
@@ -149,30 +149,7 @@ def _render_latex(board: Leaderboard) -> str:
 
 
 def _render_html(board: Leaderboard) -> str:
-    table = _display(board)
-    escape = html.escape
-
-    def row_html(label: str) -> str:
-        css = ' class="published"' if label in board.published_rows else ""
-        cells = [f"<th>{escape(label)}</th>"]
-        for column in table.columns:
-            text = escape(table.loc[label, column])
-            cells.append(f"<td><b>{text}</b></td>" if (label, column) in board.best else f"<td>{text}</td>")
-        return f"<tr{css}>{''.join(cells)}</tr>"
-
-    header = "".join(f"<th>{escape(h)}</th>" for h in [table.index.name, *table.columns])
-    lines = [
-        '<table class="kdbench-leaderboard">',
-        f"<caption>{escape(board.caption)} Best in bold.</caption>",
-        f"<thead><tr>{header}</tr></thead>",
-        "<tbody>",
-        *(row_html(label) for label in table.index),
-        "</tbody>",
-        "</table>",
-    ]
-    if board.notes:
-        lines += ['<ul class="notes">', *(f"<li>{escape(note)}</li>" for note in board.notes), "</ul>"]
-    return "\n".join(lines) + "\n"
+    return leaderboard_page([board], significant_mark=SIGNIFICANT_MARK)
 
 
 _RENDERERS: dict[str, Callable[[Leaderboard], str]] = {
@@ -184,7 +161,7 @@ _RENDERERS: dict[str, Callable[[Leaderboard], str]] = {
     "json": _render_json,
 }
 # Formats whose cells already carry the overhead columns: a several-pair board's costs table is not added.
-_TIDY_FORMATS = ("csv", "json")
+_TIDY_FORMATS = ("csv", "json", "html")
 
 
 def render(board: Leaderboard, fmt: str) -> str:

@@ -1,4 +1,5 @@
-"""Read the declarative catalogs shipped in registry/ (kdbench.registry): pairs and presets."""
+"""Read the declarative catalogs shipped in registry/ (kdbench.registry): pairs and presets
+(registry/presets/*.yaml, sweep files read by kdbench/config.py)."""
 
 from __future__ import annotations
 
@@ -65,8 +66,17 @@ def _model_names(item: str) -> list[str]:
     return names
 
 
+@cache
 def presets() -> dict[str, dict]:
-    return _load("presets.json")["presets"]
+    """The built-in presets, registry/presets/<name>.yaml: sweep files that fill every key."""
+    import yaml
+
+    folder = resources.files("kdbench.registry").joinpath("presets")
+    return {
+        entry.name.removesuffix(".yaml"): yaml.safe_load(entry.read_text())
+        for entry in sorted(folder.iterdir(), key=lambda entry: entry.name)
+        if entry.name.endswith(".yaml")
+    }
 
 
 def preset(name: str) -> dict:

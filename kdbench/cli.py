@@ -92,7 +92,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="quick", help="preset filling unspecified flags (default: quick)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="sweep file (YAML, JSON or Python; mmengine Config): the keys of a preset, lists in hp and "
+        "vam_config are grids; flags override it",
+    )
+    parser.add_argument(
+        "--preset",
+        help="preset filling what the flags and the sweep file leave out (default: the file's, else quick)",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a Python file registering methods, models or datasets (repeatable; also custom_imports)",
+    )
     parser.add_argument("--methods", help="comma list of method names, or 'all'")
     parser.add_argument(
         "--pairs", help="teacher:student[,teacher:student...] or a pair group (quick, repdistiller)"
@@ -115,6 +131,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--vam-lr-scale", type=_number(above=0), help="lr of VAM's attention logits / recipe lr"
     )
     parser.add_argument(
+        "--vam-last-stages", type=_whole(1), help="wrap the convolutions of the last N stages (default 1)"
+    )
+    parser.add_argument(
+        "--vam-entropy-weight",
+        type=_number(low=0),
+        help="gamma of VAM's attention-entropy loss (default 0.01)",
+    )
+    parser.add_argument(
         "--teacher", help="teacher checkpoint path ({'model': state_dict}); default: train + cache"
     )
     parser.add_argument(
@@ -122,7 +146,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="METHOD.KEY=VALUE",
-        help="override a method hyper-parameter, e.g. kd.temperature=2 (repeatable)",
+        help="override a method hyper-parameter, e.g. kd.temperature=2 (repeatable); several values "
+        "are a grid, e.g. kd.temperature=2,4",
     )
     parser.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--force", action="store_true", help="re-run specs that already have a record")
@@ -206,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("terminal", "markdown", "csv", "latex", "html", "json"),
         help="leaderboard format printed at the end",
     )
+    # unset flags stay None so a sweep file's values show through (RUN_DEFAULTS fill in last)
+    run.set_defaults(device=None, cohort=None, threads=None, backend=None, out=None)
 
     report = commands.add_parser("report", help="leaderboard from the records of a store")
     _add_common(report)
@@ -319,78 +346,100 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_hp(items: list[str]) -> dict[str, dict]:
-    overrides: dict[str, dict] = {}
+def _parse_hp(items: list[str]) -> dict[str, list]:
+    """--hp METHOD.KEY=V[,V...] as {METHOD.KEY: [values]}: several values are a grid."""
+    overrides: dict[str, list] = {}
     for item in items:
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
-        if not sep or not dot or not method or not name:
-            raise ConfigError(f"bad --hp '{item}': write METHOD.KEY=VALUE, e.g. kd.temperature=2")
-        overrides.setdefault(method, {})[name] = value  # typed by the method's defaults (resolve_hp)
+        if not sep or not dot or not method or not name or not value:
+            raise ConfigError(
+                f"bad --hp '{item}': write METHOD.KEY=VALUE[,VALUE...], e.g. kd.temperature=2,4"
+            )
+        overrides[key] = value.split(",")  # typed by the method's defaults (resolve_hp)
     return overrides
 
 
-def _request_from_args(args, methods_override: list[str] | None = None, pairs_override=None):
-    from kdbench.catalog import parse_pairs, preset
-    from kdbench.registries import METHODS
-    from kdbench.spec import Recipe, VAMConfig
-    from kdbench.sweep import SweepRequest
-
-    chosen = preset(args.preset)
-    preset_methods = chosen["methods"]  # "all" or a list
-    methods_text = args.methods or (
-        preset_methods if isinstance(preset_methods, str) else ",".join(preset_methods)
-    )
-    if methods_override is not None:
-        methods = methods_override
-    elif methods_text == "all":
-        methods = sorted(name for name in METHODS.module_dict if "+" not in name)
-    else:
-        methods = [m.strip() for m in methods_text.split(",") if m.strip()]
-    pairs_spec = args.pairs or chosen["pairs"]
-    pairs = pairs_override or parse_pairs(pairs_spec if isinstance(pairs_spec, str) else ",".join(pairs_spec))
-    recipe = Recipe.from_dict(chosen["recipe"])
-    teacher_recipe = Recipe.from_dict(chosen["teacher_recipe"])
-    if args.epochs is not None:
-        recipe = recipe.with_epochs(args.epochs)
-    if args.batch_size is not None:
-        recipe = replace(recipe, batch_size=args.batch_size)
-    if args.lr is not None:
-        recipe = replace(recipe, lr=args.lr)
-    teacher_recipe = _teacher_recipe(args, teacher_recipe)
+def _flag_layer(args) -> dict:
+    """The run flags the user gave, as a configuration layer over the sweep file and the preset."""
+    recipe = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "val_split": args.val_split,
+    }
+    teacher_recipe = {"epochs": args.teacher_epochs}
     if args.train_subset is not None:
-        recipe = replace(recipe, train_subset=args.train_subset or None)
-    if args.val_split is not None:
-        recipe = replace(recipe, val_split=args.val_split)
-    vam = args.vam or chosen["vam"]
-    vam_config = VAMConfig(
-        **{
-            key: value
-            for key, value in (("groups", args.vam_groups), ("lr_scale", args.vam_lr_scale))
-            if value is not None
+        recipe["train_subset"] = teacher_recipe["train_subset"] = args.train_subset or None
+    vam_config = {
+        "groups": args.vam_groups,
+        "lr_scale": args.vam_lr_scale,
+        "last_stages": args.vam_last_stages,
+        "entropy_weight": args.vam_entropy_weight,
+    }
+    layer = {
+        "methods": args.methods,
+        "pairs": args.pairs,
+        "dataset": args.dataset,
+        "data_root": args.data_root,
+        "seeds": args.seeds,
+        "recipe": _given(recipe),
+        "teacher_recipe": _given(teacher_recipe),
+        "vam": args.vam,
+        "vam_config": _given(vam_config),
+        "hp": _parse_hp(args.hp),
+        "teacher": args.teacher,
+        "device": args.device,
+        "force": args.force or None,
+        "cohort": None if args.cohort is None else args.cohort == "on",
+        "precision": args.precision,
+        "compile": args.compile or None,
+        "threads": args.threads,
+        "jobs": args.jobs,
+        "backend": args.backend,
+        "ray_address": args.ray_address,
+        "slurm": _slurm_options(args),
+        "out": args.out,
+    }
+    if args.plugin:
+        from kdbench.plugins import resolve
+
+        layer["custom_imports"] = {"imports": resolve(args.plugin, Path.cwd())}
+    return _given(layer)
+
+
+def _slurm_options(args) -> dict:
+    return _given(
+        {
+            "partition": args.slurm_partition,
+            "gpus_per_task": args.slurm_gpus_per_task,
+            "time_min": args.slurm_time,
+            "array_parallelism": args.slurm_array_parallelism,
         }
     )
-    return SweepRequest(
-        methods=methods,
-        pairs=pairs,
-        dataset=args.dataset or chosen["dataset"],
-        recipe=recipe,
-        teacher_recipe=teacher_recipe,
-        seeds=list(range(args.seeds if args.seeds is not None else chosen["seeds"])),
-        vam_modes={"on": [True], "off": [False], "both": [False, True]}[vam],
-        vam_config=vam_config,
-        student_lr=chosen.get("student_lr", {}),
-        hp_overrides=_parse_hp(args.hp),
-        data_root=args.data_root,
-        teacher_path=args.teacher,
-        out=Path(args.out),
-        device=args.device,
-        force=args.force,
-        cohort=args.cohort == "on",
-        precision=args.precision or chosen.get("precision", "fp32"),
-        compile=args.compile,
-        **_parallelism(args),
-    )
+
+
+def _given(layer: dict) -> dict:
+    return {key: value for key, value in layer.items() if value is not None and value != {}}
+
+
+# what a run uses where neither the flags, the sweep file nor the preset says
+RUN_DEFAULTS = {"device": "cpu", "cohort": True, "threads": 1, "backend": "local", "out": DEFAULT_OUT}
+
+
+def _resolved_config(args) -> dict:
+    from kdbench import config
+    from kdbench.environment import default_jobs
+
+    resolved = config.merge(RUN_DEFAULTS, config.resolve(args.config, _flag_layer(args), args.preset))
+    resolved.setdefault("jobs", default_jobs(resolved["device"], resolved["threads"]))
+    return resolved
+
+
+def _request_from_args(args):
+    from kdbench import config
+
+    return config.build_request(_resolved_config(args))
 
 
 def _teacher_recipe(args, teacher_recipe):
@@ -405,18 +454,12 @@ def _teacher_recipe(args, teacher_recipe):
 def _parallelism(args) -> dict:
     from kdbench.environment import default_jobs
 
-    slurm = {
-        "partition": args.slurm_partition,
-        "gpus_per_task": args.slurm_gpus_per_task,
-        "time_min": args.slurm_time,
-        "array_parallelism": args.slurm_array_parallelism,
-    }
     return {
         "threads": args.threads,
         "jobs": args.jobs or default_jobs(args.device, args.threads),
         "backend": args.backend,
         "ray_address": args.ray_address,
-        "slurm": {key: value for key, value in slurm.items() if value is not None},
+        "slurm": _slurm_options(args),
     }
 
 
@@ -433,21 +476,25 @@ def _print_board(out: Path, fmt: str, dataset: str | None = None, published: boo
 
 
 def cmd_run(args) -> int:
-    from kdbench import distributed
+    from kdbench import config, distributed, store
     from kdbench.sweep import Sweep
 
-    distributed.init_from_env(args.device)  # under torchrun: one run on every process
-    request = _request_from_args(args)
+    resolved = _resolved_config(args)
+    distributed.init_from_env(resolved["device"])  # under torchrun: one run on every process
+    request = config.build_request(resolved)
+    if distributed.is_main():
+        store.ensure_writable(request.out)
+        config.write_resolved(resolved, request.out, args.argv)
     quiet = None if distributed.is_main() else (lambda line: None)
     summary = Sweep(request, progress=quiet).run()
     if not distributed.is_main():
         return 1 if summary.failed else 0
     print(
         f"{len(summary.done)} trained, {len(summary.cached)} cached, {len(summary.failed)} failed "
-        f"(records in {args.out}/runs)",
+        f"(records in {request.out}/runs)",
         file=sys.stderr,
     )
-    _print_board(Path(args.out), args.format, dataset=request.dataset)
+    _print_board(request.out, args.format, dataset=request.dataset)
     return 1 if summary.failed else 0
 
 
@@ -496,6 +543,9 @@ def cmd_check(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from kdbench import plugins
+
+    plugins.load()  # installed plugins' entry points register their names too
     if args.what == "methods":
         from kdbench.registries import METHODS
 
@@ -639,7 +689,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # written with a sweep's resolved configuration
     try:
         return COMMANDS[args.command](args)
     except KdbenchError as err:  # bad input: one line; any other exception is a bug and keeps its traceback

@@ -9,6 +9,7 @@ and which device trains it are not part of it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -177,3 +178,11 @@ class RunSpec:
             if m
         )
         return f"{self.method}{vam} {self.pair} {self.dataset} seed={self.seed}{mode}"
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """The Cartesian product of a {key: [values]} grid as a list of {key: value}, keys in sorted order."""
+    keys = sorted(grid)
+    return [
+        dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[key] for key in keys))
+    ]

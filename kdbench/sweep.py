@@ -9,6 +9,7 @@ copying their `runs/` folders together.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from kdbench.errors import ConfigError
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import build_model, list_models
 from kdbench.progress import to_stderr
-from kdbench.spec import Recipe, RunSpec, VAMConfig
+from kdbench.spec import Recipe, RunSpec, VAMConfig, grid_points
 from kdbench.units import RunUnit, TeacherUnit, WorkerSettings
 
 
@@ -37,8 +38,9 @@ class SweepRequest:
     teacher_recipe: Recipe
     seeds: list[int] = field(default_factory=lambda: [0])
     vam_modes: list[bool] = field(default_factory=lambda: [False])
-    vam_config: VAMConfig = field(default_factory=VAMConfig)
+    vam_configs: list[VAMConfig] = field(default_factory=lambda: [VAMConfig()])  # a grid: each is a config
     student_lr: dict[str, float] = field(default_factory=dict)  # per-student lr (paper preset)
+    # {method: {key: value or [values]}}: a list is a grid, each method trains its own keys' product
     hp_overrides: dict[str, dict] = field(default_factory=dict)
     data_root: str | None = None
     teacher_path: str | None = None
@@ -53,6 +55,7 @@ class SweepRequest:
     backend: str = "local"  # local (this process for jobs 1, else a pool) | ray | slurm | submitit-local
     ray_address: str | None = None  # None: a local Ray; "auto" or HOST:PORT: join that cluster
     slurm: dict = field(default_factory=dict)  # SlurmBackend options: partition, gpus_per_task, time_min
+    plugins: tuple[str, ...] = ()  # plugin files and modules every worker loads (kdbench/plugins.py)
 
 
 @dataclass
@@ -67,7 +70,8 @@ def validate_names(request: SweepRequest) -> None:
     if not request.methods or not request.pairs or not request.seeds or not request.vam_modes:
         raise ConfigError("nothing to train: methods, pairs, seeds and VAM modes must each name at least one")
     for method in request.methods:
-        method_class(method).resolve_hp(request.hp_overrides.get(method))
+        for point in hp_points(request, method):
+            method_class(method).resolve_hp(point)
         if distributed.world_size() > 1 and not method_class(method).distributed_ok:
             raise ConfigError(
                 f"{method} cannot train on {distributed.world_size()} processes (its state follows "
@@ -84,6 +88,15 @@ def validate_names(request: SweepRequest) -> None:
                 build_model(name, num_classes=2)  # raises UnknownNameError with the valid names
 
 
+def hp_points(request: SweepRequest, method: str) -> list[dict]:
+    """The method's hyper-parameter overrides, one dict per point of its grid (lists are grids)."""
+    grid = {
+        key: list(value) if isinstance(value, (list, tuple)) else [value]
+        for key, value in request.hp_overrides.get(method, {}).items()
+    }
+    return grid_points(grid)
+
+
 def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -> list[RunSpec]:
     """The pair's runs that need no teacher (teacher_sha None), or those that use this teacher."""
     recipe = request.recipe
@@ -95,25 +108,26 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
         method_cls = method_class(method)
         if method_cls.needs_teacher != (teacher_sha is not None):
             continue
-        hp = method_cls.resolve_hp({**pair.hp.get(method, {}), **request.hp_overrides.get(method, {})})
-        for vam_on in request.vam_modes:
-            for seed in request.seeds:
-                specs.append(
-                    RunSpec(
-                        method=method,
-                        student=pair.student,
-                        dataset=request.dataset,
-                        teacher=pair.teacher if method_cls.needs_teacher else None,
-                        teacher_sha256=teacher_sha,
-                        seed=seed,
-                        vam=request.vam_config if vam_on else None,
-                        hp=hp,
-                        recipe=recipe,
-                        precision=request.precision,
-                        compile=request.compile,
-                        world_size=distributed.world_size(),
-                    )
-                )
+        vam_options = [None] * (False in request.vam_modes) + request.vam_configs * (
+            True in request.vam_modes
+        )
+        for point, vam, seed in itertools.product(hp_points(request, method), vam_options, request.seeds):
+            spec = RunSpec(
+                method=method,
+                student=pair.student,
+                dataset=request.dataset,
+                teacher=pair.teacher if method_cls.needs_teacher else None,
+                teacher_sha256=teacher_sha,
+                seed=seed,
+                vam=vam,
+                hp=method_cls.resolve_hp({**pair.hp.get(method, {}), **point}),
+                recipe=recipe,
+                precision=request.precision,
+                compile=request.compile,
+                world_size=distributed.world_size(),
+            )
+            if spec not in specs:  # grid points that resolve alike train once
+                specs.append(spec)
     return specs
 
 
@@ -147,6 +161,7 @@ class Sweep:
             threads=request.threads,
             concurrent_runs=request.jobs,
             force=request.force,
+            plugins=request.plugins,
         )
         return open_backend(
             request.backend,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdbench import distributed, store, teachers
+from kdbench import distributed, plugins, store, teachers
 from kdbench.cohort import Cohort
 from kdbench.data import PreparedData, prepare_data
 from kdbench.engine import NonFiniteLossError, train
@@ -35,6 +35,7 @@ class WorkerSettings:
     threads: int | None = None  # torch threads per run (None: leave torch's setting)
     concurrent_runs: int = 1  # recorded in the environment: how many runs shared the machine
     force: bool = False  # re-train a unit even when its record is done
+    plugins: tuple[str, ...] = ()  # loaded by every worker before its first unit (kdbench/plugins.py)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Worker:
         progress_bar: bool | None = None,
     ):
         self.settings = settings
+        plugins.load(settings.plugins)  # a spawned worker starts with the built-ins only
         self.out = Path(settings.out)
         self.device = torch.device(settings.device)
         self.progress = progress or to_stderr

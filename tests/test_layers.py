@@ -14,12 +14,12 @@ LAYERS = [
     + ["kdbench.progress"]
     + ["kdbench.registries", "kdbench.catalog", "kdbench.environment"],
     ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data", "kdbench.measure"]
-    + ["kdbench.precision"],
+    + ["kdbench.precision", "kdbench.plugins"],
     ["kdbench.teachers", "kdbench.engine", "kdbench.cohort", "kdbench.units", "kdbench.ratios"],
     ["kdbench.backends"],
     ["kdbench.sweep", "kdbench.explain", "kdbench.explain_report", "kdbench.bench", "kdbench.pins"]
     + ["kdbench.reference_loops"]
-    + ["kdbench.report"],
+    + ["kdbench.report", "kdbench.config"],
     ["kdbench.cli"],
 ]
 

@@ -184,7 +184,7 @@ def test_record_alone_reruns_the_spec(tmp_path):
     from kdbench.spec import RunSpec
 
     Sweep(
-        request(tmp_path, methods=["kd"], vam_modes=[True], vam_config=VAMConfig(groups=2)), progress=quiet
+        request(tmp_path, methods=["kd"], vam_modes=[True], vam_configs=[VAMConfig(groups=2)]), progress=quiet
     ).run()
     record = records_by_method(tmp_path)[("kd", True)]
     spec = RunSpec.from_dict(json.loads(json.dumps(record["spec"])))

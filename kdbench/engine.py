@@ -6,8 +6,11 @@ would need a custom model wrapper and hooks for, and its per-iteration hook disp
 logging weigh on the small models' steps (`kdbench bench` times this loop against a bare
 one). The loop knows no method and no wrapper by name: it asks the method which features it
 reads (and hands it only those), which parameters it trains, whether it has an init stage
-(`InitStage`), and sums the loss terms it returns; student wrappers (VAM) go through the
-`StudentWrapper` interface of kdbench/wrappers/base.py.
+(`InitStage`), which extra augmented views of a batch it reads (`extra_views`: drawn by
+kdbench/data.py's `augment_views` from a generator of the run's own, the student and the teacher
+run on each), which model is evaluated and deployed (`deploy`), and sums the loss terms it
+returns; student wrappers (VAM) go through the `StudentWrapper` interface of
+kdbench/wrappers/base.py.
 
 The model protocol (kdbench/models/__init__.py): `model(x)` -> logits, `model(x, features=True)`
 -> `Features` (kdbench/features.py), `model.stage_modules()` -> the stages, in order.
@@ -34,7 +37,15 @@ from torch import nn
 from tqdm import tqdm
 
 from kdbench import distributed
-from kdbench.data import MEMORY_FORMAT, DatasetInfo, ImageData, PreparedData, iterate_batches
+from kdbench.data import (
+    MEMORY_FORMAT,
+    DatasetInfo,
+    ImageData,
+    PreparedData,
+    augment_views,
+    iterate_batches,
+    view_generator,
+)
 from kdbench.errors import ConfigError, KdbenchError
 from kdbench.features import Features, FeatureShapes
 from kdbench.measure import inference_flops, measure_train_step, parameter_count
@@ -172,10 +183,17 @@ class Trainer:
             num_train=len(data.train.labels),
             train_labels=data.train.labels.to(device),
             num_epochs=spec.recipe.epochs,
+            # this process's part of a full batch (`distributed.shard` slices every world-th sample)
+            batch_size=len(range(distributed.rank(), spec.recipe.batch_size, distributed.world_size())),
+            image_shape=(info.in_chans, *info.image_size),
+            teacher=teacher,
         )
         self.method = method_cls(dict(spec.hp), context).to(device, memory_format=MEMORY_FORMAT)
         self.student_features = method_cls.student_features
         self.teacher_features = method_cls.teacher_features
+        self.extra_views = method_cls.extra_views
+        # extra views draw from a stream of their own: the batches stay those of every other run
+        self.view_generator = view_generator(spec.seed) if self.extra_views else None
 
         recipe = spec.recipe
         wrapper_groups = [g for w in self.wrappers for g in w.param_groups(self.student, recipe.lr)]
@@ -197,22 +215,53 @@ class Trainer:
         self.costs: dict = {}  # measured by `prepare`
 
     # -- losses -----------------------------------------------------------------------------
+    def _teacher_forward(self, images) -> Features | None:
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            return _forward(self.train_teacher, images, self.teacher_features)
+
+    def _views(self, images, indices, student, generator) -> dict[str, tuple[Features, Features | None]]:
+        """The method's extra views of this batch: (student, teacher) outputs for each."""
+        views = augment_views(
+            self.data.train,
+            self.data.info,
+            indices,
+            self.extra_views,
+            generator=generator,
+            device=images.device,
+        )
+        return {
+            name: (_forward(student, view, self.student_features), self._teacher_forward(view))
+            for name, view in views.items()
+        }
+
     def _loss_terms(
-        self, images, labels, indices, student=None, method=None, teacher_out: Features | None = None
+        self,
+        images,
+        labels,
+        indices,
+        student=None,
+        method=None,
+        teacher_out: Features | None = None,
+        view_generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Weighted loss terms of one batch (on copies of student / method when given; with the
-        teacher's features when a cohort computed them already)."""
+        teacher's features when a cohort computed them already; extra views drawn from
+        `view_generator`, the run's own by default)."""
         student = student or self.train_student
         method = method or self.method
         student_out = _forward(student, images, self.student_features)
         if self.teacher is None:
             teacher_out = None
         elif teacher_out is None:
-            with torch.no_grad():
-                teacher_out = _forward(self.train_teacher, images, self.teacher_features)
+            teacher_out = self._teacher_forward(images)
         else:
             teacher_out = teacher_out.only(self.teacher_features)
-        terms = method.losses(student_out, teacher_out, labels, indices)
+        extra = {}
+        if self.extra_views:  # only a method that declares views receives them
+            extra["views"] = self._views(images, indices, student, view_generator or self.view_generator)
+        terms = method.losses(student_out, teacher_out, labels, indices, **extra)
         for wrapper in self.wrappers:
             terms.update(wrapper.loss_terms(student))
         return terms
@@ -240,6 +289,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "torch_rng": torch.get_rng_state(),
             "generator": self.generator.get_state(),
+            "view_generator": self.view_generator.get_state() if self.view_generator else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
         atomic_torch_save(self._checkpoint_file(), state)
@@ -260,6 +310,8 @@ class Trainer:
         self.init_done = state["init_done"]
         torch.set_rng_state(state["torch_rng"])
         self.generator.set_state(state["generator"])
+        if self.view_generator is not None and state.get("view_generator") is not None:
+            self.view_generator.set_state(state["view_generator"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = state["epoch"] + 1
@@ -382,9 +434,12 @@ class Trainer:
         )
         trained = [p for p in student.parameters()] + [p for p in method.parameters() if p.requires_grad]
 
+        views = torch.Generator().manual_seed(0)  # the run's own view stream stays untouched
+
         def step():
             with self.precision.autocast():
-                return sum(self._loss_terms(images, labels, indices, student, method).values())
+                terms = self._loss_terms(images, labels, indices, student, method, view_generator=views)
+                return sum(terms.values())
 
         frozen = [self.teacher] if self.teacher is not None else []
         costs = measure_train_step(step, trained, frozen, len(labels), self.device)
@@ -397,16 +452,20 @@ class Trainer:
         return costs
 
     def deployed_student(self) -> tuple[nn.Module, float | None]:
-        """The student as deployed (each wrapper exported into the plain architecture), and the
-        max |deployed - trained| output on a test batch; (the student, None) without wrappers."""
+        """The student as deployed (each wrapper exported into the plain architecture, then the
+        method's `deploy`), and the max |deployed - trained| output on a test batch; (the
+        deployed model, None) without wrappers."""
+        trained = self.method.deploy(self.student)
         if not self.wrappers:
-            return self.student, None
+            return trained, None
         info = self.data.info
         deployed = self.student
         for wrapper in self.wrappers:
             plain = build_model(self.spec.student, num_classes=info.num_classes, in_chans=info.in_chans)
             deployed = wrapper.export(deployed, plain.to(self.device)).eval()
+        deployed = self.method.deploy(deployed).eval()
         self.student.eval()
+        trained.eval()
         example, _, _ = next(
             iter(
                 iterate_batches(
@@ -421,7 +480,7 @@ class Trainer:
             )
         )
         with torch.no_grad():
-            export_error = float((deployed(example) - self.student(example)).abs().max())
+            export_error = float((deployed(example) - trained(example)).abs().max())
         return deployed, export_error
 
     def prepare(self) -> None:
@@ -437,14 +496,13 @@ class Trainer:
         recipe, epoch = self.spec.recipe, entry["epoch"]
         evaluated = ""
         if epoch % recipe.eval_every == 0 or epoch == recipe.epochs:
-            test = evaluate(
-                self.student, self.data.test, self.data.info, self.device, self.precision.autocast
-            )
+            model = self.method.deploy(self.student)  # what is deployed is what is measured
+            test = evaluate(model, self.data.test, self.data.info, self.device, self.precision.autocast)
             entry.update(test_top1=test["top1"], test_top5=test["top5"])
             evaluated = f" test top-1 {test['top1']:.2f}%"
             if self.data.val is not None:
                 entry["val_top1"] = evaluate(
-                    self.student, self.data.val, self.data.info, self.device, self.precision.autocast
+                    model, self.data.val, self.data.info, self.device, self.precision.autocast
                 )["top1"]
         self.history.append(entry)
         self.train_seconds += entry["epoch_seconds"]

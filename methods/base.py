@@ -10,6 +10,18 @@ parameters together with the student's, and sums the weighted terms that `losses
 
 which is RepDistiller's -r / -a / -b convention (Tian et al., ICLR 2020, train_student.py).
 A method only writes `method_terms`; CE and the KD term are shared here.
+
+Two optional hooks, each called by the engine for every method alike (docs/DESIGN.md, "Method"):
+
+    extra_views = ("strong",)   more augmented views of each training batch: the engine draws them
+                                (kdbench/data.py, `augment_views`, from a generator of the run's own),
+                                runs the student and the teacher on each and passes
+                                `views={name: (student Features, teacher Features)}` to `losses` and
+                                `method_terms`; a method that declares none never receives `views`
+    deploy(student)             the model that is evaluated and deployed: the student itself unless
+                                the method's modules are part of the deployed network (SimKD keeps a
+                                projector and the teacher's classifier); the record's test accuracy,
+                                deploy params / FLOPs and saved weights are those of this model
 """
 
 from __future__ import annotations
@@ -42,6 +54,9 @@ class MethodContext:
     num_train: int  # size of the training set (memory banks index it)
     train_labels: Tensor  # (num_train,) int64, for class-aware negative sampling
     num_epochs: int = 240  # length of the main stage; published schedules scale with it
+    batch_size: int = 64  # samples of a full training batch in this process (SemCKD's embeddings read it)
+    image_shape: tuple[int, ...] = (3, 32, 32)  # (C, H, W) of an input image
+    teacher: nn.Module | None = None  # the frozen teacher itself, read-only (SimKD reuses its classifier)
 
 
 # RepDistiller's and mdistiller's CIFAR-100 schedules are 240 epochs long; epoch counts in
@@ -110,6 +125,10 @@ class Method(nn.Module):
     # (an undeclared field reaches the method empty), and skips the feature forward without any.
     student_features: ClassVar[tuple[str, ...]] = ()
     teacher_features: ClassVar[tuple[str, ...]] = ()
+    # Extra augmented views of each training batch the method reads (names in kdbench.data.VIEWS,
+    # e.g. ("strong",)); the engine draws them, runs the student and the teacher on them (with the
+    # declared features) and passes `views` to `losses` / `method_terms`. Empty: no extra view.
+    extra_views: ClassVar[tuple[str, ...]] = ()
     # Published defaults (cite the source in the subclass docstring). Shared keys:
     # ce_weight (-r), kd_weight (-a), method_weight (-b), temperature (T).
     defaults: ClassVar[dict] = {}
@@ -154,13 +173,31 @@ class Method(nn.Module):
     def method_terms(
         self, student: Features, teacher: Features | None, labels: Tensor, indices: Tensor
     ) -> dict[str, Tensor]:
-        """The method's own loss terms, unweighted. Default: none (plain CE / KD)."""
+        """The method's own loss terms, unweighted. Default: none (plain CE / KD).
+
+        A method that declares `extra_views` also receives `views` (keyword): for each view name,
+        (student Features, teacher Features or None) of the batch so augmented, in the batch's order.
+        """
         return {}
 
+    def deploy(self, student: nn.Module) -> nn.Module:
+        """The model that is evaluated and deployed, given the trained (or exported) `student`.
+
+        Default: the student itself. A method whose own modules belong to the deployed network
+        returns a new module (copies: using it changes nothing in training) that follows the model
+        protocol; the engine measures test accuracy, deploy params / FLOPs and saves weights on it.
+        """
+        return student
+
     def losses(
-        self, student: Features, teacher: Features | None, labels: Tensor, indices: Tensor
+        self,
+        student: Features,
+        teacher: Features | None,
+        labels: Tensor,
+        indices: Tensor,
+        views: dict[str, tuple[Features, Features | None]] | None = None,
     ) -> dict[str, Tensor]:
-        """All weighted loss terms; the engine sums them."""
+        """All weighted loss terms; the engine sums them. `views`: see `extra_views`."""
         hp = self.hp
         terms: dict[str, Tensor] = {}
         if hp["ce_weight"]:
@@ -173,7 +210,8 @@ class Method(nn.Module):
                 student_logits = standardize_logits(student_logits)
                 teacher_logits = standardize_logits(teacher_logits)
             terms["kd"] = hp["kd_weight"] * kd_kl_div(student_logits, teacher_logits, hp["temperature"])
-        for term_name, value in self.method_terms(student, teacher, labels, indices).items():
+        extra = {"views": views} if self.extra_views else {}
+        for term_name, value in self.method_terms(student, teacher, labels, indices, **extra).items():
             terms[term_name] = hp["method_weight"] * value
         return terms
 

@@ -234,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     # unset flags stay None so a sweep file's values show through (RUN_DEFAULTS fill in last)
     run.set_defaults(device=None, cohort=None, threads=None, backend=None, out=None)
 
+    rerun = commands.add_parser(
+        "rerun", help="train one record's run again from the record alone and compare the numbers"
+    )
+    rerun.add_argument("record", help="a run record, STORE/runs/<run_id>.json")
+    rerun.add_argument("--out", help="store of the new record (default: STORE/reruns/<run_id>)")
+    rerun.add_argument("--teacher", help="the teacher checkpoint (default: found by SHA-256 in the store)")
+    rerun.add_argument(
+        "--data-root", help="dataset folder (default: $KDBENCH_DATA, then the system locations)"
+    )
+    rerun.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:1)")
+
     report = commands.add_parser("report", help="leaderboard from the records of a store")
     _add_common(report)
     report.add_argument(
@@ -498,6 +509,19 @@ def cmd_run(args) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_rerun(args) -> int:
+    from kdbench.rerun import rerun
+
+    result = rerun(Path(args.record), args.out, args.teacher, args.data_root, args.device)
+    top1 = (result.rerun.get("metrics") or {}).get("last_top1")
+    if result.identical:
+        print(f"reproduced {result.original['run_id']} bit for bit (last top-1 {top1})")
+        return 0
+    print(f"{result.original['run_id']} differs in {len(result.differences)} value(s):")
+    print("\n".join(f"  {line}" for line in result.differences))
+    return 1
+
+
 def cmd_report(args) -> int:
     from kdbench import report, store
 
@@ -680,6 +704,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "run": cmd_run,
     "report": cmd_report,
+    "rerun": cmd_rerun,
     "check": cmd_check,
     "list": cmd_list,
     "teacher": cmd_teacher,

@@ -19,7 +19,7 @@ LAYERS = [
     ["kdbench.backends"],
     ["kdbench.sweep", "kdbench.explain", "kdbench.explain_report", "kdbench.bench", "kdbench.pins"]
     + ["kdbench.reference_loops"]
-    + ["kdbench.report", "kdbench.config"],
+    + ["kdbench.report", "kdbench.config", "kdbench.rerun"],
     ["kdbench.cli"],
 ]
 

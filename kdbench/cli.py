@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -217,12 +218,95 @@ def _add_parallel_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and every flag's default shown where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if "default" in help_text or action.default in (None, False, [], argparse.SUPPRESS):
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+EXAMPLES = {
+    "run": """examples:
+  kdbench run --methods kd,crd --vam on                  # the quick preset's pair and dataset
+  kdbench run --preset paper --methods crd+kd,dkd        # RepDistiller's CIFAR-100 recipe, 13 pairs
+  kdbench run --config sweep.yaml --seeds 5              # a sweep file; flags override it
+  kdbench run --hp kd.temperature=2,4 --methods kd       # a grid: two kd configurations
+  kdbench run --plugin my_method.py --methods my_method  # your own method
+""",
+    "report": """examples:
+  kdbench report --format markdown
+  kdbench report --format html > board.html              # one self-contained page
+  kdbench report --format latex --no-published --plot plots/
+""",
+    "rerun": """examples:
+  kdbench rerun kdbench-results/runs/5b72a9149be4.json   # exit 0: the same numbers, bit for bit
+""",
+    "check": """examples:
+  kdbench check --baseline results/baselines/ci.json --out STORE
+  kdbench check --baseline new.json --write-baseline --out STORE
+""",
+    "list": """examples:
+  kdbench list methods --verbose                         # hyper-parameters, defaults, citations
+  kdbench list presets
+""",
+    "teacher": """examples:
+  kdbench teacher train resnet56 --dataset fashion-mnist --teacher-epochs 30
+""",
+    "bench": """examples:
+  kdbench bench --dataset fashion-mnist --batch-size 64
+""",
+    "pins": """examples:
+  kdbench pins            # exit 1 when a method's first training steps changed
+  kdbench pins --write    # after adding a method
+""",
+    "explain": """examples:
+  kdbench explain --teacher resnet20 --dataset fashion-mnist
+""",
+}
+
+
+def _preset_table() -> str:
+    """The presets' values, for `kdbench run --help`: what an unset flag becomes."""
+    from kdbench.catalog import presets
+    from kdbench.config import RUN_DEFAULTS
+
+    lines = ["preset values (a flag or a sweep file key overrides them):"]
+    for name, body in presets().items():
+        recipe, teacher_recipe = body["recipe"], body["teacher_recipe"]
+        methods = body["methods"] if isinstance(body["methods"], str) else ",".join(body["methods"])
+        pairs = body["pairs"] if isinstance(body["pairs"], str) else ",".join(body["pairs"])
+        lines.append(
+            f"  {name}: --dataset {body['dataset']} --pairs {pairs} --methods {methods} --vam {body['vam']} "
+            f"--seeds {body['seeds']} --epochs {recipe['epochs']} --batch-size {recipe['batch_size']} "
+            f"--lr {recipe['lr']} --train-subset {recipe.get('train_subset') or 0} "
+            f"--teacher-epochs {teacher_recipe['epochs']}"
+        )
+    shown = {key: ("on" if value is True else value) for key, value in RUN_DEFAULTS.items()}
+    lines.append("under every preset: " + ", ".join(f"--{key} {value}" for key, value in shown.items()))
+    return "\n".join(lines) + "\n"
+
+
+def _command(commands, name: str, help_text: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name, help=help_text, epilog=epilog or EXAMPLES.get(name), formatter_class=_HelpFormatter
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from kdbench import __version__
+
     parser = _Parser(prog="kdbench", description="Knowledge-distillation benchmark and leaderboard.")
+    parser.add_argument("--version", action="version", version=f"kdbench {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser(
-        "run", help="train a grid of methods x pairs x seeds x VAM, then print the board"
+    run = _command(
+        commands,
+        "run",
+        "train a grid of methods x pairs x seeds x VAM, then print the board",
+        EXAMPLES["run"] + "\n" + _preset_table(),
     )
     _add_run_flags(run)
     run.add_argument(
@@ -234,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     # unset flags stay None so a sweep file's values show through (RUN_DEFAULTS fill in last)
     run.set_defaults(device=None, cohort=None, threads=None, backend=None, out=None)
 
-    rerun = commands.add_parser(
-        "rerun", help="train one record's run again from the record alone and compare the numbers"
+    rerun = _command(
+        commands, "rerun", "train one record's run again from the record alone and compare the numbers"
     )
     rerun.add_argument("record", help="a run record, STORE/runs/<run_id>.json")
     rerun.add_argument("--out", help="store of the new record (default: STORE/reruns/<run_id>)")
@@ -245,10 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rerun.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:1)")
 
-    report = commands.add_parser("report", help="leaderboard from the records of a store")
+    report = _command(commands, "report", "leaderboard from the records of a store")
     _add_common(report)
     report.add_argument(
-        "--format", default="terminal", choices=("terminal", "markdown", "csv", "latex", "html", "json")
+        "--format",
+        default="terminal",
+        choices=("terminal", "markdown", "csv", "latex", "html", "json"),
+        help="table format; html is one self-contained page, csv and json are tidy data",
     )
     report.add_argument("--dataset", help="dataset to tabulate (default: the one with most runs)")
     report.add_argument(
@@ -259,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vam-entropy", action="store_true", help="also print the VAM attention-entropy table"
     )
 
-    check = commands.add_parser("check", help="CI: non-zero exit when a result regresses below a baseline")
+    check = _command(commands, "check", "CI: non-zero exit when a result regresses below a baseline")
     _add_common(check)
     check.add_argument(
         "--baseline", required=True, help="baseline JSON (kdbench check --write-baseline makes one)"
@@ -278,12 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="points a cell may drop where too few seeds allow a test (default 1)",
     )
 
-    listing = commands.add_parser("list", help="list registered names")
+    listing = _command(commands, "list", "list registered names")
     listing.add_argument("what", choices=("methods", "models", "datasets", "pairs", "presets"))
-
-    bench = commands.add_parser(
-        "bench", help="speed ratios of the engine, loader, VAM and methods, measured now"
+    listing.add_argument(
+        "--verbose", action="store_true", help="methods: each one's citation, hyper-parameters and defaults"
     )
+
+    bench = _command(commands, "bench", "speed ratios of the engine, loader, VAM and methods, measured now")
     bench.add_argument("--dataset", default="synthetic")
     bench.add_argument("--data-root")
     bench.add_argument("--student", default="resnet8")
@@ -298,16 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--image-size", type=_whole(8), help="synthetic data only: image side (32 = CIFAR)")
 
-    pins = commands.add_parser(
-        "pins", help="CI's fast tier: every method's first training steps against the pinned losses"
+    pins = _command(
+        commands, "pins", "CI's fast tier: every method's first training steps against the pinned losses"
     )
     pins.add_argument("--file", help="pinned losses (default: results/baselines/step-losses.json)")
     pins.add_argument("--write", action="store_true", help="re-measure and rewrite the file")
 
-    teacher = commands.add_parser("teacher", help="teacher commands")
+    teacher = _command(commands, "teacher", "teacher commands")
     teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True)
-    train = teacher_commands.add_parser(
-        "train", help="train a teacher with the preset's teacher recipe and cache it"
+    train = _command(
+        teacher_commands,
+        "train",
+        "train a teacher with the preset's teacher recipe and cache it",
+        EXAMPLES["teacher"],
     )
     train.add_argument("name", help="architecture (kdbench list models)")
     train.add_argument(
@@ -328,9 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(train)
 
-    explain = commands.add_parser(
+    explain = _command(
+        commands,
         "explain",
-        help="KDExplainer: train the HME plain, with label smoothing and with KD; compare routing entropy",
+        "KDExplainer: train the HME plain, with label smoothing and with KD; compare routing entropy",
     )
     explain.add_argument(
         "--teacher",
@@ -434,17 +526,10 @@ def _given(layer: dict) -> dict:
     return {key: value for key, value in layer.items() if value is not None and value != {}}
 
 
-# what a run uses where neither the flags, the sweep file nor the preset says
-RUN_DEFAULTS = {"device": "cpu", "cohort": True, "threads": 1, "backend": "local", "out": DEFAULT_OUT}
-
-
 def _resolved_config(args) -> dict:
     from kdbench import config
-    from kdbench.environment import default_jobs
 
-    resolved = config.merge(RUN_DEFAULTS, config.resolve(args.config, _flag_layer(args), args.preset))
-    resolved.setdefault("jobs", default_jobs(resolved["device"], resolved["threads"]))
-    return resolved
+    return config.resolve(args.config, _flag_layer(args), args.preset)
 
 
 def _request_from_args(args):
@@ -475,14 +560,14 @@ def _parallelism(args) -> dict:
 
 
 def _print_board(out: Path, fmt: str, dataset: str | None = None, published: bool = True) -> bool:
-    from kdbench import report, store
+    from kdbench import reporting, store
 
     records = store.load_records(out)
     if not records:
         print(f"no run records under {out}/runs; run `kdbench run --out {out}` first", file=sys.stderr)
         return False
-    board = report.leaderboard(records, report.load_published() if published else None, dataset=dataset)
-    print(report.render(board, fmt))
+    board = reporting.leaderboard(records, reporting.load_published() if published else None, dataset=dataset)
+    print(reporting.render(board, fmt))
     return True
 
 
@@ -523,7 +608,7 @@ def cmd_rerun(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from kdbench import report, store
+    from kdbench import reporting, store
 
     if not _print_board(Path(args.out), args.format, args.dataset, published=not args.no_published):
         return 1
@@ -531,19 +616,19 @@ def cmd_report(args) -> int:
         records = store.load_records(Path(args.out))
         plot_dir = Path(args.plot)
         for path in (
-            report.plot_accuracy_vs_overhead(records, plot_dir / "accuracy_vs_overhead.png"),
-            report.plot_learning_curves(records, plot_dir / "learning_curves.png"),
+            reporting.plot_accuracy_vs_overhead(records, plot_dir / "accuracy_vs_overhead.png"),
+            reporting.plot_learning_curves(records, plot_dir / "learning_curves.png"),
         ):
             print(f"wrote {path}", file=sys.stderr)
     if args.vam_entropy:
-        entropy = report.vam_entropy_table(store.load_records(Path(args.out)))
+        entropy = reporting.vam_entropy_table(store.load_records(Path(args.out)))
         print("\nVAM attention row entropy (nats; log G = no specialisation), mean over seeds:")
         print(entropy.to_string() if not entropy.empty else "(no VAM runs)")
     return 0
 
 
 def cmd_check(args) -> int:
-    from kdbench import report, store
+    from kdbench import reporting, store
 
     records = store.load_records(Path(args.out))
     if args.write_baseline:
@@ -552,11 +637,11 @@ def cmd_check(args) -> int:
             for key, value in (("alpha", args.alpha), ("floor_pts", args.floor))
             if value is not None
         }
-        baseline = report.write_baseline(records, Path(args.baseline), **options)
+        baseline = reporting.write_baseline(records, Path(args.baseline), **options)
         print(f"wrote baseline {args.baseline}: {len(baseline['cells'])} cells", file=sys.stderr)
         return 0
-    baseline = report.read_baseline(Path(args.baseline))
-    regressions = report.check_regression(records, baseline, args.alpha, args.floor)
+    baseline = reporting.read_baseline(Path(args.baseline))
+    regressions = reporting.check_regression(records, baseline, args.alpha, args.floor)
     for line in regressions:
         print(f"REGRESSION: {line}")
     print(
@@ -577,6 +662,11 @@ def cmd_list(args) -> int:
             cls = METHODS.get(name)
             summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             print(f"{name:12s} {summary}")
+            if args.verbose:
+                citation = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[:1]
+                print(f"{'':12s} paper: {citation[0] if citation else '(none)'}")
+                hp = ", ".join(f"{key}={value}" for key, value in cls.resolve_hp().items())
+                print(f"{'':12s} hyper-parameters (--hp {name}.KEY=VALUE): {hp}")
         print(
             f"{'NAME+kd':12s} Any teacher method plus vanilla KD (kd_weight 1), e.g. crd+kd as in the CRD paper."
         )
@@ -731,6 +821,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         raise
+    except BrokenPipeError:  # `kdbench list methods | head`: the reader left, nothing is lost
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  interpreter shutdown flushes stdout again
+        return 0
     except KeyboardInterrupt:
         print(
             "kdbench: interrupted; finished records are saved, re-run the same command to resume",

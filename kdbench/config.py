@@ -128,15 +128,31 @@ def merge(*layers: dict) -> dict:
     return merged
 
 
+# what a run uses where neither the flags, the sweep file nor the preset says
+RUN_DEFAULTS = {"device": "cpu", "cohort": True, "threads": 1, "backend": "local", "out": "kdbench-results"}
+
+
 def resolve(
-    sweep_file: str | Path | None = None, flags: dict | None = None, preset: str | None = None
+    sweep_file: str | Path | dict | None = None, flags: dict | None = None, preset: str | None = None
 ) -> dict:
-    """preset < sweep file < flags. The preset is `preset`, else the file's `preset:`, else quick."""
-    file_layer = load_sweep_file(sweep_file) if sweep_file else {}
+    """defaults < preset < sweep file (a path, or its dict) < flags. The preset is `preset`, else the
+    file's `preset:`, else quick; `jobs` defaults to what the device and thread count allow."""
+    from kdbench.environment import default_jobs
+
+    if isinstance(sweep_file, dict):
+        file_layer = _checked_keys(dict(sweep_file), "sweep configuration")
+        if "custom_imports" in file_layer:
+            file_layer["custom_imports"] = {
+                "imports": plugins.resolve(_imports_of(file_layer, "sweep"), Path.cwd())
+            }
+    else:
+        file_layer = load_sweep_file(sweep_file) if sweep_file else {}
     flag_layer = _checked_keys(dict(flags or {}), "flags")
     name = preset or file_layer.get("preset") or "quick"
     preset_layer = {key: value for key, value in catalog.preset(name).items() if key in KEYS}
-    return merge(preset_layer, {"preset": name}, file_layer, flag_layer)
+    resolved = merge(RUN_DEFAULTS, preset_layer, {"preset": name}, file_layer, flag_layer)
+    resolved.setdefault("jobs", default_jobs(resolved["device"], resolved["threads"]))
+    return resolved
 
 
 def hp_grid(hp: dict) -> dict[str, dict[str, list]]:
@@ -175,9 +191,7 @@ def _seeds(value) -> list[int]:
     if isinstance(value, bool) or not isinstance(value, (int, list)):
         raise ConfigError(f"seeds takes a number of seeds or a list of seeds, got {value!r}")
     seeds = list(range(value)) if isinstance(value, int) else value  # none at all: "nothing to train"
-    if not all(
-        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds
-    ):
+    if not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds):
         raise ConfigError(f"seeds must be whole numbers >= 0, got {value!r}")
     return seeds
 
@@ -219,7 +233,7 @@ def build_request(config: dict):
         student_lr=config.get("student_lr", {}),
         hp_overrides=config.get("hp", {}),
         teacher_path=config.get("teacher"),
-        out=Path(config.get("out", "kdbench-results")),
+        out=Path(config.get("out", RUN_DEFAULTS["out"])),
         plugins=tuple(imports),
         **{key: config[key] for key in optional if key in config},
     )

@@ -283,7 +283,7 @@ def test_check_refuses_unusable_input_with_exit_2(capsys, tmp_path):
 
 
 def test_an_unknown_format_is_refused_before_training(capsys, tmp_path):
-    from kdbench.report import FORMATS
+    from kdbench.reporting import FORMATS
 
     code, _, err = run_cli(capsys, "run", *TINY, "--format", "xlsx", "--out", str(tmp_path))
     assert_one_line_error(code, err, "argument --format", "xlsx")

@@ -19,8 +19,8 @@ LAYERS = [
     ["kdbench.backends"],
     ["kdbench.sweep", "kdbench.explain", "kdbench.explain_report", "kdbench.bench", "kdbench.pins"]
     + ["kdbench.reference_loops"]
-    + ["kdbench.report", "kdbench.config", "kdbench.rerun"],
-    ["kdbench.cli"],
+    + ["kdbench.reporting", "kdbench.config", "kdbench.rerun"],
+    ["kdbench.cli", "kdbench.api"],
 ]
 
 
@@ -40,7 +40,10 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The kdbench modules `name` imports anywhere in its file (function-level imports included)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     targets = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    if name == "kdbench":  # the top package's PEP 562 __getattr__ re-exports the API (kdbench/api.py)
+        tree.body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name == "__getattr__")]
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -5,7 +5,7 @@ import statistics
 import pandas as pd
 import pytest
 
-from kdbench import report
+from kdbench import reporting
 
 PAIR = "resnet56→resnet20"
 
@@ -112,19 +112,19 @@ def records():
 
 
 def test_records_frame_flattens_one_row_per_record(records):
-    frame = report.records_frame(records)
+    frame = reporting.records_frame(records)
     assert len(frame) == len(records)
     assert {"method", "label", "teacher", "vam", "status", "last_top1", "deploy_params"} <= set(frame.columns)
     assert set(frame["label"]) == {"student", "kd", "student +VAM", "kd +VAM", "crd"}
     assert frame.loc[frame["status"] == "failed", "last_top1"].isna().all()
     student_teacher = frame.loc[frame["method"] == "student", "teacher"].iloc[0]
     assert (
-        report.pair_label(student_teacher, "resnet20") == "resnet20"
+        reporting.pair_label(student_teacher, "resnet20") == "resnet20"
     )  # a missing teacher, whatever its dtype
 
 
 def test_cells_are_mean_std_n_with_delta_vs_same_vam_baseline(records):
-    board = report.leaderboard(records)
+    board = reporting.leaderboard(records)
     stats = board.stats.set_index("row")
     assert stats.loc["kd", "mean"] == pytest.approx(statistics.mean(KD))
     assert stats.loc["kd", "std"] == pytest.approx(statistics.stdev(KD))
@@ -146,13 +146,13 @@ def test_cells_are_mean_std_n_with_delta_vs_same_vam_baseline(records):
 
 def test_student_baseline_belongs_to_every_pair_with_its_student():
     records = seeds(STUDENT, method="student", teacher=None) + seeds(KD) + seeds(KD, teacher="resnet110")
-    board = report.leaderboard(records)
+    board = reporting.leaderboard(records)
     assert {PAIR, "resnet110→resnet20"} <= set(board.table.columns)
     assert board.table.loc["student", "resnet110→resnet20"].startswith(f"{statistics.mean(STUDENT):.2f}")
 
 
 def test_rows_order_and_overhead_columns(records):
-    board = report.leaderboard(records)
+    board = reporting.leaderboard(records)
     assert list(board.table.index) == ["student", "student +VAM", "kd", "kd +VAM"]
     assert board.table.loc["kd +VAM", "extra params"] == "96"
     assert board.table.loc["kd", "time / student"] == "1.50"
@@ -163,30 +163,30 @@ def test_rows_order_and_overhead_columns(records):
 
 
 def test_best_measured_cell_is_marked_in_every_format(records):
-    board = report.leaderboard(records)
+    board = reporting.leaderboard(records)
     assert board.best == {("kd +VAM", PAIR)}
     best = board.table.loc["kd +VAM", PAIR]
-    assert f"**{best}**" in report.render(board, "markdown")
-    assert f"<b>{best}</b>" in report.render(board, "html")
-    assert rf"\textbf{{{report.latex_escape(best)}}}" in report.render(board, "latex")
-    assert f"{best} *" in report.render(board, "terminal")
+    assert f"**{best}**" in reporting.render(board, "markdown")
+    assert f"<b>{best}</b>" in reporting.render(board, "html")
+    assert rf"\textbf{{{reporting.latex_escape(best)}}}" in reporting.render(board, "latex")
+    assert f"{best} *" in reporting.render(board, "terminal")
     # csv is tidy now (one row per cell, numbers): "best" is a column, not a mark
-    cells = pd.read_csv(io.StringIO(report.render(board, "csv")), comment="#")
+    cells = pd.read_csv(io.StringIO(reporting.render(board, "csv")), comment="#")
     assert set(cells.loc[cells["best"], "row"]) == {"kd +VAM"}
 
 
 def test_failed_runs_are_not_averaged_but_noted(records):
-    board = report.leaderboard(records)
+    board = reporting.leaderboard(records)
     assert "crd" not in board.table.index
     (failed,) = [note for note in board.notes if note.startswith("failed")]
     assert "crd" in failed and "non-finite loss at epoch 2 step 5" in failed
     # a failed run still makes its pair a column, so an all-failed pair is visible
-    only_failed = report.leaderboard([make_record(status="failed", error="boom")])
+    only_failed = reporting.leaderboard([make_record(status="failed", error="boom")])
     assert PAIR in only_failed.table.columns and "boom" in only_failed.notes[0]
 
 
 def test_caption_states_the_protocol(records):
-    caption = report.leaderboard(records).caption
+    caption = reporting.leaderboard(records).caption
     assert "top-1 (%) of the last epoch on the test split, mean ± std over 3 seeds" in caption
     assert "best-epoch accuracy recorded, not shown" in caption
 
@@ -207,7 +207,7 @@ def test_published_rows_are_marked_separate_and_never_best():
             for m, v in (("student", 69.06), ("kd", 80.0), ("crd", 71.16))
         ],
     }
-    board = report.leaderboard(
+    board = reporting.leaderboard(
         seeds(STUDENT, method="student", teacher=None) + seeds(KD), published=published
     )
     assert list(board.table.index) == [
@@ -224,15 +224,15 @@ def test_published_rows_are_marked_separate_and_never_best():
     assert board.best == {("kd", PAIR)}  # 80.00 published is higher, yet never "best measured"
     assert board.table.loc["kd (published)", "extra params"] == ""
     assert any("https://example.org/paper" in note for note in board.notes)
-    latex = report.render(board, "latex")
+    latex = reporting.render(board, "latex")
     assert latex.index(r"\midrule", latex.index("kd & ")) < latex.index("kd (published)")
-    assert '<tr class="published"><th>kd (published)</th>' in report.render(board, "html")
+    assert '<tr class="published"><th>kd (published)</th>' in reporting.render(board, "html")
 
 
-@pytest.mark.parametrize("fmt", report.FORMATS)
+@pytest.mark.parametrize("fmt", reporting.FORMATS)
 def test_every_format_renders_the_numbers_caption_and_notes(records, fmt):
-    board = report.leaderboard(records)
-    text = report.render(board, fmt)
+    board = reporting.leaderboard(records)
+    text = reporting.render(board, fmt)
     vam_delta = statistics.mean(KD_VAM) - statistics.mean(KD)
     if fmt in ("csv", "json"):  # tidy formats hold the numbers themselves, in plain units
         cells = (
@@ -257,25 +257,25 @@ def test_every_format_renders_the_numbers_caption_and_notes(records, fmt):
 
 
 def test_latex_escapes_and_csv_reads_back(records):
-    board = report.leaderboard(records)
-    latex = report.render(board, "latex")
+    board = reporting.leaderboard(records)
+    latex = reporting.render(board, "latex")
     assert r"top-1 (\%)" in latex and r"$\pm$" in latex and r"\toprule" in latex and r"\bottomrule" in latex
     assert "resnet56$\\to$resnet20" in latex
-    cells = pd.read_csv(io.StringIO(report.render(board, "csv")), comment="#")
+    cells = pd.read_csv(io.StringIO(reporting.render(board, "csv")), comment="#")
     assert list(cells["row"]) == list(board.stats["row"])  # tidy: one line per cell, not the display table
     with pytest.raises(ValueError, match="Valid: terminal"):
-        report.render(board, "pdf")
+        reporting.render(board, "pdf")
 
 
 def test_leaderboard_needs_one_dataset(records):
     other = seeds(KD, dataset="fashion-mnist")
     with pytest.raises(ValueError, match="cifar100, fashion-mnist"):
-        report.leaderboard(records + other)
-    assert list(report.leaderboard(records + other, dataset="fashion-mnist").table.index) == ["kd"]
+        reporting.leaderboard(records + other)
+    assert list(reporting.leaderboard(records + other, dataset="fashion-mnist").table.index) == ["kd"]
 
 
 def test_mixed_recipes_and_few_seeds_are_noted():
-    board = report.leaderboard([make_record(seed=0), make_record(seed=1, epochs=5)])
+    board = reporting.leaderboard([make_record(seed=0), make_record(seed=1, epochs=5)])
     # two recipes are two configurations: a row each, never averaged (they used to share one noted cell)
     assert list(board.table.index) == ["kd (epochs=3)", "kd (epochs=5)"]
     assert any("kd: 2 configurations" in note and "recipe.epochs" in note for note in board.notes)
@@ -285,27 +285,27 @@ def test_mixed_recipes_and_few_seeds_are_noted():
 
 def test_plots_write_png_files(records, tmp_path):
     for plot, name in (
-        (report.plot_accuracy_vs_overhead, "acc.png"),
-        (report.plot_learning_curves, "lc.png"),
+        (reporting.plot_accuracy_vs_overhead, "acc.png"),
+        (reporting.plot_learning_curves, "lc.png"),
     ):
         path = plot(records, tmp_path / "plots" / name)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_vam_entropy_table_compares_kd_with_no_kd(records):
-    table = report.vam_entropy_table(records)
+    table = reporting.vam_entropy_table(records)
     assert list(table["method"]) == ["student", "kd"]
     kd = table.set_index("method").loc["kd"]
     assert kd["n"] == 3 and kd["layer3.2.conv1"] == pytest.approx(0.8) and kd["mean"] == pytest.approx(0.7)
-    assert report.vam_entropy_table(seeds(KD)).empty
+    assert reporting.vam_entropy_table(seeds(KD)).empty
 
 
 def test_regression_gate_flags_significant_drops_only(records, tmp_path):
     """The gate of issue 10: per cell (one configuration), a one-sided Welch test at alpha 0.01."""
-    baseline = report.write_baseline(records, tmp_path / "baseline.json")
-    assert report.read_baseline(tmp_path / "baseline.json") == baseline
+    baseline = reporting.write_baseline(records, tmp_path / "baseline.json")
+    assert reporting.read_baseline(tmp_path / "baseline.json") == baseline
     assert len(baseline["cells"]) == 4  # the failed crd run makes no cell
-    assert report.check_regression(records, baseline) == []
+    assert reporting.check_regression(records, baseline) == []
 
     kd_cell = next(c for c in baseline["cells"] if c["config"]["method"] == "kd" and not c["config"]["vam"])
     assert kd_cell["config"]["teacher"] == "resnet56" and kd_cell["mean"] == pytest.approx(
@@ -314,27 +314,27 @@ def test_regression_gate_flags_significant_drops_only(records, tmp_path):
     assert kd_cell["n"] == 3 and kd_cell["std"] == pytest.approx(statistics.stdev(KD), abs=1e-4)
     others = [r for r in records if r["spec"]["method"] != "kd" or r["spec"]["vam"]]
     within = others + seeds([v - 0.4 for v in KD])  # a shift inside the seeds' noise (std 0.4)
-    assert report.check_regression(within, baseline) == []
+    assert reporting.check_regression(within, baseline) == []
     dropped = others + seeds([v - 2.0 for v in KD])
-    (message,) = report.check_regression(dropped, baseline)
+    (message,) = reporting.check_regression(dropped, baseline)
     assert message.startswith("kd on cifar100 resnet56→resnet20") and "significantly lower" in message
-    assert report.check_regression(dropped, baseline, alpha=1e-6) == []
+    assert reporting.check_regression(dropped, baseline, alpha=1e-6) == []
 
 
 def test_regression_gate_uses_the_floor_where_seeds_are_too_few(records, tmp_path):
-    baseline = report.write_baseline(records, tmp_path / "baseline.json", floor_pts=0.5)
+    baseline = reporting.write_baseline(records, tmp_path / "baseline.json", floor_pts=0.5)
     others = [r for r in records if r["spec"]["method"] != "kd" or r["spec"]["vam"]]
     one_seed = others + seeds([statistics.mean(KD) - 0.6])
-    (message,) = report.check_regression(one_seed, baseline)
+    (message,) = reporting.check_regression(one_seed, baseline)
     assert "0.60 pts below, more than the floor 0.5" in message
-    assert report.check_regression(one_seed, baseline, floor_pts=1.0) == []
+    assert reporting.check_regression(one_seed, baseline, floor_pts=1.0) == []
 
 
 def test_regression_gate_flags_cells_whose_runs_failed(records, tmp_path):
-    baseline = report.write_baseline(records, tmp_path / "baseline.json")
+    baseline = reporting.write_baseline(records, tmp_path / "baseline.json")
     others = [r for r in records if r["spec"]["method"] != "kd" or r["spec"]["vam"]]
     failed = others + [make_record(method="kd", status="failed", error="non-finite loss at epoch 1 step 3")]
-    (message,) = report.check_regression(failed, baseline)
+    (message,) = reporting.check_regression(failed, baseline)
     assert "kd on cifar100" in message and "no finished run" in message and "non-finite loss" in message
 
 
@@ -343,10 +343,10 @@ def test_a_cell_is_one_configuration(records, tmp_path):
     from kdbench.errors import ConfigError
 
     other_teacher = [dict(r, spec={**r["spec"], "teacher_sha256": "3f2a1c"}) for r in seeds(KD)]
-    baseline = report.write_baseline(records + other_teacher, tmp_path / "baseline.json")
+    baseline = reporting.write_baseline(records + other_teacher, tmp_path / "baseline.json")
     assert len(baseline["cells"]) == 5
     with pytest.raises(ConfigError, match="has no run of its configuration in the store"):
-        report.check_regression(records, baseline)
+        reporting.check_regression(records, baseline)
 
 
 @pytest.mark.parametrize(
@@ -362,16 +362,16 @@ def test_a_malformed_baseline_is_refused_naming_the_file(tmp_path, content, frag
     path = tmp_path / "baseline.json"
     path.write_text(content)
     with pytest.raises(ConfigError, match=fragment):
-        report.read_baseline(path)
+        reporting.read_baseline(path)
 
 
 def test_a_baseline_that_would_be_empty_or_thin_is_not_written(records, tmp_path):
     from kdbench.errors import ConfigError
 
     with pytest.raises(ConfigError, match="would be empty"):
-        report.write_baseline([], tmp_path / "empty.json")
+        reporting.write_baseline([], tmp_path / "empty.json")
     with pytest.raises(ConfigError, match="needs >= 3 seeds per cell: kd on cifar100"):
-        report.write_baseline(seeds(KD[:2]), tmp_path / "thin.json")
+        reporting.write_baseline(seeds(KD[:2]), tmp_path / "thin.json")
     assert not list(tmp_path.iterdir())
 
 
@@ -390,7 +390,7 @@ KNOWN_METHODS = {
 
 
 def test_published_registry_is_valid():
-    published = report.load_published()
+    published = reporting.load_published()
     assert all(source["url"].startswith("https://") for source in published["sources"].values())
     keys = set()
     for entry in published["entries"]:
@@ -432,7 +432,7 @@ def test_published_numbers_show_on_a_matching_leaderboard():
     records = seeds(STUDENT, method="student", teacher=None, student="resnet8x4") + seeds(
         KD, teacher="resnet32x4", student="resnet8x4"
     )
-    board = report.leaderboard(records, published=report.load_published())
+    board = reporting.leaderboard(records, published=reporting.load_published())
     pair = "resnet32x4→resnet8x4"
     assert board.table.loc["teacher (published)", pair] == "79.42"
     assert board.table.loc["student (published)", pair] == "72.50"
@@ -441,7 +441,7 @@ def test_published_numbers_show_on_a_matching_leaderboard():
 
 
 def test_holm_adjusts_like_the_textbook():
-    from kdbench.report.check import holm
+    from kdbench.reporting.check import holm
 
     # Holm (1979): sorted p 0.01, 0.02, 0.03, 0.04 x (4, 3, 2, 1), kept monotone
     assert holm([0.04, 0.01, 0.03, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])

@@ -1,4 +1,4 @@
-"""`kdbench report --format html` (kdbench/report/html.py): one self-contained page, opened in a real headless
+"""`kdbench report --format html` (kdbench/reporting/html.py): one self-contained page, opened in a real headless
 Chromium driven by playwright: clicking a header sorts the rows by the number behind the cell, the filters
 hide rows, the page requests nothing from any network, the chart is there and user strings stay text.
 
@@ -15,8 +15,8 @@ import shutil
 import pytest
 from test_report import make_record, seeds
 
-from kdbench import cli, report, store
-from kdbench.report.html import leaderboard_page
+from kdbench import cli, reporting, store
+from kdbench.reporting.html import leaderboard_page
 
 try:
     from playwright.sync_api import sync_playwright
@@ -82,7 +82,7 @@ def cli_page(out):
 @pytest.fixture(scope="module")
 def two_dataset_page(out):
     records = store.load_records(out)
-    boards = [report.leaderboard(records, dataset=dataset) for dataset in ("cifar100", "cifar10")]
+    boards = [reporting.leaderboard(records, dataset=dataset) for dataset in ("cifar100", "cifar10")]
     path = out / "both.html"
     path.write_text(leaderboard_page(boards), encoding="utf-8")
     return path
@@ -90,12 +90,12 @@ def two_dataset_page(out):
 
 def test_the_page_is_one_document_with_the_boards_marks_and_an_inline_chart(out, cli_page):
     text = cli_page.read_text(encoding="utf-8")
-    board = report.leaderboard(store.load_records(out), report.load_published(), dataset="cifar100")
+    board = reporting.leaderboard(store.load_records(out), reporting.load_published(), dataset="cifar100")
     assert text.startswith("<!DOCTYPE html>") and text.count("</html>") == 1  # costs are in its rows
     for row, pair in board.best:
         assert f"<b>{board.table.loc[row, pair]}</b>" in text
     for row, column in board.significant:
-        assert f"{board.table.loc[row, column]}{report.renderers.SIGNIFICANT_MARK}</td>" in text
+        assert f"{board.table.loc[row, column]}{reporting.renderers.SIGNIFICANT_MARK}</td>" in text
     assert "(published)" in text and "<svg" in text
     # nothing to fetch: no external script, style sheet, image or font; SVG links are in-document
     assert not re.search(r"<(script|link|img|iframe)\b[^>]*\b(src|href)=", text)

@@ -11,9 +11,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from kdbench.errors import ConfigError
-from kdbench.report.board import Leaderboard
-from kdbench.report.frame import OVERHEAD_KEYS
-from kdbench.report.html import leaderboard_page
+from kdbench.reporting.board import Leaderboard
+from kdbench.reporting.frame import OVERHEAD_KEYS
+from kdbench.reporting.html import leaderboard_page
 
 FORMATS = ("terminal", "markdown", "csv", "latex", "html", "json")
 # One row per (row, pair) cell of a tidy export; numbers are plain (percent points, counts, FLOPs, seconds,

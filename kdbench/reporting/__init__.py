@@ -12,9 +12,9 @@ in the leaderboard and the regression gate; its statistics are in `Leaderboard.s
 `--format csv|json` writes them as tidy rows (`TIDY_COLUMNS`).
 """
 
-from kdbench.report.board import OVERHEAD_COLUMNS, STATS_COLUMNS, Leaderboard, holm, leaderboard
-from kdbench.report.check import check_regression, read_baseline, write_baseline
-from kdbench.report.frame import (
+from kdbench.reporting.board import OVERHEAD_COLUMNS, STATS_COLUMNS, Leaderboard, holm, leaderboard
+from kdbench.reporting.check import check_regression, read_baseline, write_baseline
+from kdbench.reporting.frame import (
     BASELINE_METHOD,
     FRAME_COLUMNS,
     METRIC_KEYS,
@@ -25,9 +25,9 @@ from kdbench.report.frame import (
     records_frame,
     row_label,
 )
-from kdbench.report.plots import plot_accuracy_vs_overhead, plot_learning_curves
-from kdbench.report.renderers import FORMATS, TIDY_COLUMNS, latex_escape, render
-from kdbench.report.vam import vam_entropy_table
+from kdbench.reporting.plots import plot_accuracy_vs_overhead, plot_learning_curves
+from kdbench.reporting.renderers import FORMATS, TIDY_COLUMNS, latex_escape, render
+from kdbench.reporting.vam import vam_entropy_table
 
 __all__ = [
     "BASELINE_METHOD",

@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from kdbench.errors import ConfigError
-from kdbench.report.frame import (
+from kdbench.reporting.frame import (
     BASELINE_METHOD,
     OVERHEAD_KEYS,
     _count,
@@ -90,6 +90,7 @@ def leaderboard(
     records: Iterable[RunRecord], published: dict | None = None, dataset: str | None = None
 ) -> Leaderboard:
     """Rows = configurations of methods (±VAM), columns = teacher→student pairs (+ Δ, ΔVAM) and overhead."""
+    records = list(records)  # read twice: the frame, and the teachers' accuracy (_teacher_stats)
     frame = records_frame(records)
     dataset = _pick_dataset(frame, dataset)
     frame = frame[frame["dataset"] == dataset]
@@ -98,6 +99,8 @@ def leaderboard(
     differing = _differing_settings(done, pairs)
     done = done.assign(row=[_config_label(run, differing) for run in done.itertuples()])
     stats, sources = _stats(done, pairs, published, dataset)
+    if not (teacher_stats := _teacher_stats(records, dataset)).empty:
+        stats = pd.concat([teacher_stats, stats], ignore_index=True)
     labels = _row_order(stats)
     published_labels = [label for label in labels if label.endswith("(published)")]
 
@@ -109,7 +112,7 @@ def leaderboard(
         table.loc[cost.index, cost.columns] = cost
     costs = _costs_board(done, dataset) if several_pairs and not done.empty else None
 
-    measured = stats[~stats["published"]]
+    measured = stats[~stats["published"] & (stats["method"] != "teacher")]  # the teacher row is no method
     caption = _caption(dataset, measured, bool(published_labels))
     notes = _notes(
         frame[frame["status"] != "done"],
@@ -276,6 +279,36 @@ def _t_interval(mean: float, std: float, n: int) -> tuple[float, float]:
         return mean, mean
     low, high = scipy_stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=std / math.sqrt(n))
     return float(low), float(high)
+
+
+def _teacher_stats(records: list[RunRecord], dataset: str) -> pd.DataFrame:
+    """Measured "teacher" rows: each pair's teacher on the test split, as its distillation records carry
+    it (`record["teacher"]`, measured once per teacher checkpoint, loaded or trained); one row per
+    checkpoint, labelled by its SHA-256 where a pair has several."""
+    found: dict[tuple[str, str], dict] = {}  # (pair, teacher sha256) -> accuracy
+    for record in records:
+        spec, teacher = record.get("spec") or {}, record.get("teacher")
+        if (
+            record.get("status") == "done"
+            and teacher
+            and spec.get("teacher")
+            and spec.get("dataset") == dataset
+        ):
+            found.setdefault((pair_label(spec["teacher"], spec["student"]), teacher["sha256"]), teacher)
+    pairs = [pair for pair, _ in found]
+    several = len(pairs) > len(set(pairs))
+    rows = [
+        {
+            **dict.fromkeys(STATS_COLUMNS, math.nan),
+            **{"row": f"teacher [{sha[:6]}]" if several else "teacher", "method": "teacher", "vam": False},
+            **{"pair": pair, "config": "", "published": False, "significant": False, "best": False},
+            **{"mean": float(teacher["test_top1"]), "n": 1},
+        }
+        for (pair, sha), teacher in found.items()
+    ]
+    return pd.DataFrame(rows, columns=list(STATS_COLUMNS)).astype(
+        {"vam": bool, "published": bool, "significant": bool, "best": bool}
+    )
 
 
 def _without(config: dict, keys: tuple[str, ...]) -> str:

@@ -22,7 +22,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kdbench.report.board import OVERHEAD_COLUMNS, Leaderboard
+from kdbench.reporting.board import OVERHEAD_COLUMNS, Leaderboard
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 # Columns that sort as text; the others sort by the stats number behind the cell (empty cells last).

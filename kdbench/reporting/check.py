@@ -22,7 +22,7 @@ from typing import Any
 from scipy import stats
 
 from kdbench.errors import ConfigError
-from kdbench.report.frame import pair_label, row_label
+from kdbench.reporting.frame import pair_label, row_label
 from kdbench.store import RunRecord, atomic_write_bytes
 
 BASELINE_FORMAT = "kdbench-baseline/2"

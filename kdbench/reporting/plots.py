@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from kdbench.report.frame import _done_frame, _pair_column, _pair_runs, _pairs, pair_label
+from kdbench.reporting.frame import _done_frame, _pair_column, _pair_runs, _pairs, pair_label
 from kdbench.store import RunRecord
 
 

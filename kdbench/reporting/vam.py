@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from kdbench.report.frame import BASELINE_METHOD
+from kdbench.reporting.frame import BASELINE_METHOD
 from kdbench.store import RunRecord
 
 

@@ -1,0 +1,92 @@
+"""The CLI's self-description (--version, examples, defaults, list --verbose) and the Python API."""
+
+import subprocess
+import sys
+
+import pytest
+
+import kdbench
+from kdbench.cli import EXAMPLES, build_parser, main
+from kdbench.registries import METHODS
+
+
+def _help(*command: str) -> str:
+    parser = build_parser()
+    for name in command:
+        parser = next(
+            action.choices[name]
+            for action in parser._actions
+            if isinstance(action, type(parser._subparsers._actions[-1]))
+        )
+    return parser.format_help()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"kdbench {kdbench.__version__}"
+
+
+@pytest.mark.parametrize("command", sorted(EXAMPLES))
+def test_every_command_shows_examples_and_its_defaults(command):
+    text = _help(command) if command != "teacher" else _help("teacher", "train")
+    assert "examples:\n  kdbench " + command in text
+    if command == "report":
+        assert "(default: terminal)" in text and "(default: kdbench-results)" in text
+
+
+def test_run_help_shows_every_presets_values():
+    text = _help("run")
+    for preset, fragment in [
+        ("quick", "--epochs 3"),
+        ("ci", "--train-subset 1500"),
+        ("paper", "--epochs 240"),
+    ]:
+        (line,) = [line for line in text.splitlines() if line.startswith(f"  {preset}: ")]
+        assert fragment in line
+    assert "--threads 1" in text
+
+
+def test_list_methods_verbose_shows_citation_and_hyperparameters(capsys):
+    assert main(["list", "methods", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    for name in (name for name in METHODS.module_dict if "+" not in name):
+        assert f"hyper-parameters (--hp {name}.KEY=VALUE)" in out
+    assert "paper: KD: Hinton" in out and "temperature=4.0" in out
+
+
+def test_teacher_train_takes_only_its_flags(capsys):
+    assert pytest.raises(SystemExit, main, ["teacher", "train", "resnet8", "--methods", "kd"]).value.code == 2
+    assert "unrecognized arguments: --methods kd" in capsys.readouterr().err
+
+
+def test_import_kdbench_is_light_and_exposes_the_api():
+    code = "import sys, kdbench; print('torch' in sys.modules, callable(kdbench.run))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        kdbench.nope  # noqa: B018
+
+
+def test_the_python_api_runs_reports_and_loads(tmp_path):
+    options = dict(
+        dataset="synthetic",
+        pairs="resnet14:resnet8",
+        methods=["student", "kd"],
+        vam="off",
+        seeds=1,
+        recipe={"epochs": 1, "train_subset": 128},
+        teacher_recipe={"epochs": 1, "train_subset": 128},
+        hp={"kd.temperature": [2, 4]},
+        jobs=1,
+        out=str(tmp_path),
+    )
+    records = kdbench.run(progress=lambda line: None, **options)
+    assert sorted(r["spec"]["method"] for r in records) == ["kd", "kd", "student"]
+    assert all(r["status"] == "done" for r in records)
+    again = kdbench.run(progress=lambda line: None, **options)  # nothing new: the same records
+    assert [r["run_id"] for r in again] == [r["run_id"] for r in records]
+    assert len(kdbench.load_records(tmp_path)) == 3 and len(kdbench.load_records(tmp_path, kind=None)) == 4
+    table = kdbench.report(tmp_path, format="markdown", published=False)
+    assert "kd (temperature=2.0)" in table and "kd (temperature=4.0)" in table
+    assert kdbench.report(records, format="csv", published=False).startswith("dataset")

@@ -84,6 +84,7 @@ class Leaderboard:
     # With several pairs, costs differ per pair: they go in a second table, one row per (method, pair).
     costs: Leaderboard | None = None
     significant: set[tuple[str, str]] = field(default_factory=set)  # (row, "pair Δ"): significant gains
+    dataset: str = ""
 
 
 def leaderboard(
@@ -134,6 +135,7 @@ def leaderboard(
         stats=stats,
         costs=costs,
         significant=significant,
+        dataset=dataset,
     )
 
 

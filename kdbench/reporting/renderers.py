@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 
 import pandas as pd
 from tabulate import tabulate
 
 from kdbench.errors import ConfigError
-from kdbench.reporting.board import Leaderboard
+from kdbench.reporting.board import ALPHA, OVERHEAD_COLUMNS, Leaderboard
 from kdbench.reporting.frame import OVERHEAD_KEYS
 from kdbench.reporting.html import leaderboard_page
 
@@ -107,6 +108,7 @@ _LATEX_SPECIALS = {
     "−": r"$-$",
     "–": "--",
     "≥": r"$\geq$",
+    "α": r"$\alpha$",
     "×": r"$\times$",
     SIGNIFICANT_MARK: r"$^\dagger$",
 }
@@ -116,36 +118,122 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIALS.get(char, char) for char in str(text))
 
 
+_SEEDS = re.compile(r" \(n=(\d+)\)")
+_NEGATIVE = re.compile(r"(?<![\w.])-(?=\d)")  # a minus sign, not a hyphen: 1 column of a paper reads $-$
+
+
+def _latex_cell(text: str, bold: bool, uniform_seeds: bool) -> str:
+    text = _SEEDS.sub("" if uniform_seeds else r"\\,{\\scriptsize ($n$=\1)}", latex_escape(text))
+    text = _NEGATIVE.sub(r"$-$", text)
+    return rf"\textbf{{{text}}}" if bold and text else text
+
+
+def _latex_columns(columns: list[str]) -> pd.MultiIndex:
+    """(pair, top-1 | Δ | ΔVAM) headers, the pair spanning its columns: narrower than 'pair Δ' each."""
+    pairs = []
+    for column in columns:
+        pair, _, kind = column.rpartition(" ") if column.endswith((" Δ", " ΔVAM")) else (column, "", "top-1")
+        pairs.append((latex_escape(pair), latex_escape(kind)))
+    return pd.MultiIndex.from_tuples(pairs)
+
+
+def _latex_table(
+    table: pd.DataFrame,
+    label: str,
+    caption: str,
+    size: str = "small",
+    colsep: int = 4,
+    label_column: str = "l",
+) -> str:
+    """One booktabs table through pandas' Styler, cells already LaTeX."""
+    styler = table.style
+    return styler.to_latex(
+        hrules=True,
+        label=label,
+        caption=caption,
+        position="t",
+        position_float="centering",
+        column_format=label_column + "r" * len(table.columns),
+        multicol_align="c",
+        environment="table*" if len(table.columns) > 6 else "table",  # more than a column's width
+    ).replace("\\centering\n", f"\\centering\n\\{size}\n\\setlength{{\\tabcolsep}}{{{colsep}pt}}\n", 1)
+
+
 def _render_latex(board: Leaderboard) -> str:
-    table = _display(board)
-    best = set(board.best)
+    r"""A paper's table (booktabs, `\label{tab:kdbench-<dataset>}`, $\pm$, $-$, the teacher row first):
+    accuracy and Δ columns, a one-sentence caption (the full one and the notes as % comments above),
+    and the costs as a second table, so that each fits one column of a two-column paper."""
+    dataset = board.dataset or "results"
+    display = _display(board)
+    cost_headers = [header for header, _, _ in OVERHEAD_COLUMNS if header in display.columns]
+    accuracy = display.drop(columns=cost_headers)
+    measured = board.stats[~board.stats["published"] & (board.stats["method"] != "teacher")]
+    counts = sorted({int(n) for n in measured["n"].dropna()}) if "n" in measured else []
+    uniform = len(counts) <= 1
+    seeds = f"over {counts[0]} seed{'s' * (counts[0] != 1)}" if len(counts) == 1 else "($n$ seeds per cell)"
+    cells = pd.DataFrame(
+        [
+            [
+                _latex_cell(display.loc[row, column], (row, column) in board.best, uniform)
+                for column in accuracy
+            ]
+            for row in accuracy.index
+        ],
+        index=pd.Index([latex_escape(row) for row in accuracy.index], name=None),
+        columns=_latex_columns(list(accuracy.columns)),
+    )
+    caption = (
+        rf"Top-1 accuracy (\%) on {latex_escape(dataset)}, mean $\pm$ std {seeds}. "
+        r"$\Delta$: vs.\ the student; $^\dagger$: significant gain (Welch's $t$-test, Holm-corrected, "
+        rf"$\alpha={ALPHA}$); bold: not significantly below the best."
+    )
+    comments = "".join(f"% {line}\n" for line in [board.caption, *board.notes] if line)
+    text = "% needs \\usepackage{booktabs}\n" + comments
+    table = _latex_table(cells, f"tab:kdbench-{_label_slug(dataset)}", caption)
+    if board.published_rows:  # a rule between measured and published rows
+        first = latex_escape(board.published_rows[0]) + " & "
+        table = table.replace("\n" + first, "\n\\midrule\n" + first, 1)
+    text += table
+    if cost_headers:
+        costs = display[cost_headers].rename(index=latex_escape)
+        # published rows carry no costs, nor does the teacher (it is not trained here)
+        empty = [row for row in costs.index if not "".join(costs.loc[row])]
+        costs = costs.drop(index=empty)
+        costs = costs.map(lambda text: _NEGATIVE.sub(r"$-$", latex_escape(_compact_count(text))))
+        costs.index.name = None
+        # two-line headers ("deploy" spanning params and GFLOPs): a column's width
+        costs.columns = pd.MultiIndex.from_tuples([_LATEX_COST_HEADERS[header] for header in cost_headers])
+        text += _latex_table(
+            costs,
+            f"tab:kdbench-{_label_slug(dataset)}-costs",
+            rf"What each method costs on {latex_escape(dataset)}, mean over the row's runs: extra trainable "
+            r"parameters, training GFLOPs per image, training time relative to the student, peak memory, "
+            r"and the deployed student's parameters and GFLOPs per image.",
+            size="footnotesize",
+            colsep=2,
+            label_column="p{5em}",  # a configuration's label wraps: the six cost columns keep their width
+        )
+    return text
 
-    def row_line(label: str) -> str:
-        cells = [latex_escape(label)]
-        for column in table.columns:
-            text = latex_escape(table.loc[label, column])
-            cells.append(rf"\textbf{{{text}}}" if (label, column) in best else text)
-        return " & ".join(cells) + r" \\"
 
-    measured = [label for label in table.index if label not in board.published_rows]
-    lines = [
-        "% needs \\usepackage{booktabs}",
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex_escape(board.caption)} Best in bold.}}",
-        rf"\begin{{tabular}}{{l{'r' * len(table.columns)}}}",
-        r"\toprule",
-        " & ".join(latex_escape(h) for h in [table.index.name, *table.columns]) + r" \\",
-        r"\midrule",
-        *(row_line(label) for label in measured),
-    ]
-    if board.published_rows:
-        lines += [r"\midrule", *(row_line(label) for label in board.published_rows)]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if board.notes:
-        lines += [r"\par\smallskip\footnotesize", *(latex_escape(note) + r"\\" for note in board.notes)]
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
+def _compact_count(text: str) -> str:
+    """'278.00K' as '278K', '3.30M' as '3.3M': three significant digits, a column's width."""
+    match = re.fullmatch(r"(\d+\.\d+)([KMG])", text)
+    return f"{float(match.group(1)):.3g}{match.group(2)}" if match else text
+
+
+_LATEX_COST_HEADERS = {
+    "extra params": ("extra", "params"),
+    "train GFLOPs/img": ("train", "GFLOPs"),
+    "time / student": ("time", r"$\times$"),
+    "peak MiB": ("peak", "MiB"),
+    "deploy params": ("deploy", "params"),
+    "deploy GFLOPs/img": ("deploy", "GFLOPs"),
+}
+
+
+def _label_slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def _render_html(board: Leaderboard) -> str:

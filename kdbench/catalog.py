@@ -9,7 +9,7 @@ from functools import cache
 from importlib import resources
 
 from kdbench.errors import ConfigError
-from kdbench.registries import UnknownNameError, unknown_name_message
+from kdbench.registries import UnknownNameError, canonical_model_name, unknown_name_message
 
 
 @cache
@@ -46,7 +46,8 @@ def parse_pairs(text: str) -> list[Pair]:
         return registered_pairs(text)
     pairs = []
     for item in text.split(","):
-        names = _model_names(item.strip())
+        # another code base's name (RepDistiller's, mdistiller's) becomes kdbench's before anything uses it
+        names = [canonical_model_name(name) for name in _model_names(item.strip())]
         if len(names) != 2 or not all(names):
             raise ConfigError(
                 f"bad pair '{item}': write teacher:student, e.g. resnet56:resnet20 "

@@ -143,6 +143,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--teacher", help="teacher checkpoint path ({'model': state_dict}); default: train + cache"
     )
     parser.add_argument(
+        "--student-init",
+        metavar="PATH",
+        help="start every student from these weights (kdbench, RepDistiller, mdistiller or timm checkpoint); "
+        "its SHA-256 is part of each spec",
+    )
+    parser.add_argument(
         "--hp",
         action="append",
         default=[],
@@ -581,6 +587,8 @@ def cmd_run(args) -> int:
     if distributed.is_main():
         store.ensure_writable(request.out)
         config.write_resolved(resolved, request.out, args.argv)
+    if args.student_init:  # checked against every student, copied into the store under its SHA-256
+        request = replace(request, student_init_sha256=_stage_student_init(args.student_init, request))
     quiet = None if distributed.is_main() else (lambda line: None)
     summary = Sweep(request, progress=quiet).run()
     if not distributed.is_main():
@@ -592,6 +600,14 @@ def cmd_run(args) -> int:
     )
     _print_board(request.out, args.format, dataset=request.dataset)
     return 1 if summary.failed else 0
+
+
+def _stage_student_init(path: str, request) -> str:
+    from kdbench.data import prepare_data
+    from kdbench.units import stage_student_init
+
+    info = prepare_data(request.dataset, request.data_root, request.recipe).info
+    return stage_student_init(request.out, path, [pair.student for pair in request.pairs], info)
 
 
 def cmd_rerun(args) -> int:

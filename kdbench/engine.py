@@ -50,12 +50,19 @@ from kdbench.errors import ConfigError, KdbenchError
 from kdbench.features import Features, FeatureShapes
 from kdbench.measure import inference_flops, measure_train_step, parameter_count
 from kdbench.methods.base import Method, MethodContext, method_class
-from kdbench.models import build_model
+from kdbench.models import build_model, load_weights
 from kdbench.precision import Precision, backward_step
 from kdbench.progress import to_stderr
 from kdbench.registries import WRAPPERS
 from kdbench.spec import RunSpec
-from kdbench.store import CheckpointError, TrainResult, atomic_torch_save, checkpoint_path, read_checkpoint
+from kdbench.store import (
+    CheckpointError,
+    TrainResult,
+    atomic_torch_save,
+    checkpoint_path,
+    read_checkpoint,
+    read_student_init,
+)
 from kdbench.wrappers import build_wrappers
 
 EVAL_BATCH_SIZE = 512
@@ -158,6 +165,8 @@ class Trainer:
         self.student = build_model(spec.student, num_classes=info.num_classes, in_chans=info.in_chans).to(
             device
         )
+        if spec.student_init_sha256:  # --student-init: the run starts from these weights (units.py put them)
+            load_weights(self.student, read_student_init(self.out, spec.student_init_sha256))
         self.wrappers = build_wrappers(spec)
         for wrapper in self.wrappers:
             wrapper.wrap(self.student)

@@ -116,7 +116,7 @@ class VAMConfig:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # fields added after the first records were written, and their defaults
-HASH_OMITS_AT_DEFAULT = {"precision": "fp32", "compile": False, "world_size": 1}
+HASH_OMITS_AT_DEFAULT = {"precision": "fp32", "compile": False, "world_size": 1, "student_init_sha256": None}
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,8 @@ class RunSpec:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; kdbench/precision.py)
     compile: bool = False  # torch.compile the student's and the teacher's training forward
     world_size: int = 1  # processes training the run together (torchrun; kdbench/distributed.py)
+    # `--student-init`: the student starts from these weights (the file's SHA-256; store.student_init_path)
+    student_init_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -5,6 +5,8 @@ Layout of a store directory (`--out`, default ./kdbench-results):
     checkpoints/<run_id>.pt   last-epoch checkpoint of an unfinished run (deleted when done)
     claims/<run_id>.lock      held (flock) by the process training that run
     teachers/<name>-<dataset>-<hash>.pt   cached teacher checkpoints
+    teachers/<sha256>.<dataset>.test.json a teacher's test accuracy, measured once per weights and dataset
+    inits/<sha256>.pt         a `--student-init` checkpoint, copied in under its SHA-256 (every worker finds it)
 
 The record's shape is `RunRecord` below, defined once: the engine fills its measured part
 (`TrainResult`), the sweep adds the spec, status and environment (`new_record`), the report
@@ -13,6 +15,7 @@ reads it.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import io
 import json
@@ -97,6 +100,7 @@ class RunRecord(TypedDict, total=False):
     vam: dict[str, float] | None
     analysis: dict | None
     checkpoint: dict[str, str]  # teachers: {"path": relative to the store, "sha256": ...}
+    teacher: dict[str, Any] | None  # distillation runs: the teacher's sha256, test_top1, test_top5
     environment: dict[str, Any]  # python, torch, kdbench, device, threads, git_commit, platform, ...
     created: str  # ISO-8601 time
 
@@ -210,16 +214,29 @@ def atomic_torch_save(path: Path, obj) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_checkpoint(path: Path, what: str = "checkpoint", remedy: str = "re-save or retrain it") -> Any:
+# What other code bases' training scripts save beside the weights: RepDistiller's train_teacher.py
+# (its final `{'opt': opt, 'model': ..., 'optimizer': ...}`) and timm's train.py (`'args'`) store their
+# argparse options. Allowed, and only this, where a checkpoint from elsewhere is read (teachers,
+# `--student-init`); building a Namespace sets attributes and runs no code.
+FOREIGN_CHECKPOINT_GLOBALS = (argparse.Namespace,)
+
+
+def read_checkpoint(
+    path: Path, what: str = "checkpoint", remedy: str = "re-save or retrain it", allow: tuple = ()
+) -> Any:
     """The project's one reader of torch files (resume checkpoints, teachers, students).
 
     `weights_only=True`: tensors, containers and plain values load; a pickle that would run code
-    is refused as unreadable. `what` and `remedy` make the one-line error name the file's role.
+    is refused as unreadable. `allow` adds classes to torch's allowlist for this read only
+    (`FOREIGN_CHECKPOINT_GLOBALS`). `what` and `remedy` make the one-line error name the file's role.
     """
     import torch
 
+    # added for this read and removed after it; what the process had allowed before stays allowed
+    added = [cls for cls in allow if cls not in torch.serialization.get_safe_globals()]
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(added):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a truncated, foreign or unsafe file
         unsafe = re.search(r"GLOBAL (\S+)", str(err))
         reason = (
@@ -228,6 +245,58 @@ def read_checkpoint(path: Path, what: str = "checkpoint", remedy: str = "re-save
             else (str(err).strip().splitlines() or [type(err).__name__])[0]
         )
         raise CheckpointError(f"{what} {path} is unreadable ({reason}); {remedy}") from err
+
+
+def state_dict_of(checkpoint: Any) -> dict | None:
+    """The model weights in a checkpoint, or None where it holds none. Layouts: kdbench's, RepDistiller's
+    and mdistiller's `{"model": state_dict, ...}`, timm's `{"state_dict": ...}`, a bare state_dict;
+    mdistiller's full training state (`{"model": its distiller's state}`, keys `module.student.*`) gives
+    the student's; a `module.` prefix on every key (DataParallel) is dropped."""
+    import torch
+
+    if not isinstance(checkpoint, dict):
+        return None
+    state = next(
+        (checkpoint[key] for key in ("model", "state_dict") if isinstance(checkpoint.get(key), dict)),
+        checkpoint,
+    )
+    if not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        return None
+    for prefix in ("module.student.", "module."):
+        if any(key.startswith(prefix) for key in state) and (
+            prefix == "module.student." or all(key.startswith(prefix) for key in state)
+        ):
+            return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    return dict(state)
+
+
+def student_init_path(out: Path, sha256: str) -> Path:
+    """Where a `--student-init` checkpoint lives in the store: named by its bytes, so every worker finds it."""
+    return Path(out) / "inits" / f"{sha256}.pt"
+
+
+def read_student_init(out: Path, sha256: str) -> dict:
+    """The weights of the `--student-init` checkpoint `sha256` copied into the store, checked."""
+    import hashlib
+
+    path = student_init_path(out, sha256)
+    if not path.is_file():
+        raise CheckpointError(
+            f"student init {path} is missing (the run's student_init_sha256); pass the file to --student-init again"
+        )
+    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        raise CheckpointError(
+            f"student init {path} does not match its SHA-256; delete it and pass --student-init"
+        )
+    state = state_dict_of(read_checkpoint(path, "student init", allow=FOREIGN_CHECKPOINT_GLOBALS))
+    if state is None:
+        raise CheckpointError(f"student init {path} holds no state_dict")
+    return state
+
+
+def teacher_eval_path(out: Path, sha256: str, dataset: str) -> Path:
+    """The cached test accuracy of the teacher weights `sha256` on `dataset`."""
+    return Path(out) / "teachers" / f"{sha256}.{dataset}.test.json"
 
 
 def write_record(out: Path, record: RunRecord) -> Path:

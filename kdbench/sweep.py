@@ -56,6 +56,7 @@ class SweepRequest:
     ray_address: str | None = None  # None: a local Ray; "auto" or HOST:PORT: join that cluster
     slurm: dict = field(default_factory=dict)  # SlurmBackend options: partition, gpus_per_task, time_min
     plugins: tuple[str, ...] = ()  # plugin files and modules every worker loads (kdbench/plugins.py)
+    student_init_sha256: str | None = None  # every student starts from these weights (--student-init)
 
 
 @dataclass
@@ -125,6 +126,7 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
                 precision=request.precision,
                 compile=request.compile,
                 world_size=distributed.world_size(),
+                student_init_sha256=request.student_init_sha256,
             )
             if spec not in specs:  # grid points that resolve alike train once
                 specs.append(spec)

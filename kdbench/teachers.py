@@ -1,19 +1,24 @@
 """Teachers: resolve, train, cache, load and verify (SHA-256), for `run`, `explain` and `teacher train`.
 
-A teacher is either a checkpoint the user gives (`--teacher PATH`: kdbench's own or RepDistiller's
-`{"model": state_dict}`), or trained by kdbench with a teacher recipe and cached in the store:
+A teacher is either a checkpoint the user gives (`--teacher PATH`: kdbench's own, RepDistiller's and
+mdistiller's `{"model": state_dict, ...}` (RepDistiller's final save with its argparse options too),
+timm's `{"state_dict": ...}` or a bare state_dict, for any model, zoo or `timm:NAME`), or trained by
+kdbench with a teacher recipe and cached in the store:
 
     teachers/<arch>-<dataset>-<run_id>.pt    {"model": state_dict, "kdbench": {arch, dataset, ...}}
     runs/<run_id>.json                       its record, with the checkpoint's SHA-256
+    teachers/<sha256>.<dataset>.test.json    its test accuracy, measured once (`teacher_test_accuracy`)
 
 A cached checkpoint whose bytes no longer match the SHA-256 in its record is refused. Runs name
 their teacher by SHA-256 (`RunSpec.teacher_sha256`), never by path. Every checkpoint is read by
-`store.read_checkpoint` (weights only: a file that would run code is refused).
+`store.read_checkpoint` (weights only: a file that would run code is refused; of other globals only
+`store.FOREIGN_CHECKPOINT_GLOBALS`, argparse's Namespace, is allowed, and only here).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,11 +27,12 @@ from torch import nn
 
 from kdbench import distributed, store
 from kdbench.data import DatasetInfo, PreparedData, prepare_data
-from kdbench.engine import train
+from kdbench.engine import evaluate, train
 from kdbench.environment import environment
 from kdbench.methods.base import BASELINE_METHOD, method_class
-from kdbench.models import TIMM_PREFIX, build_model, list_models
+from kdbench.models import TIMM_PREFIX, build_model, list_models, load_weights, weights_mismatch
 from kdbench.progress import to_stderr
+from kdbench.registries import canonical_model_name
 from kdbench.spec import Recipe, RunSpec
 from kdbench.store import CheckpointError
 
@@ -37,7 +43,7 @@ def teacher_spec(architecture: str, dataset: str, recipe: Recipe) -> RunSpec:
     """A teacher is trained like the student baseline: plain CE, with the teacher recipe."""
     return RunSpec(
         method=BASELINE_METHOD,
-        student=architecture,
+        student=canonical_model_name(architecture),
         dataset=dataset,
         hp=method_class(BASELINE_METHOD).resolve_hp(),
         recipe=recipe,
@@ -58,10 +64,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read(path: Path) -> object:
+def _read(path: Path, what: str = "teacher checkpoint", flag: str = "--teacher") -> object:
     if not Path(path).is_file():
-        raise CheckpointError(f"teacher checkpoint {path} does not exist; pass an existing file to --teacher")
-    return store.read_checkpoint(path, "teacher checkpoint")
+        raise CheckpointError(f"{what} {path} does not exist; pass an existing file to {flag}")
+    return store.read_checkpoint(path, what, allow=store.FOREIGN_CHECKPOINT_GLOBALS)
 
 
 def recorded_architecture(path: Path) -> str | None:
@@ -73,6 +79,7 @@ def recorded_architecture(path: Path) -> str | None:
 
 def resolve_architecture(teacher: str, teacher_arch: str | None) -> tuple[str, Path | None]:
     """(architecture, checkpoint path or None) for a `--teacher NAME|PATH` argument."""
+    teacher = canonical_model_name(teacher)
     if teacher in list_models() or teacher.startswith(TIMM_PREFIX):
         return teacher, None
     path = Path(teacher)
@@ -80,7 +87,7 @@ def resolve_architecture(teacher: str, teacher_arch: str | None) -> tuple[str, P
         raise CheckpointError(
             f"--teacher {teacher} is neither a model name (kdbench list models) nor a checkpoint file"
         )
-    arch = teacher_arch or recorded_architecture(path)
+    arch = canonical_model_name(teacher_arch) if teacher_arch else recorded_architecture(path)
     if arch is None:
         raise CheckpointError(
             f"teacher checkpoint {path} does not record its architecture (not saved by kdbench); "
@@ -99,31 +106,65 @@ def _guess_architecture(state: dict, num_classes: int, in_chans: int) -> str | N
     return None
 
 
-def load_teacher(path: Path, architecture: str, info: DatasetInfo, device: torch.device) -> nn.Module:
-    """Load a teacher checkpoint strictly, checked against the dataset; frozen, in eval mode."""
-    checkpoint = _read(path)
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
+def load_model_weights(
+    path: Path,
+    architecture: str,
+    info: DatasetInfo,
+    what: str = "teacher checkpoint",
+    flag: str = "--teacher",
+) -> nn.Module:
+    """A `architecture` model for `info` holding the weights of the checkpoint at `path` (any layout
+    `store.state_dict_of` knows), loaded strictly; a CheckpointError naming the file otherwise."""
+    checkpoint = _read(path, what, flag)
+    state = store.state_dict_of(checkpoint)
+    if state is None:
         raise CheckpointError(
-            f"teacher checkpoint {path} holds no state_dict (expected {{'model': state_dict}})"
+            f"{what} {path} holds no state_dict (expected {{'model': state_dict}}, {{'state_dict': ...}} "
+            "or a bare state_dict)"
         )
     meta = checkpoint.get("kdbench", {})
     if meta and (meta.get("dataset"), meta.get("num_classes")) != (info.name, info.num_classes):
         raise CheckpointError(
-            f"teacher checkpoint {path} was trained on {meta.get('dataset')} ({meta.get('num_classes')} classes), "
+            f"{what} {path} was trained on {meta.get('dataset')} ({meta.get('num_classes')} classes), "
             f"this run uses {info.name} ({info.num_classes} classes); train a teacher for {info.name}"
         )
-    teacher = build_model(architecture, num_classes=info.num_classes, in_chans=info.in_chans)
-    try:
-        teacher.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        found = meta.get("arch") or _guess_architecture(state, info.num_classes, info.in_chans)
-        found_text = f"a '{found}'" if found else "an unknown architecture (or another dataset's class count)"
-        raise CheckpointError(
-            f"teacher checkpoint {path} is {found_text}, not a '{architecture}' for {info.name} "
-            f"({info.num_classes} classes, {info.in_chans} channels); pass --pairs with its architecture"
-        ) from err
+    architecture = canonical_model_name(architecture)
+    model = build_model(architecture, num_classes=info.num_classes, in_chans=info.in_chans)
+    mismatch = weights_mismatch(model, state)
+    if mismatch is None:
+        return load_weights(model, state)
+    found = meta.get("arch") or _guess_architecture(state, info.num_classes, info.in_chans)
+    found_text = f"a '{found}'" if found else "an unknown architecture (or another dataset's class count)"
+    raise CheckpointError(
+        f"{what} {path} is {found_text}, not a '{architecture}' for {info.name} "
+        f"({info.num_classes} classes, {info.in_chans} channels): {mismatch}; pass --pairs with its architecture"
+    )
+
+
+def load_teacher(path: Path, architecture: str, info: DatasetInfo, device: torch.device) -> nn.Module:
+    """Load a teacher checkpoint strictly, checked against the dataset; frozen, in eval mode."""
+    teacher = load_model_weights(path, architecture, info)
     return teacher.to(device).eval().requires_grad_(False)
+
+
+def teacher_test_accuracy(
+    out: Path, sha256: str, teacher: nn.Module, data: PreparedData, device: torch.device
+) -> dict:
+    """The teacher's test-split accuracy, {"sha256", "test_top1", "test_top5"}: measured once per
+    weights (`sha256`) and dataset, then read from the store (`store.teacher_eval_path`)."""
+    path = store.teacher_eval_path(out, sha256, data.info.name)
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("sha256") == sha256:
+                return {key: cached[key] for key in ("sha256", "test_top1", "test_top5")}
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: measured again and rewritten
+    accuracy = evaluate(teacher, data.test, data.info, device)
+    result = {"sha256": sha256, "test_top1": accuracy["top1"], "test_top5": accuracy["top5"]}
+    if distributed.is_main():
+        store.atomic_write_bytes(path, (json.dumps({**result, "dataset": data.info.name}) + "\n").encode())
+    return result
 
 
 def find_cached(out: Path, spec: RunSpec, progress: Progress = to_stderr) -> tuple[Path, str] | None:

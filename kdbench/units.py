@@ -4,12 +4,16 @@ A unit is plain, picklable data: a teacher to train (`TeacherUnit`) or a run to 
 teacher checkpoint (`RunUnit`). `WorkerSettings` is what every unit of a sweep shares (the store,
 data location, device, threads). A `Worker` keeps the decoded datasets and the loaded teachers
 between the units it executes, and writes each unit's record; a failing run (non-finite loss, a
-pair its method cannot serve) is recorded as failed with its reason, never raised.
+pair its method cannot serve) is recorded as failed with its reason, never raised. A distillation
+record carries its teacher's test accuracy (`record["teacher"]`, measured once per teacher and dataset).
+
+`stage_student_init` checks a `--student-init` checkpoint and copies it into the store under its SHA-256,
+the specs' `student_init_sha256`, where every worker's Trainer finds it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,7 @@ from torch import nn
 
 from kdbench import distributed, plugins, store, teachers
 from kdbench.cohort import Cohort
-from kdbench.data import PreparedData, prepare_data
+from kdbench.data import DatasetInfo, PreparedData, prepare_data
 from kdbench.engine import NonFiniteLossError, train
 from kdbench.environment import environment
 from kdbench.methods.base import PairNotSupportedError
@@ -93,6 +97,7 @@ class Worker:
         }
         self._data: dict[tuple, PreparedData] = {}
         self._teachers: dict[str, nn.Module] = {}
+        self._teacher_accuracy: dict[tuple[str, str], dict] = {}  # (sha256, dataset) -> test accuracy
 
     def data_for(self, dataset: str, recipe: Recipe) -> PreparedData:
         key = (dataset, recipe.train_subset, recipe.val_split)  # only these choose the images
@@ -106,6 +111,17 @@ class Worker:
         if str(path) not in self._teachers:
             self._teachers[str(path)] = teachers.load_teacher(path, architecture, data.info, self.device)
         return self._teachers[str(path)]
+
+    def teacher_accuracy(self, spec: RunSpec, teacher: nn.Module, data: PreparedData) -> dict:
+        """The test accuracy of the spec's teacher (teachers.teacher_test_accuracy: measured once per
+        teacher and dataset, cached in the store)."""
+        sha256 = spec.teacher_sha256
+        key = (sha256, spec.dataset)
+        if key not in self._teacher_accuracy:
+            self._teacher_accuracy[key] = teachers.teacher_test_accuracy(
+                self.out, sha256, teacher, data, self.device
+            )
+        return self._teacher_accuracy[key]
 
     def execute(self, unit: Unit) -> list[Outcome]:
         """Train the unit's runs under the store's claims on them (taken in run-id order, so two
@@ -151,6 +167,9 @@ class Worker:
         data = self.data_for(specs[0].dataset, specs[0].recipe)
         architecture = next((spec.teacher for spec in specs if spec.teacher), None)
         teacher = self.teacher_module(architecture, teacher_path, data) if architecture else None
+        taught = next((spec for spec in specs if spec.teacher and spec.teacher_sha256), None)
+        if teacher is not None and taught is not None:  # the unit's specs share their teacher
+            self.teacher_accuracy(taught, teacher, data)
         environment = {**self.environment, "cohort_size": len(specs)}
         if len(specs) == 1:
             try:
@@ -198,6 +217,7 @@ class Worker:
             environment,
             None if error else result,
             None if error is None else str(error),
+            teacher=self._teacher_accuracy.get((spec.teacher_sha256, spec.dataset)) if spec.teacher else None,
         )
         store.write_record(self.out, record)
         store.checkpoint_path(self.out, spec.run_id).unlink(missing_ok=True)
@@ -206,3 +226,19 @@ class Worker:
         else:
             self.progress(f"[{spec.run_id}] {spec.label}: done, top-1 {record['metrics']['last_top1']:.2f}%")
         return Outcome(spec.run_id, status)
+
+
+def stage_student_init(out: Path, path: str | Path, students: Iterable[str], info: DatasetInfo) -> str:
+    """Check a `--student-init` checkpoint against every student it will start (one line naming the file
+    when it does not fit), copy it into the store under its SHA-256 and return that SHA-256 (the specs'
+    `student_init_sha256`): every worker, on any node sharing the store, loads it from there."""
+    path = Path(path)
+    for student in sorted(set(students)):
+        teachers.load_model_weights(
+            path, student, info, what="student init checkpoint", flag="--student-init"
+        )
+    digest = teachers.sha256_of(path)
+    target = store.student_init_path(out, digest)
+    if distributed.is_main() and not target.is_file():
+        store.atomic_write_bytes(target, path.read_bytes())
+    return digest

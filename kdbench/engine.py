@@ -196,6 +196,7 @@ class Trainer:
             batch_size=len(range(distributed.rank(), spec.recipe.batch_size, distributed.world_size())),
             image_shape=(info.in_chans, *info.image_size),
             teacher=teacher,
+            student=self.student,
         )
         self.method = method_cls(dict(spec.hp), context).to(device, memory_format=MEMORY_FORMAT)
         self.student_features = method_cls.student_features

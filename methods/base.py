@@ -57,6 +57,9 @@ class MethodContext:
     batch_size: int = 64  # samples of a full training batch in this process (SemCKD's embeddings read it)
     image_shape: tuple[int, ...] = (3, 32, 32)  # (C, H, W) of an input image
     teacher: nn.Module | None = None  # the frozen teacher itself, read-only (SimKD reuses its classifier)
+    # the live (possibly VAM-wrapped) student: a method may call its modules (SDD its classifier) but
+    # must not register them as its own (keep them out of `Method.parameters()` and its state_dict)
+    student: nn.Module | None = None
 
 
 # RepDistiller's and mdistiller's CIFAR-100 schedules are 240 epochs long; epoch counts in

@@ -174,6 +174,20 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the student's and teacher's training forward"
     )
+    parser.add_argument(
+        "--image-size",
+        type=_whole(1),
+        help="image side to train at (image folders; default: declared for the dataset, else the first image's)",
+    )
+    parser.add_argument(
+        "--loader",
+        choices=("memory", "stream", "auto"),
+        help="decode the dataset into memory, stream it from disk with DataLoader workers, or auto "
+        "(default: stream when the decoded data would take over half the available memory)",
+    )
+    parser.add_argument(
+        "--workers", type=_whole(0), help="DataLoader workers of a streamed dataset (sets KDBENCH_WORKERS)"
+    )
     _add_parallel_flags(parser)
     _add_common(parser)
 
@@ -480,6 +494,8 @@ def _flag_layer(args) -> dict:
     teacher_recipe = {"epochs": args.teacher_epochs}
     if args.train_subset is not None:
         recipe["train_subset"] = teacher_recipe["train_subset"] = args.train_subset or None
+    for key in ("image_size", "loader"):
+        recipe[key] = teacher_recipe[key] = getattr(args, key)
     vam_config = {
         "groups": args.vam_groups,
         "lr_scale": args.vam_lr_scale,
@@ -577,13 +593,36 @@ def _print_board(out: Path, fmt: str, dataset: str | None = None, published: boo
     return True
 
 
+def _with_data_choices(request, resolved: dict):
+    """The request's recipes with the image size and the loader decided from the data
+    (kdbench/data.py `resolve_recipe`), the loader `auto` where no flag, file or preset names one;
+    the teacher's must match the students' (a process holds one decoded copy of a dataset)."""
+    from kdbench.data import resolve_recipe
+
+    recipes = {}
+    for key in ("recipe", "teacher_recipe"):
+        asked = replace(getattr(request, key), loader=resolved.get(key, {}).get("loader", "auto"))
+        recipes[key] = resolve_recipe(
+            request.dataset, request.data_root, asked, device=request.device, copies=request.jobs
+        )
+    student, teacher = recipes["recipe"], recipes["teacher_recipe"]
+    if (student.image_size, student.loader) != (teacher.image_size, teacher.loader):
+        raise ConfigError(
+            f"recipe and teacher_recipe must share image_size and loader, got {student.image_size} "
+            f"{student.loader} vs {teacher.image_size} {teacher.loader}; set both (or --image-size / --loader)"
+        )
+    return replace(request, **recipes)
+
+
 def cmd_run(args) -> int:
     from kdbench import config, distributed, store
     from kdbench.sweep import Sweep
 
     resolved = _resolved_config(args)
     distributed.init_from_env(resolved["device"])  # under torchrun: one run on every process
-    request = config.build_request(resolved)
+    request = _with_data_choices(config.build_request(resolved), resolved)
+    if args.workers is not None:  # inherited by every worker process the sweep starts
+        os.environ["KDBENCH_WORKERS"] = str(args.workers)  # kdbench/streaming.py
     if distributed.is_main():
         store.ensure_writable(request.out)
         config.write_resolved(resolved, request.out, args.argv)
@@ -709,15 +748,18 @@ def cmd_list(args) -> int:
 
 def cmd_teacher(args) -> int:
     from kdbench.catalog import preset
+    from kdbench.data import resolve_recipe
     from kdbench.spec import Recipe
     from kdbench.teachers import ensure_teacher
 
     chosen = preset(args.preset)
     dataset = args.dataset or chosen["dataset"]
+    # the image size and the loader (auto unless the preset names one) decided from the data
+    recipe = Recipe.from_dict({"loader": "auto", **chosen["teacher_recipe"]})
     path, digest = ensure_teacher(
         args.name,
         dataset,
-        _teacher_recipe(args, Recipe.from_dict(chosen["teacher_recipe"])),
+        resolve_recipe(dataset, args.data_root, _teacher_recipe(args, recipe), device=args.device),
         Path(args.out),
         data_root=args.data_root,
         device=args.device,

@@ -12,11 +12,17 @@ Loaders (registered in `kdbench.registries.DATASETS`, called as `fn(root, **opti
     cifar10         torchvision's pickles under root/cifar-10-batches-py (Krizhevsky 2009)
     cifar100        torchvision's pickles under root/cifar-100-python, fine labels
     imagefolder     root/train/<class>/... and root/val (or root/test); Tiny-ImageNet's val layout too
+    tiny-imagenet   the same layout (root or root/tiny-imagenet-200), 64x64, declared normalisation
+    imagenet        the same layout (root or root/imagenet), 224x224, ImageNet's normalisation
     digits          scikit-learn's bundled 8x8 digits (UCI optdigits test set), stratified split
     synthetic       seeded class patterns plus noise, for tests and smoke runs
 
 Nothing here downloads anything: a missing dataset raises DatasetNotFoundError saying where
 it was looked for and how to get it.
+
+The image-folder datasets can also be streamed from disk (`Recipe.loader`: memory | stream |
+auto; kdbench/streaming.py): `prepare_data` then hands the engine `StreamData` splits, which
+`iterate_batches` reads like `ImageData`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import os
 import pickle
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +44,7 @@ import torch.nn.functional as F
 from kdbench.errors import ConfigError, KdbenchError
 from kdbench.registries import DATASETS, lookup
 from kdbench.spec import Recipe
+from kdbench.streaming import DatasetCorruptError, StreamData, decode, fits_in_memory, image_side
 
 DATA_ROOT_ENV = "KDBENCH_DATA"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -47,8 +54,7 @@ class DatasetNotFoundError(KdbenchError, RuntimeError):
     """The dataset's files are not where they were looked for; the message says how to get them."""
 
 
-class DatasetCorruptError(KdbenchError, RuntimeError):
-    """A dataset file exists but cannot be decoded (truncated, wrong format); the message names it."""
+# DatasetCorruptError is defined in kdbench/streaming.py (which decodes images too), imported from here too
 
 
 @dataclass
@@ -187,7 +193,7 @@ def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 
 
 def iterate_batches(
-    data: ImageData,
+    data: ImageData | StreamData,
     info: DatasetInfo,
     batch_size: int,
     *,
@@ -201,10 +207,24 @@ def iterate_batches(
 
     indices are the samples' positions in `data` (CRD's memory bank is indexed by them).
     The order and the augmentation are drawn from `generator` only, so one seeded generator
-    makes an epoch reproducible; it is required when shuffling or augmenting.
+    makes an epoch reproducible; it is required when shuffling or augmenting. A `StreamData`
+    split decodes its batches from disk (kdbench/streaming.py), normalised here alike.
     """
     if (shuffle or augment) and generator is None:
         raise ValueError("iterate_batches needs a torch.Generator to shuffle or augment")
+    if isinstance(data, StreamData):
+        streamed = data.batches(
+            batch_size,
+            shuffle=shuffle,
+            augment=augment,
+            generator=generator,
+            drop_last=drop_last,
+            pin_memory=torch.device(device).type == "cuda",
+        )
+        for images, labels, indices in streamed:
+            images = images.to(device, non_blocking=True)
+            yield normalize(images, info), labels.to(device, non_blocking=True), indices.to(device)
+        return
     count = len(data)
     if shuffle:
         order = torch.randperm(count, generator=generator, device=generator.device).cpu()
@@ -548,37 +568,65 @@ def load_cifar100(root: Path | None) -> tuple[DatasetInfo, ImageData, ImageData]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+@dataclass(frozen=True)
+class ImageFolderKind:
+    """What is known of an image-folder dataset before reading it. image_size None: the first
+    training image's shorter side; mean / std None: measured on the training images; crop_fraction:
+    the central share of a test image's shorter side resized to the image size (1: all of it)."""
+
+    subfolder: str | None = None  # also looked for under root (as torchvision's download leaves it)
+    image_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    crop_fraction: float = 1.0
+
+
+IMAGE_FOLDERS = {
+    "imagefolder": ImageFolderKind(),
+    # Tiny-ImageNet (CS231n, Stanford 2015): 200 classes, 500 train / 50 val 64x64 images each;
+    # normalisation and full-image test transform as mdistiller's dataset/tiny_imagenet.py
+    "tiny-imagenet": ImageFolderKind(
+        "tiny-imagenet-200", 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), 1.0
+    ),
+    # ImageNet-1k (ILSVRC 2012) in torchvision's ImageFolder layout (val/ sorted into class folders):
+    # 224 crops, Resize(256) + CenterCrop(224) for test, torchvision's normalisation
+    "imagenet": ImageFolderKind("imagenet", 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.875),
+}
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """An image folder's files, nothing decoded: class names, (paths, labels) per split."""
+
+    base: Path
+    classes: tuple[str, ...]
+    train: tuple[list[str], torch.Tensor]
+    test: tuple[list[str], torch.Tensor]
+
+
 def _image_files(folder: Path) -> list[Path]:
     # Recursive: Tiny-ImageNet keeps a class's training images in train/<wnid>/images/.
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _decode_images(paths: list[Path], image_size: int) -> torch.Tensor:
-    """Decode to RGB, resize the shorter side to image_size and centre-crop: uint8 (N, 3, S, S)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
+def _decode_images(paths: list[str], image_size: int, crop_fraction: float = 1.0) -> torch.Tensor:
+    """Decode to RGB, the central crop_fraction of the shorter side resized to image_size
+    (kdbench/streaming.py's `fit_image`, as the streaming loader's unaugmented images): uint8 (N, 3, S, S)."""
     out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                fitted = ImageOps.fit(
-                    image.convert("RGB"), (image_size, image_size), Image.Resampling.BILINEAR
-                )
-        except (OSError, UnidentifiedImageError) as error:
-            raise DatasetCorruptError(
-                f"{path} cannot be decoded as an image ({error}); remove or replace it"
-            ) from error
-        out[i] = np.asarray(fitted)
+        out[i] = decode(path, image_size, crop_fraction)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def _folder_split(split_dir: Path, classes: tuple[str, ...], image_size: int) -> ImageData:
-    """One split: <class>/... subfolders, or Tiny-ImageNet's images/ + val_annotations.txt."""
+def _folder_split(split_dir: Path, classes: tuple[str, ...]) -> tuple[list[str], torch.Tensor]:
+    """One split's (paths, labels): <class>/... subfolders, or Tiny-ImageNet's images/ + val_annotations.txt."""
     index = {name: i for i, name in enumerate(classes)}
     annotations = split_dir / "val_annotations.txt"
     if annotations.is_file():
         # Tiny-ImageNet val: "<file>\t<wnid>\t<box>" per line, the files in images/.
         rows = [line.split("\t")[:2] for line in annotations.read_text().splitlines() if line.strip()]
+        if any(len(row) != 2 for row in rows):
+            raise DatasetCorruptError(f"{annotations}: expected '<file>\\t<class>\\t...' lines")
         samples = [(split_dir / "images" / file, wnid) for file, wnid in rows]
     else:
         samples = [(p, d.name) for d in sorted(split_dir.iterdir()) if d.is_dir() for p in _image_files(d)]
@@ -586,29 +634,26 @@ def _folder_split(split_dir: Path, classes: tuple[str, ...], image_size: int) ->
     if unknown:
         raise DatasetCorruptError(f"{split_dir} has classes not in train/: {', '.join(unknown[:5])}")
     if not samples:
-        raise DatasetNotFoundError(f"no images in {split_dir} (expected {split_dir}/<class>/*.png|jpg)")
-    images = _decode_images([path for path, _ in samples], image_size)
-    return ImageData(images, torch.tensor([index[name] for _, name in samples], dtype=torch.int64))
+        raise DatasetNotFoundError(
+            f"no images in {split_dir} (expected {split_dir}/<class>/*.png|jpg, or Tiny-ImageNet's "
+            "images/ + val_annotations.txt)"
+        )
+    labels = torch.tensor([index[name] for _, name in samples], dtype=torch.int64)
+    return [str(path) for path, _ in samples], labels
 
 
-@DATASETS.register_module(name="imagefolder")
-def load_imagefolder(
-    root: Path | None, image_size: int = 32, crop_padding: int | None = None, hflip: bool = True
-) -> tuple[DatasetInfo, ImageData, ImageData]:
-    """Images in class folders (torchvision's ImageFolder layout): root/train/<class>/..., and
-    root/val/ (or root/test/) the same way or as Tiny-ImageNet ships it (val_annotations.txt).
-
-    Decoded once with PIL, resized (shorter side) and centre-cropped to image_size (64 suits
-    Tiny-ImageNet). crop_padding defaults to image_size / 8 (4 at 32, as CIFAR); normalisation
-    is computed from the training images.
-    """
+def list_image_folder(name: str, root: Path | None) -> FolderListing:
+    """The files of image-folder dataset `name` (IMAGE_FOLDERS) under `root` (else $KDBENCH_DATA)."""
+    kind = IMAGE_FOLDERS[name]
     base = _root_or_env(root)
     layout = (
-        f"expected DIR/train/<class>/*.png|jpg and DIR/val/ or DIR/test/; "
-        f"pass --data-root DIR or set {DATA_ROOT_ENV}"
+        f"expected DIR/train/<class>/*.png|jpg and DIR/val/ or DIR/test/ (class folders, or Tiny-ImageNet's "
+        f"images/ + val_annotations.txt); pass --data-root DIR or set {DATA_ROOT_ENV}"
     )
     if base is None:
-        raise DatasetNotFoundError(f"imagefolder needs a data folder: {layout}")
+        raise DatasetNotFoundError(f"{name} needs a data folder: {layout}")
+    if kind.subfolder and not (base / "train").is_dir() and (base / kind.subfolder).is_dir():
+        base = base / kind.subfolder
     train_dir = base / "train"
     test_dir = next((base / s for s in ("val", "test") if (base / s).is_dir()), None)
     if not train_dir.is_dir() or test_dir is None:
@@ -616,21 +661,157 @@ def load_imagefolder(
     classes = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
     if not classes:
         raise DatasetNotFoundError(f"no class folders in {train_dir}; {layout}")
-    train = _folder_split(train_dir, classes, image_size)
-    test = _folder_split(test_dir, classes, image_size)
-    mean, std = channel_stats(train.images)
+    return FolderListing(base, classes, _folder_split(train_dir, classes), _folder_split(test_dir, classes))
+
+
+def _folder_image_size(name: str, listing: FolderListing, image_size: int | None) -> int:
+    """The side images are trained at: asked for, else declared for the dataset, else the first
+    training image's shorter side (the folder's own resolution)."""
+    if image_size is not None:
+        _check_image_size(image_size)
+        return image_size
+    return IMAGE_FOLDERS[name].image_size or image_side(listing.train[0][0])
+
+
+def _check_image_size(image_size) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ConfigError(f"image-size must be a whole number >= 1, got {image_size!r}")
+
+
+def _load_image_folder(
+    name: str, root: Path | None, image_size: int | None, crop_padding: int | None, hflip: bool
+) -> tuple[DatasetInfo, ImageData, ImageData]:
+    kind, listing = IMAGE_FOLDERS[name], list_image_folder(name, root)
+    size = _folder_image_size(name, listing, image_size)
+    train = ImageData(_decode_images(listing.train[0], size), listing.train[1])
+    test = ImageData(_decode_images(listing.test[0], size, kind.crop_fraction), listing.test[1])
+    mean, std = (kind.mean, kind.std) if kind.mean else channel_stats(train.images)
     info = DatasetInfo(
-        name="imagefolder",
-        num_classes=len(classes),
+        name=name,
+        num_classes=len(listing.classes),
         in_chans=3,
-        image_size=(image_size, image_size),
+        image_size=(size, size),
         mean=mean,
         std=std,
-        crop_padding=image_size // 8 if crop_padding is None else crop_padding,
+        crop_padding=size // 8 if crop_padding is None else crop_padding,
         hflip=hflip,
-        classes=classes,
+        classes=listing.classes,
     )
     return info, train, test
+
+
+@DATASETS.register_module(name="imagefolder")
+def load_imagefolder(
+    root: Path | None, image_size: int | None = None, crop_padding: int | None = None, hflip: bool = True
+) -> tuple[DatasetInfo, ImageData, ImageData]:
+    """Images in class folders (torchvision's ImageFolder layout): root/train/<class>/..., and
+    root/val/ (or root/test/) the same way or as Tiny-ImageNet ships it (val_annotations.txt).
+
+    Decoded once with PIL, centre-cropped square and resized to image_size (default: the first
+    training image's shorter side, the folder's own resolution). crop_padding defaults to
+    image_size / 8 (4 at 32, as CIFAR); normalisation is computed from the training images.
+    """
+    return _load_image_folder("imagefolder", root, image_size, crop_padding, hflip)
+
+
+@DATASETS.register_module(name="tiny-imagenet")
+def load_tiny_imagenet(
+    root: Path | None, image_size: int | None = None, crop_padding: int | None = None, hflip: bool = True
+) -> tuple[DatasetInfo, ImageData, ImageData]:
+    """Tiny-ImageNet as unpacked (tiny-imagenet-200/: train/<wnid>/images/, val/images/ +
+    val_annotations.txt), under root or root/tiny-imagenet-200; 64x64 unless image_size says
+    otherwise; mdistiller's normalisation (0.4802, 0.4481, 0.3975) / (0.2302, 0.2265, 0.2262)."""
+    return _load_image_folder("tiny-imagenet", root, image_size, crop_padding, hflip)
+
+
+@DATASETS.register_module(name="imagenet")
+def load_imagenet(
+    root: Path | None, image_size: int | None = None, crop_padding: int | None = None, hflip: bool = True
+) -> tuple[DatasetInfo, ImageData, ImageData]:
+    """ImageNet-1k in torchvision's ImageFolder layout (train/<wnid>/, val/<wnid>/) under root or
+    root/imagenet; 224 unless image_size says otherwise. Decoded into memory only when asked
+    (`--loader memory`): at 224 that is about 200 GB; `--loader auto` streams it."""
+    return _load_image_folder("imagenet", root, image_size, crop_padding, hflip)
+
+
+# sample of training images (evenly spaced) whose pixels give a streamed folder's mean / std
+STATS_SAMPLE = 2048
+
+
+def open_stream(
+    name: str, root: Path | None, image_size: int | None = None
+) -> tuple[DatasetInfo, StreamData, StreamData]:
+    """An image-folder dataset as streamed splits (kdbench/streaming.py): (info, train, test).
+
+    Normalisation: declared for the dataset, else measured on up to STATS_SAMPLE training images
+    decoded as the in-memory loader decodes them (all of them in a folder that small: then both
+    loaders normalise alike). info.crop_padding is 0: streamed training images are augmented by
+    RandomResizedCrop + flip instead.
+    """
+    if name not in IMAGE_FOLDERS:
+        raise ConfigError(
+            f"the streaming loader reads image folders ({', '.join(IMAGE_FOLDERS)}); "
+            f"{name} is decoded into memory: use --loader memory"
+        )
+    kind, listing = (
+        IMAGE_FOLDERS[name],
+        list_image_folder(name, None if root is None else Path(root).expanduser()),
+    )
+    size = _folder_image_size(name, listing, image_size)
+    train = StreamData(listing.train[0], listing.train[1], size)
+    test = StreamData(listing.test[0], listing.test[1], size, kind.crop_fraction)
+    if kind.mean:
+        mean, std = kind.mean, kind.std
+    else:
+        sample = torch.linspace(0, len(train) - 1, min(STATS_SAMPLE, len(train))).round().long().unique()
+        batches = train.take(sample).batches(256, shuffle=False, augment=False, generator=None)
+        mean, std = channel_stats(torch.cat([images for images, _, _ in batches]))
+    info = DatasetInfo(
+        name=name,
+        num_classes=len(listing.classes),
+        in_chans=3,
+        image_size=(size, size),
+        mean=mean,
+        std=std,
+        crop_padding=0,
+        hflip=True,
+        classes=listing.classes,
+    )
+    return info, train, test
+
+
+def resolve_recipe(
+    dataset: str,
+    data_root: str | None,
+    recipe: Recipe,
+    *,
+    device: torch.device | str = "cpu",
+    copies: int = 1,
+) -> Recipe:
+    """`recipe` with the data choices made, so a spec records them: an image folder's image size
+    (asked for, declared, else its first training image's) and the loader (`auto`: memory when
+    `copies` decoded copies of train + test fit in kdbench/streaming.py's share of the available
+    memory, else stream). Datasets of a fixed size take the in-memory loader only.
+    """
+    if dataset in IMAGE_FOLDERS:
+        listing = list_image_folder(dataset, None if data_root is None else Path(data_root).expanduser())
+        size = _folder_image_size(dataset, listing, recipe.image_size)
+        loader = recipe.loader
+        if loader == "auto":
+            count = len(listing.train[1]) + len(listing.test[1])
+            loader = "memory" if fits_in_memory(count * 3 * size * size, device, copies) else "stream"
+        return replace(recipe, image_size=size, loader=loader)
+    if recipe.loader == "stream":
+        open_stream(dataset, None)  # raises: not an image folder
+    if (
+        recipe.image_size is not None
+        and "image_size" not in inspect.signature(lookup(DATASETS, "dataset", dataset)).parameters
+    ):
+        raise ConfigError(
+            f"--image-size applies to image folders ({', '.join(IMAGE_FOLDERS)}) and synthetic data; "
+            f"{dataset} has a fixed size"
+        )
+    return replace(recipe, loader="memory")
 
 
 # --- scikit-learn digits -------------------------------------------------------------------
@@ -728,9 +909,9 @@ def load_synthetic(
 @dataclass
 class PreparedData:
     info: DatasetInfo
-    train: ImageData
-    test: ImageData
-    val: ImageData | None
+    train: ImageData | StreamData
+    test: ImageData | StreamData
+    val: ImageData | StreamData | None
 
     def to(self, device: torch.device | str) -> PreparedData:
         """Every split on `device` (uint8 images: a quarter of their float size)."""
@@ -748,15 +929,35 @@ def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> Prepare
     sweep's validation, its in-process worker and `kdbench explain`'s sweeps alike).
     """
     # the environment's data folder is part of the key: the loader looks there when data_root is None
-    return _prepared(dataset, data_root, recipe.train_subset, recipe.val_split, os.environ.get(DATA_ROOT_ENV))
+    return _prepared(
+        dataset,
+        data_root,
+        recipe.train_subset,
+        recipe.val_split,
+        os.environ.get(DATA_ROOT_ENV),
+        recipe.image_size,
+        recipe.loader,
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def _prepared(
-    dataset: str, data_root: str | None, train_subset: int | None, val_split: float, env_root: str | None
+    dataset: str,
+    data_root: str | None,
+    train_subset: int | None,
+    val_split: float,
+    env_root: str | None,
+    image_size: int | None = None,
+    loader: str = "memory",
 ) -> PreparedData:
     del env_root  # a cache key only
-    info, train, test = load_dataset(dataset, data_root)
+    if loader == "auto":  # `kdbench run` decides before making specs; a recipe left at auto decides here
+        loader = resolve_recipe(dataset, data_root, Recipe(image_size=image_size, loader=loader)).loader
+    if loader == "stream":
+        info, train, test = open_stream(dataset, data_root, image_size)
+    else:
+        options = {} if image_size is None else {"image_size": image_size}
+        info, train, test = load_dataset(dataset, data_root, **options)
     if train_subset and train_subset < len(train.labels):
         train = stratified_subset(train, train_subset, seed=0)
     val = None

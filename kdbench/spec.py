@@ -35,6 +35,9 @@ def _require(value, name: str, *, whole=False, low=None, above=None, below=None)
         raise ConfigError(f"{name} must be {kind} {' and '.join(b for b in bounds if b)}, got {value!r}")
 
 
+LOADERS = ("memory", "stream", "auto")  # how a dataset is read (kdbench/streaming.py)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Optimisation recipe. Defaults: RepDistiller's CIFAR-100 recipe (Tian et al., ICLR 2020,
@@ -51,6 +54,10 @@ class Recipe:
     train_subset: int | None = None  # stratified subset of the training set (quick presets)
     val_split: float = 0.0  # held-out validation fraction carved from the training set
     eval_every: int = 1  # evaluate on the test split every N epochs (and always after the last)
+    # the side images are trained at (image folders; None: the dataset's own) and how they are read:
+    # decoded into memory, streamed from disk (kdbench/streaming.py), or auto (chosen by the data's size)
+    image_size: int | None = None
+    loader: str = "memory"
 
     def __post_init__(self) -> None:
         _require(self.epochs, "epochs", whole=True, low=1)
@@ -65,6 +72,10 @@ class Recipe:
             _require(self.train_subset, "train-subset", whole=True, low=1)
         _require(self.val_split, "val-split", low=0.0, below=1.0)
         _require(self.eval_every, "eval-every", whole=True, low=1)
+        if self.image_size is not None:
+            _require(self.image_size, "image-size", whole=True, low=1)
+        if self.loader not in LOADERS:
+            raise ConfigError(f"loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
@@ -114,6 +125,8 @@ class VAMConfig:
         return cls(**data)
 
 
+# recipe fields added after the first records were written, and their defaults (as HASH_OMITS_AT_DEFAULT)
+RECIPE_HASH_OMITS_AT_DEFAULT = {"image_size": None, "loader": "memory"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 # fields added after the first records were written, and their defaults
 HASH_OMITS_AT_DEFAULT = {"precision": "fp32", "compile": False, "world_size": 1, "student_init_sha256": None}
@@ -164,6 +177,9 @@ class RunSpec:
         for name, default in HASH_OMITS_AT_DEFAULT.items():
             if data[name] == default:
                 del data[name]
+        for name, default in RECIPE_HASH_OMITS_AT_DEFAULT.items():
+            if data["recipe"][name] == default:
+                del data["recipe"][name]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

@@ -13,7 +13,8 @@ LAYERS = [
     ["kdbench", "kdbench.errors", "kdbench.spec", "kdbench.store", "kdbench.features", "kdbench.distributed"]
     + ["kdbench.progress"]
     + ["kdbench.registries", "kdbench.catalog", "kdbench.environment"],
-    ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data", "kdbench.measure"]
+    ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data", "kdbench.streaming"]
+    + ["kdbench.measure"]
     + ["kdbench.precision", "kdbench.plugins"],
     ["kdbench.teachers", "kdbench.engine", "kdbench.cohort", "kdbench.units", "kdbench.ratios"],
     ["kdbench.backends"],

@@ -31,9 +31,7 @@ def run(
     from kdbench.sweep import Sweep
 
     resolved = sweep_config.resolve(config, keys, preset)
-    request = sweep_config.build_request(resolved)
-    store.ensure_writable(request.out)
-    sweep_config.write_resolved(resolved, request.out, ["api.run"])
+    request = sweep_config.prepare(sweep_config.build_request(resolved), resolved, ["api.run"])
     summary = Sweep(request, progress=progress).run()
     wanted = summary.done + summary.cached + summary.failed
     return [store.find_record(request.out, run_id) for run_id in wanted]

@@ -112,6 +112,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--methods", help="comma list of method names, or 'all'")
     parser.add_argument(
+        "--log",
+        metavar="TRACKERS",
+        help="per-epoch scalars to trackers, comma list: tensorboard, mlflow, wandb, aim "
+        "(under STORE/trackers; each needs its package); every run also logs to STORE/logs/<run_id>.txt",
+    )
+    parser.add_argument(
         "--pairs", help="teacher:student[,teacher:student...] or a pair group (quick, repdistiller)"
     )
     parser.add_argument("--dataset", help="dataset name (kdbench list datasets)")
@@ -525,6 +531,8 @@ def _flag_layer(args) -> dict:
         "ray_address": args.ray_address,
         "slurm": _slurm_options(args),
         "out": args.out,
+        "log": args.log,
+        "student_init": args.student_init,
     }
     if args.plugin:
         from kdbench.plugins import resolve
@@ -593,41 +601,15 @@ def _print_board(out: Path, fmt: str, dataset: str | None = None, published: boo
     return True
 
 
-def _with_data_choices(request, resolved: dict):
-    """The request's recipes with the image size and the loader decided from the data
-    (kdbench/data.py `resolve_recipe`), the loader `auto` where no flag, file or preset names one;
-    the teacher's must match the students' (a process holds one decoded copy of a dataset)."""
-    from kdbench.data import resolve_recipe
-
-    recipes = {}
-    for key in ("recipe", "teacher_recipe"):
-        asked = replace(getattr(request, key), loader=resolved.get(key, {}).get("loader", "auto"))
-        recipes[key] = resolve_recipe(
-            request.dataset, request.data_root, asked, device=request.device, copies=request.jobs
-        )
-    student, teacher = recipes["recipe"], recipes["teacher_recipe"]
-    if (student.image_size, student.loader) != (teacher.image_size, teacher.loader):
-        raise ConfigError(
-            f"recipe and teacher_recipe must share image_size and loader, got {student.image_size} "
-            f"{student.loader} vs {teacher.image_size} {teacher.loader}; set both (or --image-size / --loader)"
-        )
-    return replace(request, **recipes)
-
-
 def cmd_run(args) -> int:
-    from kdbench import config, distributed, store
+    from kdbench import config, distributed
     from kdbench.sweep import Sweep
 
     resolved = _resolved_config(args)
     distributed.init_from_env(resolved["device"])  # under torchrun: one run on every process
-    request = _with_data_choices(config.build_request(resolved), resolved)
     if args.workers is not None:  # inherited by every worker process the sweep starts
         os.environ["KDBENCH_WORKERS"] = str(args.workers)  # kdbench/streaming.py
-    if distributed.is_main():
-        store.ensure_writable(request.out)
-        config.write_resolved(resolved, request.out, args.argv)
-    if args.student_init:  # checked against every student, copied into the store under its SHA-256
-        request = replace(request, student_init_sha256=_stage_student_init(args.student_init, request))
+    request = config.prepare(config.build_request(resolved), resolved, args.argv, write=distributed.is_main())
     quiet = None if distributed.is_main() else (lambda line: None)
     summary = Sweep(request, progress=quiet).run()
     if not distributed.is_main():
@@ -639,14 +621,6 @@ def cmd_run(args) -> int:
     )
     _print_board(request.out, args.format, dataset=request.dataset)
     return 1 if summary.failed else 0
-
-
-def _stage_student_init(path: str, request) -> str:
-    from kdbench.data import prepare_data
-    from kdbench.units import stage_student_init
-
-    info = prepare_data(request.dataset, request.data_root, request.recipe).info
-    return stage_student_init(request.out, path, [pair.student for pair in request.pairs], info)
 
 
 def cmd_rerun(args) -> int:

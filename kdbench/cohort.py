@@ -72,6 +72,7 @@ class Cohort:
         device: torch.device,
         out: Path,
         progress: Callable[[str], None] | None = None,
+        on_epoch: Callable[[RunSpec, dict], None] | None = None,
     ):
         self.teacher, self.device = teacher, device
         self.members = [Member(spec) for spec in specs]
@@ -85,6 +86,7 @@ class Cohort:
                     out=out,
                     progress=progress,
                     progress_bar=False,
+                    on_epoch=on_epoch,
                 )
             except FAILURES as err:
                 member.error = err

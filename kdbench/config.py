@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from kdbench import catalog, plugins
 from kdbench.errors import ConfigError
 from kdbench.spec import Recipe, VAMConfig, grid_points
+from kdbench.trackers import check_trackers
 
 # every key a sweep file (or a preset) may hold
 KEYS = {
@@ -50,6 +51,8 @@ KEYS = {
     "slurm": "SLURM options: partition, gpus_per_task, time_min, array_parallelism",
     "custom_imports": "plugins to load first: {imports: [module or file.py, ...]} (mmengine's key)",
     "out": "results store folder",
+    "log": "trackers of per-epoch scalars: tensorboard, mlflow, wandb, aim (a list)",
+    "student_init": "checkpoint every student starts from (its SHA-256 goes into each spec)",
 }
 VAM_MODES = {"on": [True], "off": [False], "both": [False, True]}
 
@@ -235,8 +238,51 @@ def build_request(config: dict):
         teacher_path=config.get("teacher"),
         out=Path(config.get("out", RUN_DEFAULTS["out"])),
         plugins=tuple(imports),
+        trackers=check_trackers(_names(config.get("log", []), "log")),
         **{key: config[key] for key in optional if key in config},
     )
+
+
+def _with_data_choices(request, config: dict):
+    """The request's recipes with the image size and the loader decided from the data
+    (kdbench/data.py `resolve_recipe`), the loader `auto` where no flag, file or preset names one;
+    the teacher's must match the students' (a process holds one decoded copy of a dataset)."""
+    from kdbench.data import resolve_recipe
+
+    recipes = {}
+    for key in ("recipe", "teacher_recipe"):
+        asked = replace(getattr(request, key), loader=config.get(key, {}).get("loader", "auto"))
+        recipes[key] = resolve_recipe(
+            request.dataset, request.data_root, asked, device=request.device, copies=request.jobs
+        )
+    student, teacher = recipes["recipe"], recipes["teacher_recipe"]
+    if (student.image_size, student.loader) != (teacher.image_size, teacher.loader):
+        raise ConfigError(
+            f"recipe and teacher_recipe must share image_size and loader, got {student.image_size} "
+            f"{student.loader} vs {teacher.image_size} {teacher.loader}; set both (or --image-size / --loader)"
+        )
+    return replace(request, **recipes)
+
+
+def prepare(request, config: dict, argv: list[str] | None = None, write: bool = True):
+    """What a sweep needs before it starts, for the command line and the API alike: the image size and
+    loader decided from the data, the store checked and given the resolved configuration, and a
+    `student_init` checkpoint checked and copied into the store (its SHA-256 into every spec)."""
+    from kdbench import store
+
+    request = _with_data_choices(request, config)
+    if write:
+        store.ensure_writable(request.out)
+        write_resolved(config, request.out, argv)
+    if config.get("student_init"):
+        from kdbench.data import prepare_data
+        from kdbench.units import stage_student_init
+
+        info = prepare_data(request.dataset, request.data_root, request.recipe).info
+        students = [pair.student for pair in request.pairs]
+        digest = stage_student_init(request.out, config["student_init"], students, info)
+        request = replace(request, student_init_sha256=digest)
+    return request
 
 
 def resolved_record(config: dict, argv: list[str] | None = None) -> dict:

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from kdbench import distributed
 from kdbench.data import (
@@ -52,6 +51,7 @@ from kdbench.measure import inference_flops, measure_train_step, parameter_count
 from kdbench.methods.base import Method, MethodContext, method_class
 from kdbench.models import build_model, load_weights
 from kdbench.precision import Precision, backward_step
+from kdbench.progress import bar as progress_bar
 from kdbench.progress import to_stderr
 from kdbench.registries import WRAPPERS
 from kdbench.spec import RunSpec
@@ -155,9 +155,11 @@ class Trainer:
         out: Path,
         progress: Callable[[str], None] | None = None,
         progress_bar: bool | None = None,
+        on_epoch: Callable[[RunSpec, dict], None] | None = None,
     ):
         self.spec, self.data, self.device, self.out = spec, data, device, Path(out)
         self.progress = progress or to_stderr
+        self.on_epoch = on_epoch  # each finished epoch's history entry (trackers, kdbench/trackers.py)
         # a live bar for people at a terminal (None: when stderr is one); logs get per-epoch lines
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         info = data.info
@@ -403,7 +405,9 @@ class Trainer:
         batches = self.batches()
         if self.progress_bar:
             steps_per_epoch = math.ceil(len(self.data.train) / self.spec.recipe.batch_size)
-            batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step")
+            batches = progress_bar(
+                batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step"
+            )
         start = time.perf_counter()
         for images, labels, indices in batches:
             meter.add(*self.step(images, labels, indices, f"epoch {epoch} step {meter.steps}"), len(labels))
@@ -515,6 +519,8 @@ class Trainer:
                     model, self.data.val, self.data.info, self.device, self.precision.autocast
                 )["top1"]
         self.history.append(entry)
+        if self.on_epoch is not None:
+            self.on_epoch(self.spec, entry)
         self.train_seconds += entry["epoch_seconds"]
         self.save_checkpoint(epoch)
         self.progress(

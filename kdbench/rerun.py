@@ -10,6 +10,7 @@ count they agree bit for bit.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,12 @@ def rerun(
     settings = WorkerSettings(
         out=out, data_root=data_root, device=device, threads=environment.get("threads"), force=True
     )
+    if spec.student_init_sha256:  # the run's --student-init, kept in its store under its SHA-256
+        init = store_root / "inits" / f"{spec.student_init_sha256}.pt"
+        if not init.is_file():
+            raise ConfigError(f"the record's student init {init} is missing")
+        (out / "inits").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(init, out / "inits" / init.name)
     worker = Worker(settings, progress=progress)
     if spec.kind == "teacher":
         unit = TeacherUnit(spec)

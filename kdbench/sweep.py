@@ -10,11 +10,13 @@ copying their `runs/` folders together.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from kdbench import distributed, ratios, store, teachers
 from kdbench.backends import Backend, open_backend
@@ -24,7 +26,7 @@ from kdbench.data import DatasetInfo, prepare_data
 from kdbench.errors import ConfigError
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import build_model, list_models
-from kdbench.progress import to_stderr
+from kdbench.progress import bar, to_stderr
 from kdbench.spec import Recipe, RunSpec, VAMConfig, grid_points
 from kdbench.units import RunUnit, TeacherUnit, WorkerSettings
 
@@ -56,6 +58,7 @@ class SweepRequest:
     ray_address: str | None = None  # None: a local Ray; "auto" or HOST:PORT: join that cluster
     slurm: dict = field(default_factory=dict)  # SlurmBackend options: partition, gpus_per_task, time_min
     plugins: tuple[str, ...] = ()  # plugin files and modules every worker loads (kdbench/plugins.py)
+    trackers: tuple[str, ...] = ()  # per-epoch scalars to these back-ends (kdbench/trackers.py)
     student_init_sha256: str | None = None  # every student starts from these weights (--student-init)
 
 
@@ -152,6 +155,7 @@ class Sweep:
         self.progress_bar = progress_bar
         self.summary = SweepSummary()
         self.submitted: set[str] = set()  # pairs sharing a student share its baseline run
+        self.bar = bar(disable=True)  # finished runs, on a terminal where runs train elsewhere (`runs_bar`)
 
     def backend(self) -> Backend:
         """The request's back-end by name (kdbench/backends/__init__.py)."""
@@ -164,6 +168,7 @@ class Sweep:
             concurrent_runs=request.jobs,
             force=request.force,
             plugins=request.plugins,
+            trackers=request.trackers,
         )
         return open_backend(
             request.backend,
@@ -209,9 +214,18 @@ class Sweep:
     def submit(self, backend: Backend, specs: list[RunSpec], teacher: tuple[Path, str] | None) -> None:
         """One unit per cohort (or per run with --cohort off); see `cohorts`."""
         teacher_path = str(teacher[0]) if teacher else None
+        self.bar.total = (self.bar.total or 0) + len(specs)
+        self.bar.refresh()
         alone = distributed.world_size() > 1  # the ranks of a torchrun run train one run at a time
         for members in plan_cohorts(specs, self.request.jobs, self.request.cohort and not alone):
             backend.submit(RunUnit(tuple(members), teacher_path))
+
+    def runs_bar(self) -> tqdm:
+        """A bar of finished runs for a terminal when runs train in other processes (a pool, Ray,
+        SLURM), whose epoch bars would garble each other; in this process the engine draws them."""
+        elsewhere = self.request.jobs > 1 or self.request.backend != "local"
+        shown = sys.stderr.isatty() if self.progress_bar is None else self.progress_bar
+        return bar(total=0, desc="runs", unit="run", disable=not (shown and elsewhere))
 
     def run(self) -> SweepSummary:
         """Teachers first where they must be trained; runs needing no teacher start beside them."""
@@ -236,7 +250,7 @@ class Sweep:
                 else:
                     spec = teachers.teacher_spec(pair.teacher, request.dataset, request.teacher_recipe)
                     to_train[spec.run_id] = spec
-        with self.backend() as backend:
+        with self.backend() as backend, self.runs_bar() as self.bar:
             for spec in to_train.values():
                 backend.submit(TeacherUnit(spec))
             for pair in request.pairs:  # with a known teacher, the baseline rides in its cohorts
@@ -255,6 +269,7 @@ class Sweep:
                             self.submit(backend, self.pending(pair, known[architecture]), known[architecture])
                 else:
                     getattr(self.summary, outcome.status).append(outcome.run_id)  # done, cached or failed
+                    self.bar.update()
         if distributed.is_main():
             ratios.fill_time_ratios(self.out, self.summary.done + self.summary.cached)
         return self.summary

@@ -29,6 +29,7 @@ from kdbench.environment import environment
 from kdbench.methods.base import PairNotSupportedError
 from kdbench.progress import to_stderr
 from kdbench.spec import Recipe, RunSpec
+from kdbench.trackers import RunLogs
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class WorkerSettings:
     concurrent_runs: int = 1  # recorded in the environment: how many runs shared the machine
     force: bool = False  # re-train a unit even when its record is done
     plugins: tuple[str, ...] = ()  # loaded by every worker before its first unit (kdbench/plugins.py)
+    trackers: tuple[str, ...] = ()  # --log: tensorboard, mlflow, wandb, aim (kdbench/trackers.py)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ class Worker:
         self._teacher_accuracy: dict[tuple[str, str], dict] = {}  # (sha256, dataset) -> test accuracy
 
     def data_for(self, dataset: str, recipe: Recipe) -> PreparedData:
-        key = (dataset, recipe.train_subset, recipe.val_split)  # only these choose the images
+        # these choose the images and how they are decoded; the rest of a recipe is the training
+        key = (dataset, recipe.train_subset, recipe.val_split, recipe.image_size, recipe.loader)
         if key not in self._data:
             # resident on the device: batches are sliced, augmented and normalised there
             self._data[key] = prepare_data(dataset, self.settings.data_root, recipe).to(self.device)
@@ -163,7 +166,12 @@ class Worker:
         return Outcome(spec.run_id, "teacher", str(path), digest)
 
     def train_runs(self, specs: list[RunSpec], teacher_path: Path | None) -> list[Outcome]:
-        """Train the specs (alone, or as one cohort) and write a record for each."""
+        """Train the specs (alone, or as one cohort) and write a record for each, logging each run to
+        `logs/<run_id>.txt` and to the chosen trackers (kdbench/trackers.py)."""
+        with RunLogs(self.out, specs, self.settings.trackers, self.progress) as logs:
+            return self._train_runs(specs, teacher_path, logs)
+
+    def _train_runs(self, specs: list[RunSpec], teacher_path: Path | None, logs: RunLogs) -> list[Outcome]:
         data = self.data_for(specs[0].dataset, specs[0].recipe)
         architecture = next((spec.teacher for spec in specs if spec.teacher), None)
         teacher = self.teacher_module(architecture, teacher_path, data) if architecture else None
@@ -179,14 +187,21 @@ class Worker:
                     teacher=teacher,
                     device=self.device,
                     out=self.out,
-                    progress=self.progress,
+                    progress=logs.progress,
                     progress_bar=self.progress_bar,
+                    on_epoch=logs.on_epoch,
                 )
             except (NonFiniteLossError, PairNotSupportedError) as err:
                 return [self.record(specs[0], environment, error=err)]
             return [self.record(specs[0], environment, result, final_state)]
         cohort = Cohort(
-            specs, data, teacher=teacher, device=self.device, out=self.out, progress=self.progress
+            specs,
+            data,
+            teacher=teacher,
+            device=self.device,
+            out=self.out,
+            progress=logs.progress,
+            on_epoch=logs.on_epoch,
         )
         return [
             self.record(member.spec, environment, member.result, error=member.error)

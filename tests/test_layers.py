@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module may import from its own layer and the layers below it.
 LAYERS = [
     ["kdbench", "kdbench.errors", "kdbench.spec", "kdbench.store", "kdbench.features", "kdbench.distributed"]
-    + ["kdbench.progress"]
+    + ["kdbench.progress", "kdbench.trackers"]
     + ["kdbench.registries", "kdbench.catalog", "kdbench.environment"],
     ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data", "kdbench.streaming"]
     + ["kdbench.measure"]

@@ -781,7 +781,12 @@ def cmd_pins(args) -> int:
     path = Path(args.file) if args.file else pins.DEFAULT_FILE
     if args.write:
         content = pins.write(path)
-        print(f"wrote {path}: {len(content['losses'])} methods, rtol {content['rtol']:.1e}", file=sys.stderr)
+        loosest = max(content["rtol"], key=content["rtol"].get)
+        print(
+            f"wrote {path}: {len(content['losses'])} cases, rtol per case up to {content['rtol'][loosest]:.1e} "
+            f"({loosest})",
+            file=sys.stderr,
+        )
         return 0
     if not path.is_file():
         raise ConfigError(f"pinned losses {path} not found; make them with `kdbench pins --write`")

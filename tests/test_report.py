@@ -385,7 +385,7 @@ KNOWN_MODELS = {
 }
 KNOWN_METHODS = {
     "student", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd",
-    "crd+kd", "dkd",
+    "crd+kd", "dkd", "ctkd", "simkd", "sdd",
 }
 # fmt: on
 
@@ -416,6 +416,9 @@ def test_published_registry_is_valid():
         ("resnet32x4", "resnet8x4", "crd"): 75.51,
         ("vgg13", "mobile_half", "kd"): 67.37,
         ("wrn_40_2", "ShuffleV1", "dkd"): 76.70,
+        ("resnet56", "resnet20", "ctkd"): 71.19,
+        ("resnet32x4", "resnet8x4", "simkd"): 78.08,
+        ("resnet32x4", "ShuffleV2", "sdd"): 78.05,
     }
     for (teacher, student, method), top1 in spot_checks.items():
         assert published["entries"][_index(published, teacher, student, method)]["top1"] == top1

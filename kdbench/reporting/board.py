@@ -57,6 +57,7 @@ STATS_COLUMNS = (
     "significant",  # p_value < ALPHA (either sign; the table marks gains only)
     "best",
     "vam_delta",
+    "vam_p_value",  # two-sided Welch p of ΔVAM (VAM on vs off, same configuration), Holm across the pair
 ) + OVERHEAD_KEYS  # mean over the cell's runs, plain units (counts, FLOPs, seconds, bytes, ratio)
 
 # (header, records_frame column, formatter): the overhead shown beside accuracy. Deploy params/FLOPs are
@@ -376,6 +377,9 @@ def _compare(cells: list[dict]) -> None:
         cell["p_raw"] = _welch(cell, baseline) if baseline else math.nan
         off = vam_off.get(_without(config, ("vam",))) if cell["vam"] else None
         cell["vam_delta"] = cell["mean"] - off["mean"] if off else math.nan
+        cell["vam_p_raw"] = _welch(cell, off) if off else math.nan
+    for cell, p_value in zip(cells, holm([cell.pop("vam_p_raw") for cell in cells]), strict=True):
+        cell["vam_p_value"] = p_value
     for cell, p_value in zip(cells, holm([cell["p_raw"] for cell in cells]), strict=True):
         cell["p_value"] = p_value
         cell["significant"] = p_value < ALPHA  # False for NaN
@@ -413,6 +417,7 @@ def _published_stats(
                 "significant": False,
                 "best": False,
                 "vam_delta": math.nan,
+                "vam_p_value": math.nan,
                 **dict.fromkeys(OVERHEAD_KEYS, math.nan),
             }
         )
@@ -530,7 +535,7 @@ def _caption(dataset: str, measured: pd.DataFrame, has_published: bool) -> str:
         "seed; n = distinct seeds); configurations of one method that differ get a row each, labelled by what "
         "differs. Δ: vs the student baseline of the same pair and configuration (VAM setting, recipe); "
         f"† = significant gain (two-sided Welch t-test, Holm-corrected across the methods of the pair, "
-        f"α = {ALPHA}). ΔVAM: VAM on − off. Best: every measured method not significantly below the top mean "
+        f"α = {ALPHA}). ΔVAM: VAM on − off (its two-sided Welch p, Holm-corrected likewise: vam_p_value in csv and json). Best: every measured method not significantly below the top mean "
         f"of its pair (one-sided Welch, α = {ALPHA}; where untestable, n < 2 or no variance, the top mean "
         f"only). {CONFIDENCE:.0%} t-intervals and p-values: --format csv or json. Overhead: mean over the "
         "row's runs; deploy params/FLOPs are those of the exported student (after VAM's fold)."

@@ -21,7 +21,7 @@ FORMATS = ("terminal", "markdown", "csv", "latex", "html", "json")
 # bytes), NaN/empty where a cell has none; booleans are True/False.
 TIDY_COLUMNS = (
     ("method", "vam", "pair", "row", "config", "mean", "std", "n", "ci_low", "ci_high", "delta")
-    + ("p_raw", "p_value", "significant", "best", "vam_delta", "published")
+    + ("p_raw", "p_value", "significant", "best", "vam_delta", "vam_p_value", "published")
     + OVERHEAD_KEYS
 )
 SIGNIFICANT_MARK = "†"

@@ -81,6 +81,25 @@ def test_cell_statistics_match_scipy():
     assert math.isnan(student["delta"]) and math.isnan(student["p_value"]) and not student["significant"]
 
 
+def test_delta_vam_carries_a_welch_test_holm_corrected_across_the_pair():
+    student_vam, kd_vam = [69.0, 69.5, 68.6], [71.0, 71.6, 71.2]
+    board = reporting.leaderboard(
+        baseline_runs()
+        + seeds(KD)
+        + seeds(student_vam, method="student", teacher=None, vam=True)
+        + seeds(kd_vam, vam=True)
+    )
+    cells = board.stats.set_index("row")
+    raw = {
+        "kd +VAM": stats.ttest_ind(kd_vam, KD, equal_var=False).pvalue,
+        "student +VAM": stats.ttest_ind(student_vam, STUDENT, equal_var=False).pvalue,
+    }
+    low, high = sorted(raw, key=raw.get)
+    assert cells.loc[low, "vam_p_value"] == pytest.approx(2 * raw[low])
+    assert cells.loc[high, "vam_p_value"] == pytest.approx(max(2 * raw[low], raw[high]))
+    assert math.isnan(cells.loc["kd", "vam_p_value"])  # VAM off: nothing to compare
+
+
 def test_holm_adjusts_in_input_order_and_skips_missing_tests():
     assert reporting.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert reporting.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])

@@ -354,8 +354,9 @@ class Trainer:
         if stage.trains_student:
             parameters += [p for p in self.student.parameters()]
         recipe = self.spec.recipe
+        lr = recipe.lr if stage.lr is None else stage.lr
         optimizer = torch.optim.SGD(
-            parameters, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+            parameters, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
         )
         scaler = self.precision.scaler()
         self.student.train()

@@ -85,6 +85,9 @@ class InitStage:
     parameters: list[nn.Parameter]
     loss: object  # callable(student: Features, teacher: Features) -> dict[str, Tensor]
     trains_student: bool = False  # AB / FSP pre-train the student's layers too; FT only its paraphraser
+    lr: float | None = (
+        None  # the stage's own learning rate where the method publishes one (FT); else the recipe's
+    )
 
 
 def kd_kl_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

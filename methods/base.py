@@ -310,3 +310,19 @@ __all__ = [
     "require_paired_stages",
     "require_same_classes",
 ]
+
+
+def probe_features(model: nn.Module, image_shape: tuple[int, ...]) -> Features:
+    """`model`'s Features on a fixed random batch of two `image_shape` (C, H, W) images, in eval mode
+    and without gradients (its mode restored): how a method finds which of a model's layers or
+    maps is which (simkd's classifier, sdd's pooled map)."""
+    import torch
+
+    probe = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(probe.to(next(model.parameters()).device), features=True)
+    finally:
+        model.train(was_training)

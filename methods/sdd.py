@@ -51,11 +51,12 @@ from kdbench.methods.base import (
     Method,
     MethodContext,
     PairNotSupportedError,
+    probe_features,
     register_method,
     require_same_classes,
     scale_schedule,
 )
-from kdbench.methods.dkd import binary_log_probs, non_target_log_probs
+from kdbench.methods.dkd import DKD, binary_log_probs, non_target_log_probs
 from kdbench.methods.logit_std import standardize_logits
 from kdbench.methods.simkd import classifier_of
 
@@ -144,19 +145,12 @@ def pooled_map_of(model: nn.Module, shapes: FeatureShapes, image_shape) -> str |
     candidates = _candidate_maps(shapes)
     if not candidates:
         return None
-    probe = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        features = model(probe.to(next(model.parameters()).device), features=True)
-        found = [
-            name
-            for name in candidates
-            if torch.allclose(
-                POOLED_MAPS[name](features).mean(dim=(2, 3)), features.pooled, rtol=1e-3, atol=1e-5
-            )
-        ]
-    model.train(was_training)
+    features = probe_features(model, image_shape)
+    found = [
+        name
+        for name in candidates
+        if torch.allclose(POOLED_MAPS[name](features).mean(dim=(2, 3)), features.pooled, rtol=1e-3, atol=1e-5)
+    ]
     return found[0] if found else None
 
 
@@ -173,16 +167,10 @@ class SDD(Method):
     student_features = ("stages", "preact")
     teacher_features = ("stages", "preact")
     defaults = {
-        "ce_weight": 1.0,
-        "kd_weight": 0.0,
-        "method_weight": 1.0,
-        "temperature": 4.0,
-        "alpha": 1.0,
-        "beta": 8.0,
-        "warmup_epochs": 20,
+        **DKD.defaults,
         "max_scale": 4,
         "complementary_weight": 2.0,
-    }
+    }  # DKD's, as SDD_DKD.py reads them
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:

@@ -30,7 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Features, FeatureShapes, Method, MethodContext, PairNotSupportedError, register_method
+from .base import (
+    Features,
+    FeatureShapes,
+    Method,
+    MethodContext,
+    PairNotSupportedError,
+    probe_features,
+    register_method,
+)
 
 
 def classifier_of(model: nn.Module, shapes: FeatureShapes, image_shape) -> tuple[str, nn.Linear] | None:
@@ -45,17 +53,13 @@ def classifier_of(model: nn.Module, shapes: FeatureShapes, image_shape) -> tuple
     ]
     if not candidates:
         return None
-    probe = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
-    was_training = model.training
-    model.eval()
+    features = probe_features(model, image_shape)
     with torch.no_grad():
-        features = model(probe.to(next(model.parameters()).device), features=True)
         found = [
             (name, module)
             for name, module in candidates
             if torch.allclose(module(features.pooled), features.logits, rtol=1e-3, atol=1e-4)
         ]
-    model.train(was_training)
     return found[0] if found else None
 
 

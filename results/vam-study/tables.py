@@ -1,0 +1,116 @@
+"""The tables of results/vam-study.md, from the store the study's sweep files trained:
+
+    kdbench run --config results/vam-study/main.yaml --out STORE
+    kdbench run --config results/vam-study/ablation-groups.yaml --out STORE        # and the other two
+    python results/vam-study/tables.py STORE > tables.md
+
+Welch's t-tests (scipy), 95 % t-intervals of each mean; p-values Holm-corrected within each table.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+
+from scipy import stats
+
+import kdbench
+from kdbench.reporting import holm
+
+DEFAULT_VAM = {"groups": 4, "last_stages": 1, "entropy_weight": 0.01}
+
+
+def _accuracies(records, method: str, vam: dict | None) -> list[float]:
+    """Last-epoch top-1 of the runs of one configuration, in seed order (None: VAM off)."""
+    runs = [
+        r
+        for r in records
+        if r["spec"]["method"] == method
+        and r["status"] == "done"
+        and (
+            r["spec"]["vam"] is None
+            if vam is None
+            else r["spec"]["vam"] and all(r["spec"]["vam"][k] == v for k, v in vam.items())
+        )
+    ]
+    return [r["metrics"]["last_top1"] for r in sorted(runs, key=lambda r: r["spec"]["seed"])]
+
+
+def _cell(values: list[float]) -> str:
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=std / math.sqrt(len(values)))
+    return f"{mean:.2f} ± {std:.2f} [{low:.2f}, {high:.2f}] (n={len(values)})"
+
+
+def _welch(a: list[float], b: list[float]) -> float:
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def main_table(records) -> str:
+    rows, p_raw = [], []
+    for method in ("student", "kd", "fitnet", "crd"):
+        off, on = _accuracies(records, method, None), _accuracies(records, method, DEFAULT_VAM)
+        p_raw.append(_welch(on, off))
+        rows.append((method, off, on))
+    lines = [
+        "| method | VAM off | VAM on | ΔVAM | p (Welch) | p (Holm) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (method, off, on), raw, adjusted in zip(rows, p_raw, holm(p_raw), strict=True):
+        delta = statistics.mean(on) - statistics.mean(off)
+        lines.append(f"| {method} | {_cell(off)} | {_cell(on)} | {delta:+.2f} | {raw:.3f} | {adjusted:.3f} |")
+    return "\n".join(lines)
+
+
+def ablation_table(records) -> str:
+    kd_off = _accuracies(records, "kd", None)
+    default = _accuracies(records, "kd", DEFAULT_VAM)
+    variants = [("default: G 4, last stage, γ 0.01", DEFAULT_VAM)]
+    variants += [(f"G {g}", {**DEFAULT_VAM, "groups": g}) for g in (2, 8)]
+    variants += [("every stage (3)", {**DEFAULT_VAM, "last_stages": 3})]
+    variants += [(f"γ {gamma}", {**DEFAULT_VAM, "entropy_weight": gamma}) for gamma in (0.0, 0.1)]
+    measured = [(label, _accuracies(records, "kd", vam)) for label, vam in variants]
+    p_off = [_welch(values, kd_off) for _, values in measured]
+    p_default = [_welch(values, default) if i else math.nan for i, (_, values) in enumerate(measured)]
+    lines = [
+        f"kd with VAM off: {_cell(kd_off)}",
+        "",
+        "| kd + VAM | top-1 | Δ vs VAM off | p (Holm) | Δ vs default VAM | p (Holm) |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = zip(measured, holm(p_off), holm(p_default), strict=True)
+    for (label, values), p_vs_off, p_vs_default in rows:
+        versus_default = (
+            f"{statistics.mean(values) - statistics.mean(default):+.2f} | {p_vs_default:.3f}"
+            if not math.isnan(p_vs_default)
+            else "| "
+        )
+        lines.append(
+            f"| {label} | {_cell(values)} | {statistics.mean(values) - statistics.mean(kd_off):+.2f} | "
+            f"{p_vs_off:.3f} | {versus_default} |"
+        )
+    return "\n".join(lines)
+
+
+def convergence_table(records) -> str:
+    """Mean test top-1 over seeds at each evaluated epoch: the schedule's plateau."""
+    lines = ["| run | " + " | ".join(f"epoch {e}" for e in (3, 6, 9, 12)) + " |", "|---|---|---|---|---|"]
+    for method in ("student", "kd"):
+        runs = [r for r in records if r["spec"]["method"] == method and r["spec"]["vam"] is None]
+        by_epoch = {
+            epoch: statistics.mean(h["test_top1"] for r in runs for h in r["history"] if h["epoch"] == epoch)
+            for epoch in (3, 6, 9, 12)
+        }
+        lines.append(
+            f"| {method} (n={len(runs)}) | " + " | ".join(f"{v:.2f}" for v in by_epoch.values()) + " |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    store = sys.argv[1]
+    records = kdbench.load_records(store)
+    print("## Main\n\n" + main_table(records) + "\n")
+    print("## Ablation\n\n" + ablation_table(records) + "\n")
+    print("## Convergence\n\n" + convergence_table(records))

@@ -50,6 +50,16 @@ def test_configurations_of_one_method_are_separate_rows_labelled_by_what_differs
     assert set(board.table.index) == {"student", "kd [teacher unknown]", "kd [teacher 3f2a1c]"}
 
 
+def test_a_configuration_without_hyper_parameters_beside_one_with_them_gets_a_label():
+    bare = seeds(KD)
+    tuned = seeds([71.0, 71.2, 70.8])
+    for record in tuned:
+        record["spec"]["hp"] = {"temperature": 2.0}
+    board = reporting.leaderboard(baseline_runs() + bare + tuned)
+    labels = [label for label in board.table.index if label.startswith("kd")]
+    assert len(labels) == 2 and any("temperature=2.0" in label for label in labels)
+
+
 def test_settings_that_differ_only_between_pairs_do_not_split_rows():
     # DKD's β is set per pair: one configuration per pair, so the row stays "kd"
     pair_a = with_spec(seeds(KD), hp={"beta": 8})

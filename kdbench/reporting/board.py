@@ -206,7 +206,8 @@ def _differing_settings(done: pd.DataFrame, pairs: list[tuple[str | None, str]])
 
 
 def _setting_text(path: str, value: str) -> str:
-    name = path.split(".", 1)[1] if path.split(".", 1)[0] in ("hp", "recipe") else path
+    head, _, rest = path.partition(".")  # "hp" alone: a configuration with no hyper-parameters at all
+    name = rest if head in ("hp", "recipe") and rest else path
     return f"{name}={'–' if value is None else value.strip(chr(34))}"
 
 

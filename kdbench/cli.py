@@ -381,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--write-baseline", action="store_true", help="write the baseline from the store instead"
     )
     check.add_argument(
+        "--pins",
+        metavar="FILE",
+        help="the gate's fast tier: every method's first training steps against these pinned losses, "
+        "naming the method whose math changed (default: results/baselines/step-losses.json)",
+    )
+    check.add_argument("--no-pins", action="store_true", help="skip the pinned-loss tier")
+    check.add_argument(
         "--alpha",
         type=_number(above=0, below=1),
         help="one-sided Welch test level (default: the baseline's, 0.01)",
@@ -670,6 +677,7 @@ def cmd_check(args) -> int:
         print(f"wrote baseline {args.baseline}: {len(baseline['cells'])} cells", file=sys.stderr)
         return 0
     baseline = reporting.read_baseline(Path(args.baseline))
+    changed = [] if args.no_pins else _pinned_changes(args.pins)
     regressions = reporting.check_regression(records, baseline, args.alpha, args.floor)
     for line in regressions:
         print(f"REGRESSION: {line}")
@@ -677,7 +685,21 @@ def cmd_check(args) -> int:
         f"{len(regressions)} regression(s) in {len(baseline['cells'])} cells of {args.baseline}",
         file=sys.stderr,
     )
-    return 1 if regressions else 0
+    return 1 if regressions or changed else 0
+
+
+def _pinned_changes(path: str | None) -> list[str]:
+    """The gate's fast tier: every method's first steps against the pinned losses (kdbench/pins.py)."""
+    from kdbench import pins
+
+    path = Path(path) if path else pins.DEFAULT_FILE
+    if not path.is_file():
+        raise ConfigError(f"pinned losses {path} not found; make them with `kdbench pins --write`")
+    changed = pins.check(path)
+    for line in changed:
+        print(f"CHANGED: {line}")
+    print(f"{len(changed)} pinned loss(es) changed against {path}", file=sys.stderr)
+    return changed
 
 
 def cmd_list(args) -> int:
@@ -788,13 +810,7 @@ def cmd_pins(args) -> int:
             file=sys.stderr,
         )
         return 0
-    if not path.is_file():
-        raise ConfigError(f"pinned losses {path} not found; make them with `kdbench pins --write`")
-    problems = pins.check(path)
-    for line in problems:
-        print(f"CHANGED: {line}")
-    print(f"{len(problems)} pinned loss(es) changed against {path}", file=sys.stderr)
-    return 1 if problems else 0
+    return 1 if _pinned_changes(args.file) else 0
 
 
 def cmd_explain(args) -> int:

@@ -38,3 +38,22 @@ def test_each_method_has_its_own_measured_tolerance():
     assert set(pinned["rtol"]) == set(pinned["losses"])
     assert pinned["rtol"]["kd"] <= 1e-2
     assert all(rtol >= pins.RTOL_FLOOR for rtol in pinned["rtol"].values())
+
+
+def test_the_temperature_on_the_student_only_is_caught_and_named(monkeypatch):
+    """Issue 10's planted bug: the teacher's soft targets left unscaled by T. The statistical gate
+    cannot see it in CI's 2-epoch, 3-seed runs; this tier, which `kdbench check` runs first, does."""
+    import torch.nn.functional as F
+
+    from kdbench.methods import base
+
+    def student_only(student_logits, teacher_logits, temperature):
+        log_p_student = F.log_softmax(student_logits / temperature, dim=1)
+        return (
+            F.kl_div(log_p_student, F.softmax(teacher_logits, dim=1), reduction="batchmean") * temperature**2
+        )
+
+    monkeypatch.setattr(base, "kd_kl_div", student_only)
+    pinned = json.loads(pins.DEFAULT_FILE.read_text())
+    problems = pins.compare(pinned, {"kd": pins.step_losses("kd", False)})
+    assert any(line.startswith("kd step 0 kd:") for line in problems), problems

@@ -169,7 +169,9 @@ def test_best_measured_cell_is_marked_in_every_format(records):
     assert f"**{best}**" in reporting.render(board, "markdown")
     assert f"<b>{best}</b>" in reporting.render(board, "html")
     # LaTeX: the seed count goes to the caption when every cell has the same
-    assert rf"\textbf{{{reporting.latex_escape(best.replace(' (n=3)', ''))}}}" in reporting.render(board, "latex")
+    assert rf"\textbf{{{reporting.latex_escape(best.replace(' (n=3)', ''))}}}" in reporting.render(
+        board, "latex"
+    )
     assert f"{best} *" in reporting.render(board, "terminal")
     # csv is tidy now (one row per cell, numbers): "best" is a column, not a mark
     cells = pd.read_csv(io.StringIO(reporting.render(board, "csv")), comment="#")
@@ -260,7 +262,12 @@ def test_every_format_renders_the_numbers_caption_and_notes(records, fmt):
 def test_latex_escapes_and_csv_reads_back(records):
     board = reporting.leaderboard(records)
     latex = reporting.render(board, "latex")
-    assert r"Top-1 accuracy (\%)" in latex and r"$\pm$" in latex and r"\toprule" in latex and r"\bottomrule" in latex
+    assert (
+        r"Top-1 accuracy (\%)" in latex
+        and r"$\pm$" in latex
+        and r"\toprule" in latex
+        and r"\bottomrule" in latex
+    )
     assert "resnet56$\\to$resnet20" in latex
     cells = pd.read_csv(io.StringIO(reporting.render(board, "csv")), comment="#")
     assert list(cells["row"]) == list(board.stats["row"])  # tidy: one line per cell, not the display table

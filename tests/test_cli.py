@@ -110,8 +110,15 @@ def _start_pooled_run(out: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "kdbench.cli", "run", "--methods", "student,kd", "--vam", "both"]
     argv += ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "4"]
     argv += ["--teacher-epochs", "1", "--jobs", "2", "--out", str(out)]
-    # a session of its own: the test can signal the whole group, as a terminal's Ctrl-C does
-    return subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # a session of its own: the test can signal the whole group, as a terminal's Ctrl-C does; SIGINT
+    # at its default, as at a terminal (a shell's background job, e.g. a CI runner's, inherits it ignored)
+    return subprocess.Popen(
+        argv,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _wait_for_line(process: subprocess.Popen, fragment: str) -> list[str]:

@@ -47,23 +47,28 @@ def non_target_log_probs(logits: Tensor, target_mask: Tensor, temperature: float
     return F.log_softmax(logits[~target_mask].view(batch_size, num_classes - 1) / temperature, dim=1)
 
 
-def kl_from_log_probs(log_p_student: Tensor, log_p_teacher: Tensor) -> Tensor:
-    """KL(teacher || student) summed over classes, averaged over the batch."""
+def kl_from_log_probs(log_p_student: Tensor, log_p_teacher: Tensor, per_row: bool = False) -> Tensor:
+    """KL(teacher || student) summed over classes, averaged over the batch (or one per row)."""
+    if per_row:
+        return F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(dim=1)
     return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
 
 
 def decoupled_kd_parts(
-    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float, per_row: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """(TCKD, NCKD), each already multiplied by T^2."""
+    """(TCKD, NCKD), each already multiplied by T^2: batch means, or (rows,) each with `per_row`
+    (sdd weights its regions' rows)."""
     target_mask = F.one_hot(labels, student_logits.shape[1]).bool()
     tckd = kl_from_log_probs(
         binary_log_probs(student_logits, target_mask, temperature),
         binary_log_probs(teacher_logits, target_mask, temperature),
+        per_row,
     )
     nckd = kl_from_log_probs(
         non_target_log_probs(student_logits, target_mask, temperature),
         non_target_log_probs(teacher_logits, target_mask, temperature),
+        per_row,
     )
     return tckd * temperature**2, nckd * temperature**2
 

@@ -56,7 +56,7 @@ from kdbench.methods.base import (
     require_same_classes,
     scale_schedule,
 )
-from kdbench.methods.dkd import DKD, binary_log_probs, non_target_log_probs
+from kdbench.methods.dkd import DKD, decoupled_kd_parts
 from kdbench.methods.logit_std import standardize_logits
 from kdbench.methods.simkd import classifier_of
 
@@ -90,26 +90,6 @@ def region_weights(teacher_local: Tensor, labels: Tensor, complementary_weight: 
     return 1.0 + (complementary_weight - 1.0) * complementary.to(teacher_local.dtype)
 
 
-def per_row_dkd(
-    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
-) -> tuple[Tensor, Tensor]:
-    """(TCKD, NCKD) of each row, shape (rows,) each, times T^2 (DKD's parts, not batch-averaged)."""
-    mask = F.one_hot(labels, student_logits.shape[1]).bool()
-
-    def kl(log_student: Tensor, log_teacher: Tensor) -> Tensor:
-        return F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(dim=1)
-
-    tckd = kl(
-        binary_log_probs(student_logits, mask, temperature),
-        binary_log_probs(teacher_logits, mask, temperature),
-    )
-    nckd = kl(
-        non_target_log_probs(student_logits, mask, temperature),
-        non_target_log_probs(teacher_logits, mask, temperature),
-    )
-    return tckd * temperature**2, nckd * temperature**2
-
-
 def sdd_dkd_parts(
     student_local: Tensor,
     teacher_local: Tensor,
@@ -125,7 +105,9 @@ def sdd_dkd_parts(
     rows_teacher = teacher_local.permute(0, 2, 1).reshape(n * r, k)
     if logit_std:
         rows_student, rows_teacher = standardize_logits(rows_student), standardize_logits(rows_teacher)
-    tckd, nckd = per_row_dkd(rows_student, rows_teacher, labels.repeat_interleave(r), temperature)
+    tckd, nckd = decoupled_kd_parts(
+        rows_student, rows_teacher, labels.repeat_interleave(r), temperature, per_row=True
+    )
     weights = region_weights(teacher_local, labels, complementary_weight).reshape(n * r)
     return (weights * tckd).sum() / (n * r), (weights * nckd).sum() / (n * r)
 

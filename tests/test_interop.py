@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bad_input import assert_one_line_error, run_cli
 
 from kdbench import config, store, teachers
 from kdbench.catalog import parse_pairs
-from kdbench.cli import main
 from kdbench.data import prepare_data
 from kdbench.methods.base import method_class
 from kdbench.models import ALIASES, build_model, list_models
@@ -39,23 +39,6 @@ SAME_AS = {"MobileNetV2": "mobile_half"}
 
 TINY = ["--dataset", "synthetic", "--epochs", "1", "--teacher-epochs", "1", "--train-subset", "128"]
 TINY += ["--vam", "off", "--jobs", "1"]
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *fragments):
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert lines and lines[-1].startswith("kdbench: error:") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[-1], (fragment, lines[-1])
 
 
 def leaderboard(records):

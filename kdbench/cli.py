@@ -45,6 +45,11 @@ def _whole(low: int):
     return parse
 
 
+def _whole_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated whole numbers >= 1 (`4,8`)."""
+    return tuple(_whole(1)(part) for part in text.split(",") if part)
+
+
 def _number(above: float | None = None, low: float | None = None, below: float | None = None):
     """argparse type: a finite number in range."""
 
@@ -418,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-classes", type=_whole(2), help="synthetic data only: classes (100 = CIFAR-100-shaped)"
     )
     bench.add_argument("--image-size", type=_whole(8), help="synthetic data only: image side (32 = CIFAR)")
+    bench.add_argument(
+        "--concurrent",
+        type=_whole_list,
+        default=(4, 8),
+        help="CUDA only: numbers of cohorts trained at once on the one card, one process each (e.g. 4,8)",
+    )
 
     pins = _command(
         commands, "pins", "CI's fast tier: every method's first training steps against the pinned losses"
@@ -782,6 +793,7 @@ def cmd_bench(args) -> int:
         repeats=args.repeats,
         data_root=args.data_root,
         device=args.device,
+        concurrent=args.concurrent,
         dataset_options={
             key: value
             for key, value in (
@@ -792,8 +804,12 @@ def cmd_bench(args) -> int:
             if value is not None
         },
     )
-    print(tabulate(rows, headers="keys", floatfmt=".3f"))
-    print("ratio = seconds / reference_seconds, both measured in this run (best of repeats)")
+    columns = ("measure", "runs", "seconds", "images_per_s", "ratio", "throughput_x", "reference")
+    print(tabulate([[row[c] for c in columns] for row in rows], headers=columns, floatfmt=".3f"))
+    print(
+        "ratio = seconds / the reference row's seconds (the same work); throughput_x = images/s / the "
+        "reference's images/s (images = training images x runs); all measured in this run, best of repeats"
+    )
     return 0
 
 

@@ -20,13 +20,19 @@ import torch.distributed as dist
 
 
 def launched() -> bool:
-    """Started by torchrun (or another launcher) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Started by torchrun (or another launcher that sets the rendezvous variables), on any number
+    of processes: one process joins a process group too (tests/gpu_check.sh checks NCCL that way)."""
+    return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
 def init_from_env(device: str) -> None:
     if launched() and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+
+
+def backend() -> str | None:
+    """The process group's back-end (gloo, nccl), None outside one."""
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
 
 
 def world_size() -> int:

@@ -233,8 +233,8 @@ class Sweep:
         validate_names(request)
         store.ensure_writable(self.out)
         distributed.barrier()  # every rank plans from the same store: none has written yet
-        if distributed.world_size() > 1:  # the ranks step together through one run at a time
-            self.request = request = replace(request, jobs=1)
+        if distributed.backend() is not None:  # under torchrun the ranks train in their own process,
+            self.request = request = replace(request, jobs=1)  # stepping together through one run at a time
         info = prepare_data(
             request.dataset, request.data_root, request.recipe
         ).info  # a bad dataset fails here

@@ -96,6 +96,7 @@ class Worker:
             **environment(self.device),
             "concurrent_runs": settings.concurrent_runs,
             "world_size": distributed.world_size(),
+            "process_group": distributed.backend(),
         }
         self._data: dict[tuple, PreparedData] = {}
         self._teachers: dict[str, nn.Module] = {}

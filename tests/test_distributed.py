@@ -46,7 +46,16 @@ def test_two_processes_train_one_run_and_write_one_record(two_process_store):
     records = store.load_records(two_process_store)
     assert len(records) == 1 and records[0]["status"] == "done"
     assert records[0]["spec"]["world_size"] == 2 and records[0]["environment"]["world_size"] == 2
+    assert records[0]["environment"]["process_group"] == "gloo"
     assert not list((two_process_store / "checkpoints").glob("*.pt"))
+
+
+def test_torchrun_with_one_process_joins_a_process_group(tmp_path):
+    """What tests/gpu_check.sh does with NCCL on one card: one process still joins a group."""
+    done = torchrun(*RUN, "--methods", "student", "--out", str(tmp_path), processes=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = store.load_records(tmp_path)
+    assert record["environment"]["process_group"] == "gloo" and record["spec"]["world_size"] == 1
 
 
 def test_its_accuracy_is_the_one_process_run_within_the_stated_tolerance(two_process_store, tmp_path):

@@ -89,6 +89,7 @@ def _pool_seconds(args: tuple, workers: int) -> float:
 
 
 def _cohort_worker(barrier, results, options: dict, members: tuple[str, ...]) -> None:
+    torch.set_num_threads(1)  # as `kdbench run --jobs K` runs each (--threads 1): K processes share the cores
     setup = _Setup(**options)
     cohort = setup.cohort(members)
     cohort.train_stream(1, cohort.live())  # warm-up, untimed

@@ -6,7 +6,7 @@
 #   bash tests/gpu_check.sh            # on the GPU machine; OUT defaults to ./gpu-check-out
 # Install: the README's `bash .ci/setup.sh` where the package registries can be reached; on a
 # machine cut off from them (the lent ones here) the image's own python3 and torch, kdbench
-# installed into it with no dependency resolution, and the few packages the image lacks (mmengine
+# installed into it (editable, as the README's set-up does) with no dependency resolution, and the few packages the image lacks (mmengine
 # and its small dependencies, submitit) from wheels carried in .whl/ (made with `pip download`).
 set -uo pipefail
 OUT=${OUT:-gpu-check-out}
@@ -19,7 +19,7 @@ run() { log; log "\$ $*"; local start=$SECONDS; { "$@" 2>&1 | tail -n 80; } | te
 if [ -d .whl ]; then
   {
     python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl \
-      && python3 -m pip install -q --no-index --no-deps --no-build-isolation .
+      && python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
   } > "$OUT/setup.log" 2>&1 || { log "offline install failed"; tail -n 30 "$OUT/setup.log" | tee -a "$REPORT"; exit 1; }
   PY=python3
   KDBENCH=$(dirname "$(python3 -c 'import sys; print(sys.executable)')")/kdbench
@@ -36,11 +36,11 @@ run $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 # 1. the tests that exercise CUDA (marked cuda; skipped elsewhere): every method's training step,
 # bf16/fp16, compile, the VAM fold, cohort members vs solo runs under deterministic kernels
 export CUBLAS_WORKSPACE_CONFIG=:4096:8
-run timeout 170 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py
+run timeout 160 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py
 # 2. engine vs bare fp32 KD vs the classic per-image DataLoader loop; cohort vs alone; bf16 and
 # compile vs fp32; several cohorts at once on the card (CIFAR-100-shaped synthetic data, batch 64)
 run timeout 170 "$KDBENCH" bench --device cuda --teacher resnet32x4 --student resnet8x4 --batch-size 64 \
-  --num-classes 100 --image-size 32 --images 4096 --repeats 2 --methods kd,crd --concurrent 4,8
+  --num-classes 100 --image-size 32 --images 4096 --repeats 2 --methods kd,crd --concurrent 4,8,16
 run timeout 150 "$KDBENCH" bench --device cuda --teacher resnet56 --student resnet20 --batch-size 64 \
   --num-classes 100 --image-size 32 --images 4096 --repeats 2 --methods kd,crd --concurrent 4
 # 3. torchrun with one process on the card: the run joins an NCCL process group (the record says so)

@@ -32,6 +32,21 @@ def test_at_least_seventeen_methods():
     assert len(ALL_METHODS) >= 17
 
 
+def test_the_cuda_battery_trains_every_method():
+    """tests/test_cuda.py collects its methods on its own (a fresh process: no other module has
+    registered them for it), so on a GPU every method trains."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    code = "import test_cuda; print(','.join(test_cuda.CUDA_METHODS))"
+    printed = subprocess.run(
+        [sys.executable, "-c", code], cwd=tests, capture_output=True, text=True, check=True
+    ).stdout
+    assert printed.strip().split(",") == [name for name in ALL_METHODS if "+" not in name]
+
+
 @pytest.mark.parametrize("vam_on", [False, True], ids=["plain", "vam"])
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_method_trains_through_the_engine(method, vam_on, tiny_data, teacher, tmp_path):

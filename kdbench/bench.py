@@ -75,17 +75,23 @@ def _pool_worker(barrier, results, *args) -> None:
     results.put(_training_seconds(*args))
 
 
-def _pool_seconds(args: tuple, workers: int) -> float:
-    """Wall seconds until `workers` spawned 1-thread processes have each trained `args` once."""
+def _seconds_in_processes(worker: Callable, args: tuple, workers: int) -> float:
+    """The longest of the seconds that `workers` spawned processes of `worker(barrier, results,
+    *args)` report, each timing its own work from the common start the barrier gives."""
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(workers), context.Queue()
-    processes = [context.Process(target=_pool_worker, args=(barrier, results, *args)) for _ in range(workers)]
+    processes = [context.Process(target=worker, args=(barrier, results, *args)) for _ in range(workers)]
     for process in processes:
         process.start()
     seconds = max(results.get() for _ in processes)
     for process in processes:
         process.join()
     return seconds
+
+
+def _pool_seconds(args: tuple, workers: int) -> float:
+    """Wall seconds until `workers` spawned 1-thread processes have each trained `args` once."""
+    return _seconds_in_processes(_pool_worker, args, workers)
 
 
 def _cohort_worker(barrier, results, options: dict, members: tuple[str, ...]) -> None:
@@ -104,18 +110,7 @@ def _cohort_worker(barrier, results, options: dict, members: tuple[str, ...]) ->
 def _concurrent_cohorts_seconds(options: dict, members: tuple[str, ...], workers: int) -> float:
     """Wall seconds until `workers` spawned processes have each trained one cohort epoch on the
     one card (timed from a common start, after each one's warm-up epoch)."""
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(workers), context.Queue()
-    processes = [
-        context.Process(target=_cohort_worker, args=(barrier, results, options, members))
-        for _ in range(workers)
-    ]
-    for process in processes:
-        process.start()
-    seconds = max(results.get() for _ in processes)
-    for process in processes:
-        process.join()
-    return seconds
+    return _seconds_in_processes(_cohort_worker, (options, members), workers)
 
 
 class _Setup:
@@ -177,7 +172,7 @@ def run_bench(
     dataset_options: dict | None = None,
     concurrent: tuple[int, ...] = (4, 8),
 ) -> list[dict]:
-    """Return rows {measure, seconds, reference_seconds, ratio, images, images_per_s, throughput_x};
+    """Return rows {measure, seconds, reference, runs, images, images_per_s, ratio, throughput_x};
     `concurrent`: the numbers of cohorts trained at once on one GPU (CUDA only)."""
     options = dict(
         dataset=dataset,

@@ -44,7 +44,11 @@ def test_vam_fold_is_exact_on_cuda(tiny_data, tmp_path):
 
 
 def test_cohort_members_equal_solo_runs_on_cuda_with_deterministic_kernels(tmp_path):
-    """Bit for bit where the kernels are deterministic (torch.use_deterministic_algorithms)."""
+    """Bit for bit where the kernels are deterministic (torch.use_deterministic_algorithms).
+    On the H200 (results/gpu-h200.md) 1 of 6 records matched; the assertions below say which part
+    differs: the teacher (trained once per store), or which members and fields."""
+    import hashlib
+
     from test_cohort import request, stored, without_timing  # the same comparison as on the CPU
 
     from kdbench.sweep import Sweep
@@ -56,8 +60,17 @@ def test_cohort_members_equal_solo_runs_on_cuda_with_deterministic_kernels(tmp_p
         Sweep(request(tmp_path / "cohort", **base), progress=lambda _: None).run()
     finally:
         torch.use_deterministic_algorithms(False)
+
+    def teachers(out):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "teachers").glob("*.pt")}
+
+    assert teachers(tmp_path / "cohort") == teachers(tmp_path / "solo"), "the two teacher trainings differ"
     solo, _ = stored(tmp_path / "solo")
     together, _ = stored(tmp_path / "cohort")
-    assert {k: without_timing(v) for k, v in together.items()} == {
-        k: without_timing(v) for k, v in solo.items()
-    }
+    differing = []
+    for run_id, record in sorted(solo.items()):
+        alone, member = without_timing(record), without_timing(together.get(run_id, {}))
+        fields = sorted(k for k in set(alone) | set(member) if alone.get(k) != member.get(k))
+        if fields:
+            differing.append(f"{record['spec']['method']}: {', '.join(fields)}")
+    assert not differing, "; ".join(differing)

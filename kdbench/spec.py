@@ -2,8 +2,9 @@
 
 A spec is data (torchdistill-style): `RunSpec.to_dict()` is stored in every record, and
 `RunSpec.from_dict(record["spec"])` re-creates the run. The hash covers every field, so
-two runs with the same hash are the same experiment; where the data lives (`--data-root`)
-and which device trains it are not part of it.
+two runs with the same hash are the same experiment. What the data *is* (`data_sha256`) and the
+code of the plugins a run uses (`plugin_sha256`) are part of it; where the data lives
+(`--data-root`) and which device trains it are not.
 """
 
 from __future__ import annotations
@@ -129,7 +130,14 @@ class VAMConfig:
 RECIPE_HASH_OMITS_AT_DEFAULT = {"image_size": None, "loader": "memory"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 # fields added after the first records were written, and their defaults
-HASH_OMITS_AT_DEFAULT = {"precision": "fp32", "compile": False, "world_size": 1, "student_init_sha256": None}
+HASH_OMITS_AT_DEFAULT = {
+    "precision": "fp32",
+    "compile": False,
+    "world_size": 1,
+    "student_init_sha256": None,
+    "data_sha256": None,
+    "plugin_sha256": {},
+}
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,12 @@ class RunSpec:
     world_size: int = 1  # processes training the run together (torchrun; kdbench/distributed.py)
     # `--student-init`: the student starts from these weights (the file's SHA-256; store.student_init_path)
     student_init_sha256: str | None = None
+    # the identity of the data the run trains and tests on (kdbench/data.py `data_digest`): a digest of
+    # the decoded arrays, or of an image folder's file list and sizes; two folders never share a run id
+    data_sha256: str | None = None
+    # {plugin file or module: SHA-256 of its source} for each plugin that registered a name the run uses
+    # (method, student, teacher, dataset; kdbench/plugins.py): an edited plugin is a new experiment
+    plugin_sha256: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

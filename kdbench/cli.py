@@ -881,6 +881,11 @@ def main(argv: list[str] | None = None) -> int:
     except KdbenchError as err:  # bad input: one line; any other exception is a bug and keeps its traceback
         print(f"kdbench: error: {err}", file=sys.stderr)
         return 2
+    except (
+        BrokenPipeError
+    ):  # before OSError (its base class): `kdbench list methods | head`: the reader left, nothing is lost
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  interpreter shutdown flushes stdout again
+        return 0
     except OSError as err:
         if err.errno == errno.ENOSPC:
             print(
@@ -890,9 +895,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         raise
-    except BrokenPipeError:  # `kdbench list methods | head`: the reader left, nothing is lost
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  interpreter shutdown flushes stdout again
-        return 0
     except KeyboardInterrupt:
         print(
             "kdbench: interrupted; finished records are saved, re-run the same command to resume",

@@ -172,3 +172,22 @@ def test_killing_the_parent_takes_its_workers_down(tmp_path):
     output = again.stderr.read()
     assert again.wait(timeout=300) == 0, output
     assert _assert_whole_records(tmp_path) == 5
+
+
+def test_a_reader_that_leaves_early_ends_the_output_quietly():
+    """`kdbench list methods | head -1`: the pipe's reader is gone before kdbench writes; exit 0 and no
+    traceback (BrokenPipeError is an OSError, so its handler must come before OSError's)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left: every write gets EPIPE, deterministically
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-m", "kdbench.cli", "list", "methods", "--verbose"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert finished.returncode == 0, finished.stderr
+    assert "Traceback" not in finished.stderr, finished.stderr

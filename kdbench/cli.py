@@ -881,9 +881,8 @@ def main(argv: list[str] | None = None) -> int:
     except KdbenchError as err:  # bad input: one line; any other exception is a bug and keeps its traceback
         print(f"kdbench: error: {err}", file=sys.stderr)
         return 2
-    except (
-        BrokenPipeError
-    ):  # before OSError (its base class): `kdbench list methods | head`: the reader left, nothing is lost
+    # BrokenPipeError before OSError, its base class: `kdbench list methods | head`, the reader left
+    except BrokenPipeError:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  interpreter shutdown flushes stdout again
         return 0
     except OSError as err:

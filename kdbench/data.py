@@ -906,6 +906,11 @@ def load_synthetic(
     return info, train, test
 
 
+# The seed of a recipe's training subset and validation split: fixed, not the run's, so every seed
+# of a sweep trains on the same images (the engine records it in each run's `seeds`).
+SUBSET_SEED = 0
+
+
 @dataclass
 class PreparedData:
     info: DatasetInfo
@@ -923,10 +928,10 @@ class PreparedData:
 def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> PreparedData:
     """Load a dataset once (decoded tensors in memory) and apply the recipe's subset / val split.
 
-    The subset and the split use a fixed seed (0), so every run and seed of a sweep sees the
-    same images; the run seed varies initialisation and batch order only. Only the subset and
-    the split choose the images, so recipes that share them share one decode per process (the
-    sweep's validation, its in-process worker and `kdbench explain`'s sweeps alike).
+    The subset and the split use a fixed seed (`SUBSET_SEED`), so every run and seed of a sweep sees
+    the same images; the run seed varies every other random source (docs/DESIGN.md, "Protocol").
+    Only the subset and the split choose the images, so recipes that share them share one decode
+    per process (the sweep's validation, its in-process worker and `kdbench explain`'s sweeps alike).
     """
     # the environment's data folder is part of the key: the loader looks there when data_root is None
     return _prepared(
@@ -959,10 +964,10 @@ def _prepared(
         options = {} if image_size is None else {"image_size": image_size}
         info, train, test = load_dataset(dataset, data_root, **options)
     if train_subset and train_subset < len(train.labels):
-        train = stratified_subset(train, train_subset, seed=0)
+        train = stratified_subset(train, train_subset, seed=SUBSET_SEED)
     val = None
     if val_split:
-        train, val = split_validation(train, val_split, seed=0)
+        train, val = split_validation(train, val_split, seed=SUBSET_SEED)
     return PreparedData(info, train, test, val)
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from kdbench import distributed
 from kdbench.data import (
     MEMORY_FORMAT,
+    SUBSET_SEED,
     DatasetInfo,
     ImageData,
     PreparedData,
@@ -70,6 +71,42 @@ EVAL_BATCH_SIZE = 512
 
 class NonFiniteLossError(KdbenchError, RuntimeError):
     """The loss became NaN or infinite; the run is recorded as failed."""
+
+
+# Each random source of a run -> the stream it draws from (docs/DESIGN.md, "Protocol"). The global
+# stream is seeded once, then drawn by the sources in this order: construction draws the student's,
+# the wrappers' and the method's initial weights; training draws the method's sampling and dropout.
+RANDOM_SOURCES = {
+    "student_init": "global",
+    "wrapper_init": "global",
+    "method_init": "global",
+    "method_sampling": "global",
+    "dropout": "global",
+    "batch_order": "batches",
+    "augmentation": "batches",
+    "extra_views": "views",
+    "data_subset": "data",
+    "validation_split": "data",
+}
+
+
+def stream_seeds(seed: int) -> dict[str, int]:
+    """The seed of each random stream of a run whose spec seed is `seed`: the Trainer seeds its
+    streams from this table and the record's `seeds` is read from it (`source_seeds`)."""
+    return {
+        "global": seed,  # torch's global generator (the CPU's and every CUDA device's)
+        "batches": seed,  # the run's generator, shared by a cohort's members
+        "views": view_generator(seed).initial_seed(),  # derived from the seed, apart from the batches
+        "data": SUBSET_SEED,  # fixed: every seed trains on the same images
+    }
+
+
+def source_seeds(seed: int, extra_views: bool) -> dict[str, int | None]:
+    """The record's `seeds`: each of `RANDOM_SOURCES` -> the seed of its stream (extra views: None
+    for a method that reads none)."""
+    streams = stream_seeds(seed)
+    seeds = {source: streams[stream] for source, stream in RANDOM_SOURCES.items()}
+    return {**seeds, "extra_views": seeds["extra_views"] if extra_views else None}
 
 
 def _set_epoch_hooks(modules: list[nn.Module], epoch: int, num_epochs: int) -> None:
@@ -163,7 +200,8 @@ class Trainer:
         # a live bar for people at a terminal (None: when stderr is one); logs get per-epoch lines
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         info = data.info
-        torch.manual_seed(spec.seed)
+        streams = stream_seeds(spec.seed)
+        torch.manual_seed(streams["global"])
         self.student = build_model(spec.student, num_classes=info.num_classes, in_chans=info.in_chans).to(
             device
         )
@@ -205,7 +243,8 @@ class Trainer:
         self.teacher_features = method_cls.teacher_features
         self.extra_views = method_cls.extra_views
         # extra views draw from a stream of their own: the batches stay those of every other run
-        self.view_generator = view_generator(spec.seed) if self.extra_views else None
+        self.view_generator = torch.Generator().manual_seed(streams["views"]) if self.extra_views else None
+        self.seeds = source_seeds(spec.seed, bool(self.extra_views))
 
         recipe = spec.recipe
         wrapper_groups = [g for w in self.wrappers for g in w.param_groups(self.student, recipe.lr)]
@@ -219,7 +258,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=list(recipe.lr_decay_epochs), gamma=recipe.lr_decay_rate
         )
-        self.generator = torch.Generator().manual_seed(spec.seed)
+        self.generator = torch.Generator().manual_seed(streams["batches"])
         self.history: list[dict] = []
         self.start_epoch = 1
         self.init_done = False
@@ -568,6 +607,7 @@ class Trainer:
             **{wrapper.name: wrapper.summary(self.student) for wrapper in self.wrappers},
             # a student model's own JSON-able findings, where it defines `analysis()`
             "analysis": self.student.analysis() if hasattr(self.student, "analysis") else None,
+            "seeds": self.seeds,  # which seed drove which random source
             "final_state": deployed.state_dict(),
         }
 

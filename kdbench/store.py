@@ -79,6 +79,7 @@ class TrainResult(TypedDict, total=False):
     overhead: Overhead
     vam: dict[str, float] | None  # each wrapper's summary under its name; VAM: row entropy (nats) per layer
     analysis: dict | None  # the trained model's own `analysis()` (e.g. the HME's routing)
+    seeds: dict[str, int | None]  # random source -> its stream's seed (kdbench/engine.py RANDOM_SOURCES)
     wall_seconds: float  # the whole run: cost measurement, init stage, epochs, evaluation
     final_state: dict  # the deployed student's state_dict: saved as a file by the caller, not in the record
 
@@ -99,6 +100,7 @@ class RunRecord(TypedDict, total=False):
     overhead: Overhead | None
     vam: dict[str, float] | None
     analysis: dict | None
+    seeds: dict[str, int | None]
     checkpoint: dict[str, str]  # teachers: {"path": relative to the store, "sha256": ...}
     teacher: dict[str, Any] | None  # distillation runs: the teacher's sha256, test_top1, test_top5
     environment: dict[str, Any]  # python, torch, kdbench, device, threads, git_commit, platform, ...

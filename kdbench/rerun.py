@@ -10,7 +10,6 @@ count they agree bit for bit.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,17 +35,20 @@ class RerunResult:
         return not self.differences
 
 
+def _given_file(flag: str, given: str, sha256: str) -> Path:
+    """The file the user gave for `flag`, a ConfigError unless it has the record's SHA-256."""
+    path = Path(given)
+    if not path.is_file():
+        raise ConfigError(f"{flag} {path} not found" if not path.exists() else f"{flag} {path} is not a file")
+    if (digest := teachers.sha256_of(path)) != sha256:
+        raise ConfigError(f"{flag} {path} has SHA-256 {digest[:12]}, the record's {flag[2:]} {sha256[:12]}")
+    return path
+
+
 def find_teacher(sha256: str, store_root: Path, given: str | None) -> Path:
     """The checkpoint with this SHA-256: `given` (checked), else one in the store."""
     if given:
-        path = Path(given)
-        if not path.is_file():
-            raise ConfigError(f"--teacher {path} not found")
-        if teachers.sha256_of(path) != sha256:
-            raise ConfigError(
-                f"--teacher {path} has SHA-256 {teachers.sha256_of(path)[:12]}, the record's teacher {sha256[:12]}"
-            )
-        return path
+        return _given_file("--teacher", given, sha256)
     for folder in ("teachers", "models"):
         for path in sorted((store_root / folder).glob("*.pt")):
             if teachers.sha256_of(path) == sha256:
@@ -54,6 +56,20 @@ def find_teacher(sha256: str, store_root: Path, given: str | None) -> Path:
     raise ConfigError(
         f"no teacher with SHA-256 {sha256[:12]} under {store_root}/teachers or /models; pass --teacher PATH"
     )
+
+
+def stage_student_init(sha256: str, store_root: Path, given: str | None, out: Path) -> None:
+    """Copy the run's `--student-init` checkpoint into the new store, where the run reads it: `given`
+    (checked), else the one its store keeps under its SHA-256 (store.student_init_path)."""
+    source = (
+        _given_file("--student-init", given, sha256) if given else store.student_init_path(store_root, sha256)
+    )
+    if not source.is_file():
+        raise ConfigError(
+            f"the record's student init {source} is missing; pass --student-init PATH (the checkpoint "
+            f"with SHA-256 {sha256[:12]})"
+        )
+    store.atomic_write_bytes(store.student_init_path(out, sha256), source.read_bytes())
 
 
 def _differences(original: dict, rerun: dict) -> list[str]:
@@ -81,8 +97,10 @@ def rerun(
     data_root: str | None = None,
     device: str = "cpu",
     progress: Callable[[str], None] = to_stderr,
+    student_init: str | None = None,
 ) -> RerunResult:
-    """Train the record's spec again into `out` and compare the two records."""
+    """Train the record's spec again into `out` and compare the two records (`teacher`, `student_init`:
+    the checkpoints the record names by SHA-256, where the record's store no longer has them)."""
     record_file = Path(record_file)
     if not record_file.is_file():
         raise ConfigError(f"record {record_file} not found")
@@ -94,12 +112,8 @@ def rerun(
     settings = WorkerSettings(
         out=out, data_root=data_root, device=device, threads=environment.get("threads"), force=True
     )
-    if spec.student_init_sha256:  # the run's --student-init, kept in its store under its SHA-256
-        init = store_root / "inits" / f"{spec.student_init_sha256}.pt"
-        if not init.is_file():
-            raise ConfigError(f"the record's student init {init} is missing")
-        (out / "inits").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(init, out / "inits" / init.name)
+    if spec.student_init_sha256:
+        stage_student_init(spec.student_init_sha256, store_root, student_init, out)
     worker = Worker(settings, progress=progress)
     if spec.kind == "teacher":
         unit = TeacherUnit(spec)

@@ -9,10 +9,15 @@ code of the plugins a run uses (`plugin_sha256`) are part of it; where the data 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
+import re
+import reprlib
+import types
+import typing
 from dataclasses import asdict, dataclass, field, replace
 
 from kdbench.errors import ConfigError
@@ -34,6 +39,71 @@ def _require(value, name: str, *, whole=False, low=None, above=None, below=None)
         bounds += [f"< {below}" if below is not None else ""]
         kind = "a whole number" if whole else "a number"
         raise ConfigError(f"{name} must be {kind} {' and '.join(b for b in bounds if b)}, got {value!r}")
+
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # how a spec names a file by its bytes (store.student_init_path)
+
+
+def require_sha256(value, name: str) -> None:
+    """A ConfigError naming the field unless `value` is a SHA-256 as 64 lowercase hex digits: such a
+    field becomes part of a path in the store, so '../x' must never pass."""
+    if not (isinstance(value, str) and SHA256_HEX.fullmatch(value)):
+        raise ConfigError(f"{name} must be a SHA-256 (64 lowercase hex digits), got {reprlib.repr(value)}")
+
+
+def _options(hint) -> tuple:
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def _json_matches(value, hint) -> bool:
+    """Whether a value read from JSON fits a dataclass field annotated `hint` (a dataclass field takes
+    a mapping, a tuple a list; a bool is no number)."""
+    for option in _options(hint):
+        origin = typing.get_origin(option) or option
+        if option is type(None) or option is bool or isinstance(value, bool):
+            fits = value is None if option is type(None) else option is bool and isinstance(value, bool)
+        elif origin is tuple:
+            item = typing.get_args(option)[0]
+            fits = isinstance(value, (list, tuple)) and all(_json_matches(v, item) for v in value)
+        elif dataclasses.is_dataclass(origin):
+            fits = isinstance(value, dict)
+        else:
+            fits = isinstance(value, (int, float) if origin is float else origin)
+        if fits:
+            return True
+    return False
+
+
+_JSON_KINDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+_JSON_KINDS |= {dict: "a mapping", tuple: "a list of whole numbers", type(None): "null"}
+
+
+def _json_kind(hint) -> str:
+    """What a field annotated `hint` takes, in words: 'a whole number or null'."""
+    kinds = [_JSON_KINDS.get(typing.get_origin(option) or option, "a mapping") for option in _options(hint)]
+    return " or ".join(kinds)
+
+
+def _checked_fields(cls, data, what: str, required: tuple[str, ...] = ()) -> dict:
+    """`data` as keyword arguments of the dataclass `cls`: a ConfigError naming the field unless it is a
+    mapping of `cls`'s fields, `required` ones present, each of its annotated type (values in range are
+    the dataclass's own `__post_init__` checks). A record's spec may be hostile (kdbench/store.py)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a mapping of its fields, got a {type(data).__name__}")
+    valid = sorted(cls.__dataclass_fields__)
+    unknown = sorted(set(data) - set(valid), key=str)
+    if unknown:
+        raise ConfigError(f"unknown {what} field(s) {reprlib.repr(unknown)}; valid: {valid}")
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ConfigError(f"{what} has no {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        if not _json_matches(value, hints[name]):
+            raise ConfigError(
+                f"{what} field {name} must be {_json_kind(hints[name])}, got {reprlib.repr(value)}"
+            )
+    return dict(data)
 
 
 LOADERS = ("memory", "stream", "auto")  # how a dataset is read (kdbench/streaming.py)
@@ -80,12 +150,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(
-                f"unknown recipe field(s) {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}"
-            )
-        data = dict(data)
+        data = _checked_fields(cls, data, "recipe")
         if "lr_decay_epochs" in data:
             data["lr_decay_epochs"] = tuple(data["lr_decay_epochs"])
         return cls(**data)
@@ -123,7 +188,7 @@ class VAMConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> VAMConfig:
-        return cls(**data)
+        return cls(**_checked_fields(cls, data, "vam"))
 
 
 # recipe fields added after the first records were written, and their defaults (as HASH_OMITS_AT_DEFAULT)
@@ -178,7 +243,19 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunSpec:
-        data = dict(data)
+        """The spec a record holds, checked: every field a record has always had is required (the later
+        ones default, HASH_OMITS_AT_DEFAULT), each of its type; hashes are hashes, a ConfigError otherwise."""
+        required = tuple(name for name in cls.__dataclass_fields__ if name not in HASH_OMITS_AT_DEFAULT)
+        data = _checked_fields(cls, data, "spec", required)
+        _require(data["seed"], "spec seed", whole=True, low=0, below=2**64)  # torch.manual_seed's range
+        _require(data.get("world_size", 1), "spec world_size", whole=True, low=1)
+        if data["kind"] not in ("distill", "teacher"):
+            raise ConfigError(f"spec kind must be distill or teacher, got {reprlib.repr(data['kind'])}")
+        for name in ("teacher_sha256", "student_init_sha256", "data_sha256"):
+            if data.get(name) is not None:
+                require_sha256(data[name], f"spec {name}")
+        for plugin, digest in data.get("plugin_sha256", {}).items():
+            require_sha256(digest, f"spec plugin_sha256[{reprlib.repr(plugin)}]")
         data["recipe"] = Recipe.from_dict(data["recipe"])
         data["vam"] = VAMConfig.from_dict(data["vam"]) if data.get("vam") else None
         return cls(**data)

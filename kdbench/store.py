@@ -16,19 +16,24 @@ reads it.
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import io
 import json
+import math
 import os
 import re
+import reprlib
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypedDict
 
-from kdbench.errors import KdbenchError
+from kdbench.errors import ConfigError, KdbenchError
+from kdbench.spec import SHA256_HEX, RunSpec, require_sha256
 
 SCHEMA_VERSION = 1
 
@@ -105,6 +110,120 @@ class RunRecord(TypedDict, total=False):
     teacher: dict[str, Any] | None  # distillation runs: the teacher's sha256, test_top1, test_top5
     environment: dict[str, Any]  # python, torch, kdbench, device, threads, git_commit, platform, ...
     created: str  # ISO-8601 time
+
+
+# -- what a record may hold: checked on every read, since a record may be hostile ------------------------
+# A check takes (value, its dotted name) and returns what is wrong with it, or None.
+_Check = Callable[[Any, str], "str | None"]
+
+
+def _scalar(kind: str, fits: Callable[[Any], bool]) -> _Check:
+    return lambda value, where: None if fits(value) else f"{where} must be {kind}, got {reprlib.repr(value)}"
+
+
+def _number(low: float | None = None, high: float | None = None, whole: bool = False) -> _Check:
+    """A finite (whole) number in [low, high]: NaN, inf and booleans never pass."""
+    bounds = f" in [{low}, {high}]" if high is not None else f" >= {low}" if low is not None else ""
+    return _scalar(
+        f"{'a whole' if whole else 'a finite'} number{bounds}",
+        lambda v: (
+            isinstance(v, int if whole else (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and (low is None or v >= low)
+            and (high is None or v <= high)
+        ),
+    )
+
+
+def _text(pattern: str = r"(?s:.*)", kind: str = "a string") -> _Check:
+    return _scalar(kind, lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None)
+
+
+def _one_of(*choices: str) -> _Check:
+    return _scalar(" or ".join(choices), lambda v: isinstance(v, str) and v in choices)
+
+
+def _or_null(check: _Check) -> _Check:
+    return lambda value, where: None if value is None else check(value, where)
+
+
+def _first(problems: Iterator[str | None]) -> str | None:
+    return next((problem for problem in problems if problem), None)
+
+
+def _list_of(check: _Check) -> _Check:
+    def problem(value: Any, where: str) -> str | None:
+        if not isinstance(value, list):
+            return f"{where} must be a list, got {reprlib.repr(value)}"
+        return _first(check(item, f"{where}[{index}]") for index, item in enumerate(value))
+
+    return problem
+
+
+def _mapping(fields: dict[str, _Check] | None = None, required: tuple[str, ...] = (), each=None) -> _Check:
+    """A JSON object: its `fields` checked where present (others pass), `required` ones present, and
+    every value checked by `each` where given (a {name: number} map)."""
+
+    def problem(value: Any, where: str) -> str | None:
+        if not isinstance(value, dict):
+            return f"{where} must be a mapping, got {reprlib.repr(value)}"
+        if missing := [key for key in required if key not in value]:
+            return f"{where} has no {', '.join(missing)}"
+        named = ((check, key) for key, check in (fields or {}).items() if key in value)
+        checks = [*named, *((each, key) for key in value if each)]
+        return _first(check(value[key], f"{where}.{key}" if where else key) for check, key in checks)
+
+    return problem
+
+
+_PERCENT = _number(0, 100)
+_AMOUNT = _number(low=0)  # seconds, bytes, FLOPs, images per second, a learning rate
+_COUNT = _number(low=0, whole=True)
+_SHA256 = _text(SHA256_HEX.pattern, "a SHA-256 (64 lowercase hex digits)")
+_HISTORY_ENTRY = _mapping(
+    {"epoch": _number(low=1, whole=True), "train_loss": _number(), "loss_terms": _mapping(each=_number())}
+    | {"epoch_seconds": _AMOUNT, "images": _COUNT, "lr": _AMOUNT}
+    | {key: _PERCENT for key in ("test_top1", "test_top5", "val_top1")},
+    required=("epoch",),
+)
+_METRICS = _mapping(
+    {key: _PERCENT for key in ("last_top1", "last_top5", "best_top1", "best_top5")} | {"best_epoch": _COUNT},
+    required=tuple(Metrics.__annotations__),
+)
+_OVERHEAD = _mapping(
+    {key: _COUNT for key in ("extra_trainable_params", "peak_memory_bytes", "deploy_params")}
+    | {key: _AMOUNT for key in ("train_flops_per_image", "teacher_flops_per_image", "epoch_seconds")}
+    | {"deploy_flops_per_image": _AMOUNT, "peak_memory_method": _text()}
+    | {key: _or_null(_AMOUNT) for key in ("time_ratio_vs_student", "export_max_abs_error")}
+)
+# The typed fields of `RunRecord` and the values they may hold (the spec's own: `RunSpec.from_dict`).
+RECORD_SCHEMA = _mapping(
+    {
+        "run_id": _text("[0-9a-f]{12}", "a run id (12 lowercase hex digits)"),
+        "kind": _one_of("distill", "teacher"),
+        "spec": _mapping(),
+        "status": _one_of("done", "failed"),
+        "error": _or_null(_text()),
+        "history": _list_of(_HISTORY_ENTRY),
+        "metrics": _or_null(_METRICS),
+        "wall_seconds": _AMOUNT,
+        "throughput_img_s": _AMOUNT,
+        "overhead": _or_null(_OVERHEAD),
+        "vam": _or_null(_mapping(each=_number())),
+        "analysis": _or_null(_mapping()),
+        "seeds": _mapping(each=_or_null(_COUNT)),
+        "checkpoint": _mapping(
+            {"path": _text(r"teachers/[^/]+\.pt", "teachers/<file>.pt"), "sha256": _SHA256},
+            required=("path", "sha256"),
+        ),
+        "teacher": _or_null(
+            _mapping({"sha256": _SHA256, "test_top1": _PERCENT, "test_top5": _PERCENT}, required=("sha256",))
+        ),
+        "environment": _mapping({"threads": _or_null(_number(low=1, whole=True))}),
+        "created": _text(),
+    }
+)
 
 
 def new_record(
@@ -274,6 +393,7 @@ def state_dict_of(checkpoint: Any) -> dict | None:
 
 def student_init_path(out: Path, sha256: str) -> Path:
     """Where a `--student-init` checkpoint lives in the store: named by its bytes, so every worker finds it."""
+    require_sha256(sha256, "a student init's SHA-256")  # it becomes a file name: '../x' never passes
     return Path(out) / "inits" / f"{sha256}.pt"
 
 
@@ -298,6 +418,7 @@ def read_student_init(out: Path, sha256: str) -> dict:
 
 def teacher_eval_path(out: Path, sha256: str, dataset: str) -> Path:
     """The cached test accuracy of the teacher weights `sha256` on `dataset`."""
+    require_sha256(sha256, "a teacher's SHA-256")  # it becomes a file name: '../x' never passes
     return Path(out) / "teachers" / f"{sha256}.{dataset}.test.json"
 
 
@@ -314,9 +435,11 @@ _REQUIRED_KEYS = ("schema", "run_id", "kind", "spec", "status", "environment")
 def read_record(path: Path) -> RunRecord:
     """A record from its file; a StoreError naming the file when it is unreadable or not a record."""
     try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:  # ValueError: bad JSON, or bytes that are not UTF-8
-        raise StoreError(f"cannot read run record {path}: {err}; delete it and re-run that spec") from err
+        record = json.loads(_record_bytes(Path(path)), object_pairs_hook=_unique_keys)
+    # ValueError: bad JSON, a repeated key, or bytes that are not UTF-8; RecursionError: nested too deep
+    except (OSError, ValueError, RecursionError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise StoreError(f"cannot read run record {path}: {reason}; delete it and re-run that spec") from err
     if not isinstance(record, dict):
         raise StoreError(
             f"{path} is not a run record (a JSON {type(record).__name__}); delete it or move it away"
@@ -326,7 +449,62 @@ def read_record(path: Path) -> RunRecord:
         raise StoreError(f"run record {path} has schema {record.get('schema')}, expected {SCHEMA_VERSION}")
     if missing:
         raise StoreError(f"{path} is not a run record (no {', '.join(missing)}); delete it or move it away")
+    _check_record(Path(path), record)
     return record
+
+
+# A record is a few hundred KB at most (one history entry per epoch); a bigger file is no record.
+MAX_RECORD_BYTES = 64 * 2**20
+
+
+def _record_bytes(path: Path) -> bytes:
+    """A record file's bytes: a regular file, not a symbolic link (it could lead out of the store, or to
+    a device or pipe that never ends), and not too big to be one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO must not block the open
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise OSError(f"it is a symbolic link (to {os.readlink(path)}), not a record file") from err
+    with os.fdopen(fd, "rb") as handle:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(f"not a regular file ({stat.filemode(status.st_mode)})")
+        if status.st_size > MAX_RECORD_BYTES:
+            raise OSError(f"{status.st_size} bytes, more than a record's {MAX_RECORD_BYTES}")
+        return handle.read()
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are unique: with a key twice, which value is the record's is a guess."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        repeated = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"the key {reprlib.repr(repeated)} appears twice in one object")
+    return dict(pairs)
+
+
+def _check_record(path: Path, record: dict) -> None:
+    """A StoreError naming the file and the field unless the record holds what RECORD_SCHEMA and
+    `RunSpec.from_dict` allow and agrees with itself: what reads records (report, check, rerun, a sweep's
+    cache) reads only checked ones."""
+    remedy = "delete it or move it away"
+    problem = RECORD_SCHEMA(record, "")
+    if problem:
+        raise StoreError(f"run record {path}: {problem}; {remedy}")
+    try:
+        spec = RunSpec.from_dict(record["spec"])
+    except ConfigError as err:
+        raise StoreError(f"run record {path}: {err}; {remedy}") from err
+    disagreements = (
+        (record["run_id"] != spec.run_id, f"run_id {record['run_id']} is not its spec's hash {spec.run_id}"),
+        (path.name != f"{record['run_id']}.json", f"run_id {record['run_id']} is not its file's name"),
+        (record["kind"] != spec.kind, f"kind {record['kind']} is not its spec's kind {spec.kind}"),
+        (record["status"] == "done" and not record.get("metrics"), "status done without metrics"),
+    )
+    for wrong, problem in disagreements:
+        if wrong:
+            raise StoreError(f"run record {path}: {problem}; {remedy}")
 
 
 def find_record(out: Path, run_id: str) -> RunRecord | None:

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from kdbench import reporting
+from kdbench.spec import Recipe, RunSpec, VAMConfig
 
 PAIR = "resnet56→resnet20"
 
@@ -26,16 +27,15 @@ def make_record(
 ):
     """A schema-1 run record as the engine writes it (store.py docstring), with a made-up learning curve."""
     done = status == "done"
-    spec = {
-        "method": method,
-        "teacher": teacher,
-        "student": student,
-        "dataset": dataset,
-        "seed": seed,
-        "vam": vam,
-        "hp": {},
-        "recipe": {"epochs": epochs},
-    }
+    spec = RunSpec(
+        method=method,
+        teacher=teacher,
+        student=student,
+        dataset=dataset,
+        seed=seed,
+        vam=VAMConfig() if vam else None,
+        recipe=Recipe(epochs=epochs),
+    ).to_dict()
     history = [
         {
             "epoch": epoch,
@@ -57,7 +57,7 @@ def make_record(
     }
     return {
         "schema": 1,
-        "run_id": f"{method}-{teacher}-{student}-{dataset}-{seed}-{vam}",
+        "run_id": RunSpec.from_dict(spec).run_id,
         "kind": "distill",
         "spec": spec,
         "status": status,

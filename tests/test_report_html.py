@@ -7,7 +7,6 @@ KDBENCH_CHROMIUM names another binary."""
 
 import contextlib
 import io
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ from test_report import make_record, seeds
 
 from kdbench import cli, reporting, store
 from kdbench.reporting.html import leaderboard_page
+from kdbench.spec import RunSpec
 
 try:
     from playwright.sync_api import sync_playwright
@@ -37,9 +37,10 @@ TOP1_HEADER = "top-1 (%)"
 
 def with_hp(records, **hp):
     """The records as another configuration of their method: other hyper-parameters, other run ids."""
+    specs = [{**record["spec"], "hp": hp} for record in records]
     return [
-        dict(record, spec={**record["spec"], "hp": hp}, run_id=f"{record['run_id']}-{json.dumps(hp)}")
-        for record in records
+        dict(record, spec=spec, run_id=RunSpec.from_dict(spec).run_id)
+        for record, spec in zip(records, specs, strict=True)
     ]
 
 

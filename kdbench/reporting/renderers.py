@@ -42,9 +42,24 @@ def _marked(board: Leaderboard, mark: Callable[[str], str]) -> pd.DataFrame:
     return table
 
 
-def _tabulated(board: Leaderboard, tablefmt: str, mark: Callable[[str], str]) -> str:
+def _one_line(text: object) -> str:
+    """A user string (a name, a hyper-parameter value, an error) kept on its line: a line break in it would
+    end a table row, a comment or a list item and let the rest be read as markup."""
+    return re.sub(r"[\r\n\v\f\x85\u2028\u2029]+", " ", str(text))
+
+
+def _markdown_cell(text: object) -> str:
+    r"""A GitHub-markdown table cell: a '|' would end the cell, so it is written '\|' (a backslash before
+    it doubled first, so that it cannot escape the escape)."""
+    return _one_line(text).replace("\\", "\\\\").replace("|", "\\|")
+
+
+def _tabulated(
+    board: Leaderboard, tablefmt: str, mark: Callable[[str], str], cell: Callable[[object], str] | None = None
+) -> str:
+    table = _marked(board, mark).reset_index()
     return tabulate(
-        _marked(board, mark).reset_index(),
+        table.map(cell).rename(columns=cell) if cell else table,
         headers="keys",
         tablefmt=tablefmt,
         showindex=False,
@@ -59,21 +74,35 @@ def _render_terminal(board: Leaderboard) -> str:
 
 
 def _render_markdown(board: Leaderboard) -> str:
-    notes = "".join(f"\n- {note}" for note in board.notes)
-    table = _tabulated(board, "github", lambda text: f"**{text}**")
-    return f"{board.caption} (**bold** = best)\n\n{table}\n{notes}\n"
+    notes = "".join(f"\n- {_one_line(note)}" for note in board.notes)
+    table = _tabulated(board, "github", lambda text: f"**{text}**", _markdown_cell)
+    return f"{_one_line(board.caption)} (**bold** = best)\n\n{table}\n{notes}\n"
 
 
 def _tidy(board: Leaderboard) -> pd.DataFrame:
     return board.stats.reindex(columns=list(TIDY_COLUMNS))
 
 
+# What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection"): a text cell that starts with one
+# is written with a leading "'" so that it stays text; numbers (a negative Δ) stay numbers.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# a field of a comment line as a spreadsheet splits it (',' or ';' by locale, tab), blanks before it skipped
+_FORMULA_FIELD = re.compile(r"(^|[,;\t])(\s*)(?=[=+\-@])")
+
+
+def _csv_cell(value: object) -> object:
+    return f"'{value}" if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value
+
+
 def _render_csv(board: Leaderboard) -> str:
     # Caption and notes as leading '#' lines: pandas.read_csv(comment="#") reads the cells back. A '#' or a
-    # line break inside them would end the comment or the line, so none is written.
+    # line break inside them would end the comment or the line, so none is written; a spreadsheet splits
+    # them into fields, so a field that would start a formula gets its "'" too.
     lines = [board.caption, *board.notes]
-    header = "".join("# " + line.replace("#", "no.").replace("\n", " ") + "\n" for line in lines)
-    return header + _tidy(board).to_csv(index=False, lineterminator="\n")
+    header = "".join(
+        _FORMULA_FIELD.sub(r"\1\2'", "# " + _one_line(line).replace("#", "no.")) + "\n" for line in lines
+    )
+    return header + _tidy(board).map(_csv_cell).to_csv(index=False, lineterminator="\n")
 
 
 def _json_value(value: object) -> object:
@@ -102,6 +131,10 @@ _LATEX_SPECIALS = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    # in LaTeX's default (OT1) font encoding these print as other glyphs
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
     "±": r"$\pm$",
     "→": r"$\to$",
     "Δ": r"$\Delta$",
@@ -115,7 +148,7 @@ _LATEX_SPECIALS = {
 
 
 def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIALS.get(char, char) for char in str(text))
+    return "".join(_LATEX_SPECIALS.get(char, char) for char in _one_line(text))
 
 
 _SEEDS = re.compile(r" \(n=(\d+)\)")
@@ -187,7 +220,7 @@ def _render_latex(board: Leaderboard) -> str:
         r"$\Delta$: vs.\ the student; $^\dagger$: significant gain (Welch's $t$-test, Holm-corrected, "
         rf"$\alpha={ALPHA}$); bold: not significantly below the best."
     )
-    comments = "".join(f"% {line}\n" for line in [board.caption, *board.notes] if line)
+    comments = "".join(f"% {_one_line(line)}\n" for line in [board.caption, *board.notes] if line)
     text = "% needs \\usepackage{booktabs}\n" + comments
     table = _latex_table(cells, f"tab:kdbench-{_label_slug(dataset)}", caption)
     if board.published_rows:  # a rule between measured and published rows

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdbench import store, teachers
+from kdbench import plugins, store, teachers
 from kdbench.errors import ConfigError
 from kdbench.progress import to_stderr
 from kdbench.spec import RunSpec
@@ -98,9 +98,12 @@ def rerun(
     device: str = "cpu",
     progress: Callable[[str], None] = to_stderr,
     student_init: str | None = None,
+    plugin_files: list[str] | tuple[str, ...] = (),
 ) -> RerunResult:
     """Train the record's spec again into `out` and compare the two records (`teacher`, `student_init`:
-    the checkpoints the record names by SHA-256, where the record's store no longer has them)."""
+    the checkpoints the record names by SHA-256, where the record's store no longer has them). The
+    plugins the run used are loaded in the recorded versions: the store's copies
+    (`STORE/plugins/<sha256>.py`), or `plugin_files` with those SHA-256s (kdbench/plugins.py)."""
     record_file = Path(record_file)
     if not record_file.is_file():
         raise ConfigError(f"record {record_file} not found")
@@ -114,6 +117,8 @@ def rerun(
     )
     if spec.student_init_sha256:
         stage_student_init(spec.student_init_sha256, store_root, student_init, out)
+    plugins.load_recorded(spec.plugin_sha256, store_root, plugin_files)
+    plugins.save_sources(out, spec.plugin_sha256)  # the new store can be rerun in its turn
     worker = Worker(settings, progress=progress)
     if spec.kind == "teacher":
         unit = TeacherUnit(spec)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from kdbench.errors import ConfigError, KdbenchError
 from kdbench.features import Features, FeatureShapes
 from kdbench.methods.logit_std import standardize_logits
-from kdbench.registries import METHODS, UnknownNameError, lookup
+from kdbench.registries import METHODS, RegistrationError, UnknownNameError, lookup
 
 
 class PairNotSupportedError(KdbenchError, ValueError):
@@ -257,8 +257,10 @@ COMPOSED_KD_WEIGHT = 1.0
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: register a Method under its own `name` attribute."""
     if not cls.name:
-        raise TypeError(f"{cls.__qualname__} has no `name`; set the class attribute it is registered by")
-    METHODS.register_module(name=cls.name, module=cls)
+        raise RegistrationError(
+            f"method class {cls.__qualname__} has no `name`; set the class attribute it is registered by"
+        )
+    METHODS.register_module(name=cls.name, module=cls)  # the name is checked there (registries.NAME_RULE)
     return cls
 
 

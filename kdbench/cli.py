@@ -45,6 +45,11 @@ def _whole(low: int):
     return parse
 
 
+def _cohort(text: str) -> bool | int:
+    """argparse type of --cohort: on, off, or the most runs a cohort holds."""
+    return {"on": True, "off": False}.get(text) if text in ("on", "off") else _whole(1)(text)
+
+
 def _whole_list(text: str) -> tuple[int, ...]:
     """argparse type: comma-separated whole numbers >= 1 (`4,8`)."""
     return tuple(_whole(1)(part) for part in text.split(",") if part)
@@ -101,8 +106,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="sweep file (YAML, JSON or Python; mmengine Config): the keys of a preset, lists in hp and "
-        "vam_config are grids; flags override it",
+        help="sweep file: the keys of a preset, lists in hp and vam_config are grids; flags override it. "
+        "YAML and JSON are read as data; a Python (.py) sweep file is RUN as code, with your rights: "
+        "pass only one you trust",
     )
     parser.add_argument(
         "--preset",
@@ -171,10 +177,17 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="re-run specs that already have a record")
     parser.add_argument(
         "--cohort",
-        choices=("on", "off"),
-        default="on",
-        help="train runs sharing a seed and recipe in lockstep: one data pass, one teacher forward "
-        "(default on; records are bit-identical either way)",
+        type=_cohort,
+        metavar="on|off|N",
+        help="train runs sharing a seed and recipe in lockstep: one data pass, one teacher forward, in "
+        "cohorts of at most 16 runs (N: at most N; each member's model and optimizer are held at once); "
+        "default on; records are bit-identical either way",
+    )
+    parser.add_argument(
+        "--max-runs",
+        type=_whole(1),
+        metavar="N",
+        help="refuse a sweep that plans more than N runs (default 10000; counted before any is built)",
     )
     parser.add_argument(
         "--precision",
@@ -231,7 +244,9 @@ def _add_parallel_flags(parser: argparse.ArgumentParser) -> None:
         "folder every node sees",
     )
     parser.add_argument(
-        "--ray-address", help="join this Ray cluster (auto, or HOST:PORT; default: start a local Ray)"
+        "--ray-address",
+        help="join this Ray cluster (auto, or HOST:PORT; default: start a local Ray); an address that "
+        "accepts no connection within 30 s is refused",
     )
     parser.add_argument("--slurm-partition", help="SLURM partition of the jobs")
     parser.add_argument(
@@ -356,9 +371,21 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--out", help="store of the new record (default: STORE/reruns/<run_id>)")
     rerun.add_argument("--teacher", help="the teacher checkpoint (default: found by SHA-256 in the store)")
     rerun.add_argument(
+        "--student-init",
+        metavar="PATH",
+        help="the run's --student-init checkpoint (default: the store's copy, found by SHA-256)",
+    )
+    rerun.add_argument(
         "--data-root", help="dataset folder (default: $KDBENCH_DATA, then the system locations)"
     )
     rerun.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    rerun.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a plugin the run used, in the version it used (default: its copy in STORE/plugins)",
+    )
 
     report = _command(commands, "report", "leaderboard from the records of a store")
     _add_common(report)
@@ -407,6 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("what", choices=("methods", "models", "datasets", "pairs", "presets"))
     listing.add_argument(
         "--verbose", action="store_true", help="methods: each one's citation, hyper-parameters and defaults"
+    )
+    listing.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also list what this Python file registers (repeatable; it is executed, as in `run`)",
     )
 
     bench = _command(commands, "bench", "speed ratios of the engine, loader, VAM and methods, measured now")
@@ -540,7 +574,8 @@ def _flag_layer(args) -> dict:
         "teacher": args.teacher,
         "device": args.device,
         "force": args.force or None,
-        "cohort": None if args.cohort is None else args.cohort == "on",
+        "cohort": args.cohort,
+        "max_runs": args.max_runs,
         "precision": args.precision,
         "compile": args.compile or None,
         "threads": args.threads,
@@ -621,13 +656,15 @@ def _print_board(out: Path, fmt: str, dataset: str | None = None, published: boo
 
 def cmd_run(args) -> int:
     from kdbench import config, distributed
-    from kdbench.sweep import Sweep
+    from kdbench.sweep import Sweep, check_size
 
     resolved = _resolved_config(args)
     distributed.init_from_env(resolved["device"])  # under torchrun: one run on every process
     if args.workers is not None:  # inherited by every worker process the sweep starts
         os.environ["KDBENCH_WORKERS"] = str(args.workers)  # kdbench/streaming.py
-    request = config.prepare(config.build_request(resolved), resolved, args.argv, write=distributed.is_main())
+    request = config.build_request(resolved)
+    check_size(request)  # a grid too large is refused before the store is touched
+    request = config.prepare(request, resolved, args.argv, write=distributed.is_main())
     quiet = None if distributed.is_main() else (lambda line: None)
     summary = Sweep(request, progress=quiet).run()
     if not distributed.is_main():
@@ -644,7 +681,15 @@ def cmd_run(args) -> int:
 def cmd_rerun(args) -> int:
     from kdbench.rerun import rerun
 
-    result = rerun(Path(args.record), args.out, args.teacher, args.data_root, args.device)
+    result = rerun(
+        Path(args.record),
+        args.out,
+        args.teacher,
+        args.data_root,
+        args.device,
+        student_init=args.student_init,
+        plugin_files=args.plugin,
+    )
     top1 = (result.rerun.get("metrics") or {}).get("last_top1")
     if result.identical:
         print(f"reproduced {result.original['run_id']} bit for bit (last top-1 {top1})")
@@ -716,14 +761,16 @@ def _pinned_changes(path: str | None) -> list[str]:
 def cmd_list(args) -> int:
     from kdbench import plugins
 
-    plugins.load()  # installed plugins' entry points register their names too
+    # installed plugins' entry points register their names too
+    plugins.load(plugins.resolve(args.plugin, Path.cwd()))
     if args.what == "methods":
         from kdbench.registries import METHODS
 
         for name in sorted(name for name in METHODS.module_dict if "+" not in name):
             cls = METHODS.get(name)
             summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            print(f"{name:12s} {summary}")
+            source = plugins.owner("method", name)
+            print(f"{name:12s} {summary}" + (f" (plugin {source})" if source else ""))
             if args.verbose:
                 citation = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[:1]
                 print(f"{'':12s} paper: {citation[0] if citation else '(none)'}")

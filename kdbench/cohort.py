@@ -169,18 +169,31 @@ class Cohort:
         return self.members
 
 
-def plan_cohorts(specs: list[RunSpec], jobs: int, enabled: bool = True) -> list[list[RunSpec]]:
+# A cohort holds every member's student, optimizer state, method modules (CRD's memory bank) and
+# tracker files at once, while the teacher forward it shares is one share of each step: past a dozen
+# or so members that share is small and the memory is not, so a group larger than this is cut.
+MAX_COHORT_MEMBERS = 16
+
+
+def plan_cohorts(
+    specs: list[RunSpec], jobs: int, enabled: bool = True, largest: int = MAX_COHORT_MEMBERS
+) -> list[list[RunSpec]]:
     """Specs that can share a data stream and a teacher forward (same student, dataset, recipe,
-    seed, precision, compile), each group cut into `parts` cohorts: the fewest parts that keep the
-    `jobs` workers busiest (rounds of work per part: ceil(groups * parts / jobs) / parts)."""
+    seed, precision, compile), each group cut into cohorts of at most `largest` members, then into
+    `parts` cohorts: the fewest parts that keep the `jobs` workers busiest (rounds of work per part:
+    ceil(groups * parts / jobs) / parts)."""
     if not enabled:
         return [[spec] for spec in specs]
     groups: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
         key = (spec.student, spec.dataset, spec.recipe, spec.seed, spec.precision, spec.compile)
         groups.setdefault(key, []).append(spec)
-    if not groups:
+    bounded = []
+    for group in groups.values():
+        cuts = math.ceil(len(group) / largest)
+        bounded += [group[i::cuts] for i in range(cuts)]
+    if not bounded:
         return []
-    largest = max(len(group) for group in groups.values())
-    parts = min(range(1, largest + 1), key=lambda p: (math.ceil(len(groups) * p / jobs) / p, p))
-    return [group[i::parts] for group in groups.values() for i in range(min(parts, len(group)))]
+    most = max(len(group) for group in bounded)
+    parts = min(range(1, most + 1), key=lambda p: (math.ceil(len(bounded) * p / jobs) / p, p))
+    return [group[i::parts] for group in bounded for i in range(min(parts, len(group)))]

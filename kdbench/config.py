@@ -1,11 +1,16 @@
 """Sweep configurations: a preset, a sweep file and command-line flags, merged into one request.
 
-A sweep file is read by mmengine's `Config` (YAML, JSON or Python) and holds the keys of a preset
-(registry/presets/*.yaml are such files); every key is optional and fills in over the preset it
-names (`preset:`, default quick); flags fill in over the file. Lists in `hp` and `vam_config` are
-grids: each method trains the Cartesian product of its own keys' values, e.g.
+A sweep file holds the keys of a preset (registry/presets/*.yaml are such files); every key is
+optional and fills in over the preset it names (`preset:`, default quick), and over the files its
+`_base_` names; flags fill in over the file. Lists in `hp` and `vam_config` are grids: each method
+trains the Cartesian product of its own keys' values, e.g.
 
     hp: {kd.temperature: [2, 4], kd.kd_weight: [0.9, 0.5]}   # four kd configurations
+
+YAML and JSON sweep files are untrusted data, read as such (`catalog.read_yaml`: no tags, no
+aliases); a Python sweep file is code the user chose and runs, like a plugin. kdbench reads sweep
+files itself rather than through mmengine's `Config`, whose YAML loader builds Python objects from
+tags and which substitutes environment variables and imports packages named in `_base_`.
 
 The merged configuration (`resolve`) is plain data; `build_request` turns it into a SweepRequest
 and `resolved_record` is what a sweep writes into its store (`sweeps/<sha>.json`).
@@ -15,11 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import runpy
+import types
 from dataclasses import fields, replace
 from pathlib import Path
 
 from kdbench import catalog, plugins
-from kdbench.errors import ConfigError
+from kdbench.errors import ConfigError, clip, file_problem, shorten
 from kdbench.spec import Recipe, VAMConfig, grid_points
 from kdbench.trackers import check_trackers
 
@@ -41,7 +48,8 @@ KEYS = {
     "teacher": "teacher checkpoint path (default: train and cache)",
     "device": "torch device",
     "force": "re-run specs that already have a record",
-    "cohort": "train runs sharing a seed and recipe in lockstep",
+    "cohort": "train runs sharing a seed and recipe in lockstep (true, false, or N: at most N runs each)",
+    "max_runs": "refuse a sweep that plans more runs than this (default 10000)",
     "precision": "fp32, bf16 or fp16",
     "compile": "torch.compile the training forwards",
     "threads": "torch threads per run",
@@ -57,29 +65,117 @@ KEYS = {
 VAM_MODES = {"on": [True], "off": [False], "both": [False, True]}
 
 
+# keys whose value is a mapping (merged field by field)
+MAPPING_KEYS = ("recipe", "teacher_recipe", "hp", "vam_config", "slurm", "student_lr", "custom_imports")
+
+
 def _checked_keys(config: dict, source: str) -> dict:
-    unknown = sorted(set(config) - set(KEYS))
+    unknown = sorted(clip(str(key)) for key in set(config) - set(KEYS))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(KEYS))}")
+        shown = ", ".join(unknown[:8])
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+        raise ConfigError(f"{source}: unknown key(s) {shown}{more}; valid: {', '.join(sorted(KEYS))}")
+    for key, value in config.items():
+        named = f"--{key.replace('_', '-')}" if source == "flags" else f"{source}: {key}"
+        if key in MAPPING_KEYS and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{named} takes a mapping ({KEYS[key]}), got {shorten(value)}")
+        if key != "description" and _is_empty(key, value):
+            raise ConfigError(f"{named} is empty; give it a value ({KEYS[key]}) or leave it out")
     return config
+
+
+def _is_empty(key: str, value) -> bool:
+    """An empty string or a comma list of nothing (`--methods ,`); no methods or pairs at all."""
+    if isinstance(value, str):
+        return not value.replace(",", "").strip()
+    return key in ("methods", "pairs") and value == []
+
+
+SWEEP_FORMATS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".py": "Python"}
 
 
 def load_sweep_file(path: str | Path) -> dict:
-    """A sweep file as a plain dict, its keys checked and its plugin paths made absolute."""
-    from mmengine.config import Config
+    """A sweep file as a plain dict: its `_base_` files merged under it (as `merge` merges layers),
+    its keys checked and its plugin paths made absolute. YAML and JSON are read as data
+    (`catalog.read_yaml`, `json`); a Python file runs (`_run_python_sweep`)."""
+    return _load_sweep_chain(Path(path), ())
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} not found")
-    try:
-        config = Config.fromfile(str(path), import_custom_modules=False).to_dict()
-    except Exception as err:  # mmengine raises several types for a file it cannot parse
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"sweep file {path} is unreadable ({reason})") from err
-    config = _checked_keys(config, f"sweep file {path}")
+
+def _load_sweep_chain(path: Path, chain: tuple[Path, ...]) -> dict:
+    """`path` over its `_base_` files; `chain` holds the files that named it (a cycle is refused)."""
+    data = _read_sweep_file(path, chain)
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(
+            f"sweep file {path}: _base_ takes a file or a list of files (relative to it), got {shorten(bases)}"
+        )
+    layers = []
+    for base in bases:
+        base_path = path.parent / base
+        if path.suffix != ".py" and base_path.suffix == ".py":
+            raise ConfigError(
+                f"sweep file {path}: _base_ {shorten(base)} is a Python file, which runs as code; only a "
+                "Python sweep file may name one (YAML and JSON are read as data)"
+            )
+        if base_path.resolve() in {*chain, path.resolve()}:
+            raise ConfigError(f"sweep file {path}: _base_ {shorten(base)} names a file of its own chain")
+        layers.append(_load_sweep_chain(base_path, (*chain, path.resolve())))
+    config = _checked_keys(data, f"sweep file {path}")
     if "custom_imports" in config:
         config["custom_imports"] = {"imports": plugins.resolve(_imports_of(config, path), path.parent)}
-    return config
+    return merge(*layers, config) if layers else config
+
+
+def _read_sweep_file(path: Path, chain: tuple[Path, ...]) -> dict:
+    """One sweep file's own mapping (its `_base_` still in it)."""
+    named = f"sweep file {path}" if not chain else f"sweep file {path} (a _base_ of {chain[-1]})"
+    problem = file_problem(path, missing="not found")
+    if problem:
+        raise ConfigError(f"{named} {problem}; pass --config a YAML, JSON or Python sweep file")
+    if path.suffix not in SWEEP_FORMATS:
+        raise ConfigError(f"{named} is not a sweep file: name it .yaml, .yml, .json or .py")
+    if path.suffix == ".py":
+        return _mapping_of(_run_python_sweep(path, named), named)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else err.strerror
+        raise ConfigError(f"{named} is unreadable ({reason})") from err
+    if path.suffix != ".json":
+        return _mapping_of(catalog.read_yaml(text, named), named)
+    try:
+        return _mapping_of(json.loads(text), named)
+    except (ValueError, RecursionError) as err:  # RecursionError: nested beyond Python's stack
+        reason = (
+            f"line {err.lineno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+        )
+        raise ConfigError(f"{named} is unreadable (not JSON: {reason})") from err
+
+
+def _run_python_sweep(path: Path, named: str) -> dict:
+    """A Python sweep file, run as the code it is (the user chose it, like a plugin): its top-level
+    names, less the private ones (`_base_` kept), modules, functions and classes, are its keys. An
+    exception it raises is the user's error: one line with its type and message."""
+    try:
+        namespace = runpy.run_path(str(path), run_name="__kdbench_sweep__")
+    except Exception as err:  # whatever the user's code raises, named as it raised it
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise ConfigError(f"{named} failed: {type(err).__name__}: {clip(reason, 200)}") from err
+    return {
+        key: value
+        for key, value in namespace.items()
+        if (key == "_base_" or not key.startswith("_"))
+        and not isinstance(value, (types.ModuleType, types.FunctionType, type))
+    }
+
+
+def _mapping_of(data: object, named: str) -> dict:
+    if isinstance(data, dict):
+        return data
+    kinds = {type(None): "nothing", list: "a list", str: "a string", bool: "true or false"}
+    kind = kinds.get(type(data), "a number" if isinstance(data, (int, float)) else f"a {type(data).__name__}")
+    raise ConfigError(f"{named} must hold a mapping of keys (key: value lines), got {kind}")
 
 
 def _imports_of(config: dict, source: Path | str) -> list[str]:
@@ -89,7 +185,7 @@ def _imports_of(config: dict, source: Path | str) -> list[str]:
         imports = [imports]
     if not isinstance(imports, list) or not all(isinstance(item, str) for item in imports):
         raise ConfigError(
-            f"{source}: custom_imports takes {{imports: [module or file.py, ...]}}, got {custom!r}"
+            f"{source}: custom_imports takes {{imports: [module or file.py, ...]}}, got {shorten(custom)}"
         )
     return imports
 
@@ -161,19 +257,19 @@ def resolve(
 def hp_grid(hp: dict) -> dict[str, dict[str, list]]:
     """{method.key: v} or {method: {key: v}} as {method: {key: [values]}} (a scalar is a one-value grid)."""
     if not isinstance(hp, dict):
-        raise ConfigError(f"hp takes {{method.key: value}} or {{method: {{key: value}}}}, got {hp!r}")
+        raise ConfigError(f"hp takes {{method.key: value}} or {{method: {{key: value}}}}, got {shorten(hp)}")
     grid: dict[str, dict[str, list]] = {}
     for key, value in hp.items():
         method, dot, name = str(key).partition(".")
         items = {name: value} if dot else value
         if not method or (dot and not name) or not isinstance(items, dict):
             raise ConfigError(
-                f"bad hp key {key!r}: write METHOD.KEY (e.g. kd.temperature) or METHOD: {{KEY: ...}}"
+                f"bad hp key {shorten(key)}: write METHOD.KEY (e.g. kd.temperature) or METHOD: {{KEY: ...}}"
             )
         for hp_name, values in items.items():
             values = list(values) if isinstance(values, (list, tuple)) else [values]
             if not values:
-                raise ConfigError(f"hp {method}.{hp_name} has an empty list of values")
+                raise ConfigError(f"hp {clip(f'{method}.{hp_name}')} has an empty list of values")
             grid.setdefault(method, {})[hp_name] = values
     return grid
 
@@ -181,7 +277,7 @@ def hp_grid(hp: dict) -> dict[str, dict[str, list]]:
 def vam_configs(settings: dict) -> list[VAMConfig]:
     """Every VAM configuration of a `vam_config` grid (lists are grids)."""
     valid = {f.name for f in fields(VAMConfig)}
-    unknown = sorted(set(settings) - valid)
+    unknown = sorted(clip(str(key)) for key in set(settings) - valid)
     if unknown:
         raise ConfigError(
             f"vam_config: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
@@ -192,10 +288,10 @@ def vam_configs(settings: dict) -> list[VAMConfig]:
 
 def _seeds(value) -> list[int]:
     if isinstance(value, bool) or not isinstance(value, (int, list)):
-        raise ConfigError(f"seeds takes a number of seeds or a list of seeds, got {value!r}")
+        raise ConfigError(f"seeds takes a number of seeds or a list of seeds, got {shorten(value)}")
     seeds = list(range(value)) if isinstance(value, int) else value  # none at all: "nothing to train"
     if not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds):
-        raise ConfigError(f"seeds must be whole numbers >= 0, got {value!r}")
+        raise ConfigError(f"seeds must be whole numbers >= 0, got {shorten(value)}")
     return seeds
 
 
@@ -204,7 +300,7 @@ def _names(value, what: str) -> str | list[str]:
         return value if value == "all" else [item.strip() for item in value.split(",") if item.strip()]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return value
-    raise ConfigError(f"{what} takes a comma list or a list of names, got {value!r}")
+    raise ConfigError(f"{what} takes a comma list or a list of names, got {shorten(value)}")
 
 
 def build_request(config: dict):
@@ -221,9 +317,9 @@ def build_request(config: dict):
     pairs = catalog.parse_pairs(pairs if isinstance(pairs, str) else ",".join(_names(pairs, "pairs")))
     vam = {True: "on", False: "off"}.get(config["vam"], config["vam"])  # YAML reads on/off as booleans
     if vam not in VAM_MODES:
-        raise ConfigError(f"vam takes on, off or both, got {config['vam']!r}")
+        raise ConfigError(f"vam takes on, off or both, got {shorten(config['vam'])}")
     optional = ("data_root", "device", "force", "cohort", "precision", "compile", "threads", "jobs")
-    optional += ("backend", "ray_address", "slurm")
+    optional += ("backend", "ray_address", "slurm", "max_runs")
     return SweepRequest(
         methods=methods,
         pairs=pairs,

@@ -2,6 +2,10 @@
 a back-end. Teachers are resolved first (given, cached or to be trained); runs that need no
 teacher start beside a teacher being trained; finished records are skipped.
 
+Before anything trains, the size of the grid is counted without building it (`count_runs`: methods x
+hyper-parameter points x VAM configurations x seeds x pairs) and a sweep over `max_runs` (default
+MAX_RUNS, `--max-runs`) is refused; the number of runs planned (and cached) is printed.
+
 A failing run (non-finite loss, a pair the method cannot serve) is recorded as failed with its
 reason and the sweep goes on. Records are plain files, so sweeps run on several machines merge by
 copying their `runs/` folders together.
@@ -10,6 +14,7 @@ copying their `runs/` folders together.
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -18,17 +23,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from kdbench import distributed, ratios, store, teachers
+from kdbench import distributed, plugins, ratios, store, teachers
 from kdbench.backends import Backend, open_backend
 from kdbench.catalog import Pair
-from kdbench.cohort import plan_cohorts
-from kdbench.data import DatasetInfo, prepare_data
+from kdbench.cohort import MAX_COHORT_MEMBERS, plan_cohorts
+from kdbench.data import DatasetInfo, fit_train_subset, prepare_data
+from kdbench.engine import probe_shapes
 from kdbench.errors import ConfigError
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import build_model, list_models
 from kdbench.progress import bar, to_stderr
 from kdbench.spec import Recipe, RunSpec, VAMConfig, grid_points
 from kdbench.units import RunUnit, TeacherUnit, WorkerSettings
+
+# a sweep planning more runs than this is refused unless `max_runs` allows it: a grid that large is more
+# often a typo (one more value list) than a plan, and its specs alone take minutes to build
+MAX_RUNS = 10_000
 
 
 @dataclass
@@ -50,7 +60,10 @@ class SweepRequest:
     device: str = "cpu"
     force: bool = False
     jobs: int = 1  # units trained at once, each in its own process
-    cohort: bool = True  # train runs sharing a seed and recipe as cohorts (kdbench/cohort.py)
+    # train runs sharing a seed and recipe as cohorts (kdbench/cohort.py) of at most MAX_COHORT_MEMBERS
+    # runs; a whole number N: cohorts of at most N runs
+    cohort: bool | int = True
+    max_runs: int = MAX_RUNS  # refuse a sweep planning more runs (count_runs) than this
     precision: str = "fp32"  # fp32 | bf16 | fp16 (kdbench/precision.py)
     compile: bool = False  # torch.compile the training forwards
     threads: int | None = None  # torch threads per run (None: leave torch's setting)
@@ -60,6 +73,7 @@ class SweepRequest:
     plugins: tuple[str, ...] = ()  # plugin files and modules every worker loads (kdbench/plugins.py)
     trackers: tuple[str, ...] = ()  # per-epoch scalars to these back-ends (kdbench/trackers.py)
     student_init_sha256: str | None = None  # every student starts from these weights (--student-init)
+    data_sha256: str | None = None  # the data's identity, set by `Sweep.run` (kdbench/data.py `data_digest`)
 
 
 @dataclass
@@ -92,6 +106,43 @@ def validate_names(request: SweepRequest) -> None:
                 build_model(name, num_classes=2)  # raises UnknownNameError with the valid names
 
 
+def _vam_options(request: SweepRequest) -> list[VAMConfig | None]:
+    """Each method's VAM variants: None (no VAM) and/or each VAM configuration."""
+    return [None] * (False in request.vam_modes) + request.vam_configs * (True in request.vam_modes)
+
+
+def count_runs(request: SweepRequest) -> int:
+    """The runs the request asks for, counted without building them: per method, its hyper-parameter
+    grid points x VAM variants x seeds x pairs (an upper bound: grid points that resolve alike, and the
+    baseline of pairs sharing a student, train once)."""
+    variants = len(_vam_options(request)) * len(request.seeds) * len(request.pairs)
+    total = 0
+    for method in request.methods:
+        grid = request.hp_overrides.get(method, {})
+        points = math.prod(len(v) if isinstance(v, (list, tuple)) else 1 for v in grid.values())
+        total += points * variants
+    return total
+
+
+def check_size(request: SweepRequest) -> int:
+    """The number of runs planned (`count_runs`), or a ConfigError when it is over `max_runs`; also
+    checks the cohort setting."""
+    cohort = request.cohort
+    if not isinstance(cohort, bool) and not (isinstance(cohort, int) and cohort >= 1):
+        raise ConfigError(f"cohort takes on, off or a whole number >= 1 (runs per cohort), got {cohort!r}")
+    if isinstance(request.max_runs, bool) or not isinstance(request.max_runs, int) or request.max_runs < 1:
+        raise ConfigError(f"max_runs (--max-runs) must be a whole number >= 1, got {request.max_runs!r}")
+    total = count_runs(request)
+    if total > request.max_runs:
+        raise ConfigError(
+            f"this sweep plans up to {total:,} runs ({len(request.methods)} method(s) with their grids x "
+            f"{len(_vam_options(request))} VAM variant(s) x {len(request.seeds)} seed(s) x "
+            f"{len(request.pairs)} pair(s)), over the limit of {request.max_runs:,}; shrink the grid, or "
+            f"allow it with --max-runs {total} (max_runs in a sweep file)"
+        )
+    return total
+
+
 def hp_points(request: SweepRequest, method: str) -> list[dict]:
     """The method's hyper-parameter overrides, one dict per point of its grid (lists are grids)."""
     grid = {
@@ -106,21 +157,22 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
     recipe = request.recipe
     if pair.student in request.student_lr:
         recipe = replace(recipe, lr=request.student_lr[pair.student])
-    specs = []
+    specs: dict[RunSpec, None] = {}  # insertion-ordered; grid points that resolve alike train once
     # the baseline first: it needs no teacher, so it trains while the teacher does
     for method in sorted(request.methods, key=lambda m: m != BASELINE_METHOD):
         method_cls = method_class(method)
         if method_cls.needs_teacher != (teacher_sha is not None):
             continue
-        vam_options = [None] * (False in request.vam_modes) + request.vam_configs * (
-            True in request.vam_modes
-        )
-        for point, vam, seed in itertools.product(hp_points(request, method), vam_options, request.seeds):
+        teacher = pair.teacher if method_cls.needs_teacher else None
+        # the code of the plugins that registered the method, the models or the dataset is part of the run
+        plugin_sha256 = plugins.sha256_for(method, (pair.student, teacher), request.dataset)
+        points = hp_points(request, method)
+        for point, vam, seed in itertools.product(points, _vam_options(request), request.seeds):
             spec = RunSpec(
                 method=method,
                 student=pair.student,
                 dataset=request.dataset,
-                teacher=pair.teacher if method_cls.needs_teacher else None,
+                teacher=teacher,
                 teacher_sha256=teacher_sha,
                 seed=seed,
                 vam=vam,
@@ -130,10 +182,49 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
                 compile=request.compile,
                 world_size=distributed.world_size(),
                 student_init_sha256=request.student_init_sha256,
+                data_sha256=request.data_sha256,
+                plugin_sha256=plugin_sha256,
             )
-            if spec not in specs:  # grid points that resolve alike train once
-                specs.append(spec)
-    return specs
+            specs[spec] = None
+    return list(specs)
+
+
+def fit_to_data(request: SweepRequest, progress: Callable[[str], None]) -> SweepRequest:
+    """The request with the data's identity (every spec's `data_sha256`) and without a train_subset that
+    asks for every training image or more (kdbench/data.py `fit_train_subset`; warned once when more)."""
+    recipes, warnings = {}, []
+    for key in ("recipe", "teacher_recipe"):
+        recipes[key], warning = fit_train_subset(request.dataset, request.data_root, getattr(request, key))
+        if warning and warning not in warnings:
+            warnings.append(warning)
+            progress(warning)
+    info = prepare_data(request.dataset, request.data_root, recipes["recipe"]).info
+    return replace(request, **recipes, data_sha256=info.data_sha256)
+
+
+def check_pairs(request: SweepRequest, info: DatasetInfo) -> None:
+    """Refuse, before anything trains, a pair with a model that cannot take the dataset's images: each
+    model is built for them (kdbench/models, `image_size` too) and run on two blank ones."""
+    needs_teacher = any(method_class(m).needs_teacher for m in request.methods)
+    probed = set()
+    for pair in request.pairs:
+        for name in (pair.student, pair.teacher) if needs_teacher else (pair.student,):
+            if name in probed:
+                continue
+            probed.add(name)
+            with torch.random.fork_rng(devices=[]):  # the runs' seeds alone decide their initialisation
+                model = build_model(
+                    name, num_classes=info.num_classes, in_chans=info.in_chans, image_size=info.image_size
+                )
+                try:
+                    probe_shapes(model, info, torch.device("cpu"))
+                except (AssertionError, RuntimeError, ValueError) as error:  # the model's own shape checks
+                    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                    raise ConfigError(
+                        f"pair {pair}: {name} cannot take the {info.in_chans}x{info.image_size[0]}x"
+                        f"{info.image_size[1]} images of {request.dataset} ({reason[:200]}); choose another "
+                        "model or --image-size"
+                    ) from error
 
 
 class Sweep:
@@ -191,8 +282,15 @@ class Sweep:
             return path, teachers.sha256_of(path)
         if request.force:
             return None
-        spec = teachers.teacher_spec(architecture, request.dataset, request.teacher_recipe)
-        return teachers.find_cached(self.out, spec, self.progress)
+        return teachers.find_cached(self.out, self.teacher_spec(architecture), self.progress)
+
+    def teacher_spec(self, architecture: str) -> RunSpec:
+        """The spec of the teacher kdbench trains for `architecture` (a plugin's model: with its code)."""
+        request = self.request
+        spec = teachers.teacher_spec(
+            architecture, request.dataset, request.teacher_recipe, data_sha256=request.data_sha256
+        )
+        return replace(spec, plugin_sha256=plugins.sha256_for(None, (architecture,), request.dataset))
 
     def pending(self, pair: Pair, teacher: tuple[Path, str] | None) -> list[RunSpec]:
         """The pair's specs (without a teacher, or with this one) not yet submitted nor finished."""
@@ -217,8 +315,23 @@ class Sweep:
         self.bar.total = (self.bar.total or 0) + len(specs)
         self.bar.refresh()
         alone = distributed.world_size() > 1  # the ranks of a torchrun run train one run at a time
-        for members in plan_cohorts(specs, self.request.jobs, self.request.cohort and not alone):
+        cohort = self.request.cohort
+        largest = MAX_COHORT_MEMBERS if cohort is True else cohort
+        for members in plan_cohorts(specs, self.request.jobs, bool(cohort) and not alone, largest):
             backend.submit(RunUnit(tuple(members), teacher_path))
+
+    def announce(self, ready: int, to_train: dict[str, RunSpec]) -> None:
+        """One line before anything trains: the runs planned, those cached among them, and the teachers
+        to train first (the runs that wait for a teacher are counted with a stand-in for its SHA-256)."""
+        training = {spec.student for spec in to_train.values()}
+        waiting: set[str] = set()
+        for pair in self.request.pairs:
+            if pair.teacher in training:
+                waiting.update(spec.run_id for spec in specs_for_pair(self.request, pair, "0" * 64))
+        planned = ready + len(waiting) + len(self.summary.cached)
+        teachers_line = f", {len(to_train)} teacher(s) to train first" if to_train else ""
+        runs = "run" if planned == 1 else "runs"
+        self.progress(f"kdbench: {planned} {runs} planned ({len(self.summary.cached)} cached){teachers_line}")
 
     def runs_bar(self) -> tqdm:
         """A bar of finished runs for a terminal when runs train in other processes (a pool, Ray,
@@ -230,14 +343,15 @@ class Sweep:
     def run(self) -> SweepSummary:
         """Teachers first where they must be trained; runs needing no teacher start beside them."""
         request = self.request
+        check_size(request)  # before any grid is built
         validate_names(request)
         store.ensure_writable(self.out)
         distributed.barrier()  # every rank plans from the same store: none has written yet
         if distributed.backend() is not None:  # under torchrun the ranks train in their own process,
             self.request = request = replace(request, jobs=1)  # stepping together through one run at a time
-        info = prepare_data(
-            request.dataset, request.data_root, request.recipe
-        ).info  # a bad dataset fails here
+        self.request = request = fit_to_data(request, self.progress)  # a bad dataset fails here
+        info = prepare_data(request.dataset, request.data_root, request.recipe).info
+        check_pairs(request, info)
         teacher_methods = any(method_class(m).needs_teacher for m in request.methods)
         known: dict[str, tuple[Path, str]] = {}  # architecture -> (checkpoint, sha256)
         to_train: dict[str, RunSpec] = {}  # teacher run id -> its spec
@@ -248,18 +362,24 @@ class Sweep:
                 if found:
                     known[pair.teacher] = found
                 else:
-                    spec = teachers.teacher_spec(pair.teacher, request.dataset, request.teacher_recipe)
+                    spec = self.teacher_spec(pair.teacher)
                     to_train[spec.run_id] = spec
+        if distributed.is_main():  # the store keeps the code of the plugins the runs use (rerun loads it)
+            models = {model for pair in request.pairs for model in (pair.student, pair.teacher)}
+            for method in request.methods:
+                plugins.save_sources(self.out, plugins.sha256_for(method, models, request.dataset))
+        ready = []  # (pair, its specs that can start now)
+        for pair in request.pairs:  # with a known teacher, the baseline rides in its cohorts
+            specs = self.pending(pair, None)
+            if pair.teacher in known:
+                specs += self.pending(pair, known[pair.teacher])
+            ready.append((pair, specs))
+        self.announce(sum(len(specs) for _, specs in ready), to_train)
         with self.backend() as backend, self.runs_bar() as self.bar:
             for spec in to_train.values():
                 backend.submit(TeacherUnit(spec))
-            for pair in request.pairs:  # with a known teacher, the baseline rides in its cohorts
-                teacher = known.get(pair.teacher)
-                self.submit(
-                    backend,
-                    self.pending(pair, None) + (self.pending(pair, teacher) if teacher else []),
-                    teacher,
-                )
+            for pair, specs in ready:
+                self.submit(backend, specs, known.get(pair.teacher))
             for outcome in backend.outcomes():
                 if outcome.status == "teacher":
                     architecture = to_train[outcome.run_id].student

@@ -56,12 +56,14 @@ DEFERRED = ("mlflow", "wandb")
 
 
 class RunLog:
-    """One run's log file and tracker runs; `line` takes progress lines, `epoch` history entries."""
+    """One run's log file and tracker runs; `line` takes progress lines, `epoch` history entries.
+
+    The log file is opened for each line and closed again (a run writes a few lines an epoch), so a
+    cohort of many members holds no file open for each of them."""
 
     def __init__(self, out: Path, spec, trackers: tuple[str, ...] = ()):
-        path = Path(out) / "logs" / f"{spec.run_id}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = path.open("a", encoding="utf-8")
+        self.path = Path(out) / "logs" / f"{spec.run_id}.txt"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.out, self.spec = Path(out), spec
         self.live = [self._backend(name) for name in trackers if name not in DEFERRED]
         self.deferred = [name for name in trackers if name in DEFERRED]
@@ -85,8 +87,8 @@ class RunLog:
         return backend
 
     def line(self, text: str) -> None:
-        self.file.write(text + "\n")
-        self.file.flush()
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(text + "\n")
 
     def epoch(self, entry: dict) -> None:
         self.entries.append(entry)
@@ -101,7 +103,6 @@ class RunLog:
             backend.close()
         for backend in self.live:
             backend.close()
-        self.file.close()
 
 
 class RunLogs:

@@ -13,6 +13,10 @@ filesystem such as NFS or Lustre), and every node needs kdbench (`pip install 'k
 data (`--data-root`). Where the cluster uses Ray's token authentication (on by default in recent Ray),
 the joining process needs the cluster's token (Ray's docs, "token-auth").
 
+Joining gives up in one line when the address does not accept a connection within CONNECT_TIMEOUT_S
+(Ray itself would retry for many minutes), and makes one attempt at an address that accepts one but
+does not answer as a Ray cluster (Ray's `RAY_gcs_server_port_wait_time_s`, when it is not set, is 1).
+
 Expected failures come back as "failed" outcomes; a unit that raises (a bug) raises from `outcomes()`
 with its runs named. A task whose process dies (node lost, killed for memory) is retried by Ray and
 resumes from its last epoch checkpoint. `cancel()` force-cancels the tasks in flight (their runs resume
@@ -22,6 +26,8 @@ from their checkpoints on the next command); `close()` shuts Ray down only when 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -32,6 +38,8 @@ from kdbench.units import Outcome, Unit, Worker, WorkerSettings
 
 # Ray's own default, stated: a task whose worker process died is re-run (and resumes from its checkpoint).
 TASK_RETRIES = 3
+# seconds a cluster's address may take to accept a connection before kdbench gives up on it
+CONNECT_TIMEOUT_S = 30
 
 # One Worker per Ray worker process and settings, kept between the tasks that process runs.
 _workers: dict[WorkerSettings, Worker] = {}
@@ -46,6 +54,37 @@ def _execute(settings: WorkerSettings, unit: Unit) -> list[Outcome]:
 
 def _runs(unit: Unit) -> str:
     return ", ".join(f"{spec.label} ({spec.run_id})" for spec in unit.specs)
+
+
+def check_reachable(address: str) -> None:
+    """A ConfigError unless HOST:PORT (or ray://HOST:PORT) accepts a connection within CONNECT_TIMEOUT_S;
+    "auto" is Ray's to resolve."""
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, OverflowError) as err:
+        reason = (
+            "no answer" if isinstance(err, TimeoutError) else (getattr(err, "strerror", None) or str(err))
+        )
+        raise ConfigError(
+            f"--ray-address {address}: no Ray cluster there ({reason}; kdbench waits {CONNECT_TIMEOUT_S} s); "
+            "start one with `ray start --head`, or leave --ray-address out to run on a local Ray"
+        ) from None
+
+
+@contextlib.contextmanager
+def _one_join_attempt() -> Iterator[None]:
+    """Ray's join makes one attempt (not 20) unless RAY_gcs_server_port_wait_time_s says otherwise."""
+    key = "RAY_gcs_server_port_wait_time_s"
+    given = os.environ.get(key)
+    os.environ.setdefault(key, "1")
+    try:
+        yield
+    finally:
+        if given is None:
+            os.environ.pop(key, None)
 
 
 def _import_ray():
@@ -80,7 +119,9 @@ class RayBackend(Backend):
                     # "local": a new Ray of our own, even where `ray start` runs one on this machine
                     ray.init(address="local", num_cpus=num_cpus or available_cores(), include_dashboard=False)
                 else:
-                    ray.init(address=address)
+                    check_reachable(address)
+                    with _one_join_attempt():
+                        ray.init(address=address)
             except ConnectionError as err:
                 raise ConfigError(
                     f"--ray-address {address}: could not join a Ray cluster there ({err}); start one with "

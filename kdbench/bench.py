@@ -126,7 +126,9 @@ class _Setup:
         self.info, self.out, self.student, self.teacher, self.dataset = info, out, student, teacher, dataset
         self.data = PreparedData(info, self.host_train, test, None).to(self.device)
         self.recipe = Recipe(epochs=1, batch_size=batch_size, lr_decay_epochs=())
-        model = build_model(teacher, num_classes=info.num_classes, in_chans=info.in_chans)
+        model = build_model(
+            teacher, num_classes=info.num_classes, in_chans=info.in_chans, image_size=info.image_size
+        )
         self.teacher_model = model.to(self.device, memory_format=MEMORY_FORMAT).eval().requires_grad_(False)
 
     def spec(self, method: str, vam: bool, precision: str = "fp32", compile: bool = False) -> RunSpec:

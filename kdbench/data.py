@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import inspect
 import os
 import pickle
@@ -44,7 +45,14 @@ import torch.nn.functional as F
 from kdbench.errors import ConfigError, KdbenchError
 from kdbench.registries import DATASETS, lookup
 from kdbench.spec import Recipe
-from kdbench.streaming import DatasetCorruptError, StreamData, decode, fits_in_memory, image_side
+from kdbench.streaming import (
+    DatasetCorruptError,
+    StreamData,
+    available_memory,
+    decode,
+    fits_in_memory,
+    image_side,
+)
 
 DATA_ROOT_ENV = "KDBENCH_DATA"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -52,6 +60,10 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 class DatasetNotFoundError(KdbenchError, RuntimeError):
     """The dataset's files are not where they were looked for; the message says how to get them."""
+
+
+class DataMismatchError(KdbenchError, RuntimeError):
+    """The data found is not the data a run's spec names (`RunSpec.data_sha256`)."""
 
 
 # DatasetCorruptError is defined in kdbench/streaming.py (which decodes images too), imported from here too
@@ -96,7 +108,8 @@ class DatasetInfo:
 
     mean / std are per channel, on the [0, 1] scale. crop_padding: training images are
     zero-padded by this many pixels per side and randomly cropped back (0 = no crop);
-    hflip: training images are mirrored left-right with probability 1/2.
+    hflip: training images are mirrored left-right with probability 1/2. data_sha256: the identity
+    of the source data (`data_digest`), set by `load_dataset` and `open_stream`.
     """
 
     name: str
@@ -108,6 +121,7 @@ class DatasetInfo:
     crop_padding: int
     hflip: bool
     classes: tuple[str, ...]
+    data_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not len(self.mean) == len(self.std) == self.in_chans:
@@ -136,7 +150,62 @@ def load_dataset(
         raise ConfigError(
             f"dataset '{name}' has no option {', '.join(unknown)}; options: {', '.join(accepted)}"
         )
-    return loader(None if root is None else Path(root).expanduser(), **options)
+    info, train, test = loader(None if root is None else Path(root).expanduser(), **options)
+    if info.data_sha256 is None:  # image folders name their files; every other loader, its arrays
+        info = replace(info, data_sha256=arrays_digest(train, test))
+    return info, train, test
+
+
+# --- the identity of the data (RunSpec.data_sha256) ----------------------------------------
+
+
+def arrays_digest(*splits: ImageData) -> str:
+    """SHA-256 of decoded splits: each one's image and label shapes and bytes, in order."""
+    digest = hashlib.sha256()
+    for split in splits:
+        for tensor in (split.images, split.labels):
+            digest.update(repr(tuple(tensor.shape)).encode())
+            digest.update(tensor.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# files of an image folder whose bytes go into its digest (evenly spaced over each split): names and
+# sizes alone do not tell apart two folders of same-sized files (uncompressed or noise images)
+DIGEST_SAMPLE = 32
+
+
+def folder_digest(listing: FolderListing) -> str:
+    """SHA-256 of an image folder: per split, each file's path below the dataset folder, its size and its
+    class, and the bytes of DIGEST_SAMPLE of its files. Cheap on a million files (one stat each, a few
+    reads, nothing decoded); an edit that keeps a file's size, outside the sample, is not noticed."""
+    digest = hashlib.sha256()
+    prefix = len(str(listing.base)) + 1
+    for split, (paths, labels) in (("train", listing.train), ("test", listing.test)):
+        for path, label in zip(paths, labels.tolist(), strict=True):
+            line = f"{split}\t{path[prefix:]}\t{os.stat(path).st_size}\t{listing.classes[label]}\n"
+            digest.update(line.encode("utf-8", "surrogateescape"))
+        for index in np.unique(np.linspace(0, len(paths) - 1, min(DIGEST_SAMPLE, len(paths))).round()):
+            digest.update(Path(paths[int(index)]).read_bytes())
+    return digest.hexdigest()
+
+
+def data_digest(dataset: str, data_root: str | None, recipe: Recipe) -> str:
+    """The identity of the data a run of `recipe` on `dataset` reads (`RunSpec.data_sha256`): an image
+    folder's `folder_digest` (nothing decoded), else the `arrays_digest` of the decoded splits. The
+    recipe's subset and validation split are not in it: they are in the spec's recipe."""
+    if dataset in IMAGE_FOLDERS:
+        return folder_digest(list_image_folder(dataset, None if data_root is None else Path(data_root)))
+    return prepare_data(dataset, data_root, recipe).info.data_sha256
+
+
+def check_data(expected: str | None, info: DatasetInfo, data_root: str | None) -> None:
+    """Refuse data whose identity differs from the one a spec or record names (None: not recorded)."""
+    if expected is not None and expected != info.data_sha256:
+        where = f"under {data_root}" if data_root else f"in the default location (${DATA_ROOT_ENV})"
+        raise DataMismatchError(
+            f"the {info.name} data found {where} has SHA-256 {str(info.data_sha256)[:12]}, not the run's "
+            f"{expected[:12]}: pass --data-root pointing at the data the run was trained on"
+        )
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -280,7 +349,14 @@ def split_validation(train: ImageData, fraction: float, seed: int) -> tuple[Imag
     if not 0 < val_count < len(train):
         raise ConfigError(f"--val-split {fraction} leaves an empty split of {len(train)} samples")
     order = stratified_order(train.labels, seed)
-    return train.take(torch.sort(order[val_count:]).values), train.take(torch.sort(order[:val_count]).values)
+    kept = torch.sort(order[val_count:]).values
+    lost = sorted(set(train.labels.unique().tolist()) - set(train.labels[kept].unique().tolist()))
+    if lost:
+        raise ConfigError(
+            f"--val-split {fraction} leaves class {lost[0]} without training images ({len(train)} "
+            "samples in all); lower --val-split or use more data"
+        )
+    return train.take(kept), train.take(torch.sort(order[:val_count]).values)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -298,10 +374,13 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 def _root_or_env(root: Path | None) -> Path | None:
-    if root is not None:
-        return root
-    env = os.environ.get(DATA_ROOT_ENV)
-    return Path(env).expanduser() if env else None
+    """`root`, else $KDBENCH_DATA (None when neither is set); a DatasetNotFoundError for a file."""
+    if root is None:
+        env = os.environ.get(DATA_ROOT_ENV)
+        root = Path(env).expanduser() if env else None
+    if root is not None and root.exists() and not root.is_dir():
+        raise DatasetNotFoundError(f"data root {root} is a file, not a folder; pass the dataset's folder")
+    return root
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int, source: Path) -> None:
@@ -652,6 +731,7 @@ def list_image_folder(name: str, root: Path | None) -> FolderListing:
     )
     if base is None:
         raise DatasetNotFoundError(f"{name} needs a data folder: {layout}")
+    base = Path(os.path.abspath(base))  # every path below it starts with it (`folder_digest`)
     if kind.subfolder and not (base / "train").is_dir() and (base / kind.subfolder).is_dir():
         base = base / kind.subfolder
     train_dir = base / "train"
@@ -661,7 +741,18 @@ def list_image_folder(name: str, root: Path | None) -> FolderListing:
     classes = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
     if not classes:
         raise DatasetNotFoundError(f"no class folders in {train_dir}; {layout}")
-    return FolderListing(base, classes, _folder_split(train_dir, classes), _folder_split(test_dir, classes))
+    if len(classes) < 2:  # one class: every prediction is right, a meaningless 100 %
+        raise DatasetCorruptError(
+            f"{train_dir} has one class folder ({classes[0]}); classification needs at least 2 classes"
+        )
+    train = _folder_split(train_dir, classes)
+    empty = sorted(set(range(len(classes))) - set(train[1].tolist()))
+    if empty:
+        raise DatasetCorruptError(
+            f"class folder {train_dir / classes[empty[0]]} holds no images "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}); add images or remove the folder"
+        )
+    return FolderListing(base, classes, train, _folder_split(test_dir, classes))
 
 
 def _folder_image_size(name: str, listing: FolderListing, image_size: int | None) -> int:
@@ -673,9 +764,17 @@ def _folder_image_size(name: str, listing: FolderListing, image_size: int | None
     return IMAGE_FOLDERS[name].image_size or image_side(listing.train[0][0])
 
 
+# the largest image side decoded: one 3 x 4096 x 4096 image is 48 MiB; a larger side is a typo
+MAX_IMAGE_SIZE = 4096
+
+
 def _check_image_size(image_size) -> None:
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ConfigError(f"image-size must be a whole number >= 1, got {image_size!r}")
+    if image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"--image-size {image_size} is over {MAX_IMAGE_SIZE}, the largest side kdbench decodes"
+        )
 
 
 def _load_image_folder(
@@ -696,6 +795,7 @@ def _load_image_folder(
         crop_padding=size // 8 if crop_padding is None else crop_padding,
         hflip=hflip,
         classes=listing.classes,
+        data_sha256=folder_digest(listing),
     )
     return info, train, test
 
@@ -776,6 +876,7 @@ def open_stream(
         crop_padding=0,
         hflip=True,
         classes=listing.classes,
+        data_sha256=folder_digest(listing),
     )
     return info, train, test
 
@@ -797,10 +898,17 @@ def resolve_recipe(
         listing = list_image_folder(dataset, None if data_root is None else Path(data_root).expanduser())
         size = _folder_image_size(dataset, listing, recipe.image_size)
         loader = recipe.loader
+        decoded = (len(listing.train[1]) + len(listing.test[1])) * 3 * size * size * copies
         if loader == "auto":
-            count = len(listing.train[1]) + len(listing.test[1])
-            loader = "memory" if fits_in_memory(count * 3 * size * size, device, copies) else "stream"
+            loader = "memory" if fits_in_memory(decoded, device) else "stream"
+        elif loader == "memory" and decoded > available_memory():  # would be killed part-way through
+            raise ConfigError(
+                f"--loader memory: {dataset} decoded at {size}x{size} takes {decoded / 2**30:.1f} GiB, more "
+                f"than the {available_memory() / 2**30:.1f} GiB available; use --loader stream or a smaller --image-size"
+            )
         return replace(recipe, image_size=size, loader=loader)
+    if recipe.image_size is not None:
+        _check_image_size(recipe.image_size)
     if recipe.loader == "stream":
         open_stream(dataset, None)  # raises: not an image folder
     if (
@@ -925,13 +1033,23 @@ class PreparedData:
         )
 
 
+def split_sizes(data: PreparedData) -> dict[str, int]:
+    """The images a run trained, validated and tested on (a record's `data`): what its recipe's subset
+    and split left of the data, whatever they asked for."""
+    return {
+        "train": len(data.train),
+        "val": len(data.val) if data.val is not None else 0,
+        "test": len(data.test),
+    }
+
+
 def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> PreparedData:
     """Load a dataset once (decoded tensors in memory) and apply the recipe's subset / val split.
 
     The subset and the split use a fixed seed (`SUBSET_SEED`), so every run and seed of a sweep sees
     the same images; the run seed varies every other random source (docs/DESIGN.md, "Protocol").
-    Only the subset and the split choose the images, so recipes that share them share one decode
-    per process (the sweep's validation, its in-process worker and `kdbench explain`'s sweeps alike).
+    The dataset is decoded once per process (`_loaded`) for every subset and split of it (the sweep's
+    validation, its in-process worker and `kdbench explain`'s sweeps alike).
     """
     # the environment's data folder is part of the key: the loader looks there when data_root is None
     return _prepared(
@@ -945,6 +1063,26 @@ def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> Prepare
     )
 
 
+def fit_train_subset(dataset: str, data_root: str | None, recipe: Recipe) -> tuple[Recipe, str | None]:
+    """(`recipe`, None), or (`recipe` without its train_subset, a warning) where the subset asks for at
+    least every training image: the run trains on all of them, and its spec says so (a 6000-image
+    subset of 16 images is the 16, the same run as one without a subset)."""
+    if recipe.train_subset is None:
+        return recipe, None
+    available = len(
+        _loaded(dataset, data_root, os.environ.get(DATA_ROOT_ENV), recipe.image_size, recipe.loader)[1]
+    )
+    if recipe.train_subset < available:
+        return recipe, None
+    warning = None
+    if recipe.train_subset > available:
+        warning = (
+            f"warning: --train-subset {recipe.train_subset} exceeds the {available} training images of "
+            f"{dataset}; training on all {available}"
+        )
+    return replace(recipe, train_subset=None), warning
+
+
 @functools.lru_cache(maxsize=4)
 def _prepared(
     dataset: str,
@@ -955,20 +1093,27 @@ def _prepared(
     image_size: int | None = None,
     loader: str = "memory",
 ) -> PreparedData:
-    del env_root  # a cache key only
-    if loader == "auto":  # `kdbench run` decides before making specs; a recipe left at auto decides here
-        loader = resolve_recipe(dataset, data_root, Recipe(image_size=image_size, loader=loader)).loader
-    if loader == "stream":
-        info, train, test = open_stream(dataset, data_root, image_size)
-    else:
-        options = {} if image_size is None else {"image_size": image_size}
-        info, train, test = load_dataset(dataset, data_root, **options)
+    info, train, test = _loaded(dataset, data_root, env_root, image_size, loader)
     if train_subset and train_subset < len(train.labels):
         train = stratified_subset(train, train_subset, seed=SUBSET_SEED)
     val = None
     if val_split:
         train, val = split_validation(train, val_split, seed=SUBSET_SEED)
     return PreparedData(info, train, test, val)
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(
+    dataset: str, data_root: str | None, env_root: str | None, image_size: int | None, loader: str
+) -> tuple[DatasetInfo, ImageData | StreamData, ImageData | StreamData]:
+    """The whole dataset, decoded (or opened for streaming) once per process for every subset of it."""
+    del env_root  # a cache key only
+    if loader == "auto":  # `kdbench run` decides before making specs; a recipe left at auto decides here
+        loader = resolve_recipe(dataset, data_root, Recipe(image_size=image_size, loader=loader)).loader
+    if loader == "stream":
+        return open_stream(dataset, data_root, image_size)
+    options = {} if image_size is None else {"image_size": image_size}
+    return load_dataset(dataset, data_root, **options)
 
 
 # --- extra augmented views (a method's `extra_views`) --------------------------------------

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from kdbench import distributed, store
-from kdbench.data import DatasetInfo, PreparedData, prepare_data
+from kdbench.data import DatasetInfo, PreparedData, data_digest, fit_train_subset, prepare_data, split_sizes
 from kdbench.engine import evaluate, train
 from kdbench.environment import environment
+from kdbench.errors import file_problem, shorten
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import TIMM_PREFIX, build_model, list_models, load_weights, weights_mismatch
 from kdbench.progress import to_stderr
@@ -39,8 +40,12 @@ from kdbench.store import CheckpointError
 Progress = Callable[[str], None]
 
 
-def teacher_spec(architecture: str, dataset: str, recipe: Recipe) -> RunSpec:
-    """A teacher is trained like the student baseline: plain CE, with the teacher recipe."""
+def teacher_spec(
+    architecture: str, dataset: str, recipe: Recipe, *, data_sha256: str | None = None
+) -> RunSpec:
+    """A teacher is trained like the student baseline: plain CE, with the teacher recipe, on the data
+    whose identity is `data_sha256` (kdbench/data.py `data_digest`): a teacher of other data is
+    another spec, so neither its cache file nor its record is reused."""
     return RunSpec(
         method=BASELINE_METHOD,
         student=canonical_model_name(architecture),
@@ -49,10 +54,12 @@ def teacher_spec(architecture: str, dataset: str, recipe: Recipe) -> RunSpec:
         recipe=recipe,
         kind="teacher",
         world_size=distributed.world_size(),
+        data_sha256=data_sha256,
     )
 
 
 def cache_path(out: Path, spec: RunSpec) -> Path:
+    """The teacher's checkpoint, named by its run id (which covers the data's identity)."""
     return Path(out) / "teachers" / f"{spec.student}-{spec.dataset}-{spec.run_id}.pt"
 
 
@@ -65,9 +72,21 @@ def sha256_of(path: Path) -> str:
 
 
 def _read(path: Path, what: str = "teacher checkpoint", flag: str = "--teacher") -> object:
-    if not Path(path).is_file():
-        raise CheckpointError(f"{what} {path} does not exist; pass an existing file to {flag}")
+    problem = file_problem(path)
+    if problem:
+        raise CheckpointError(f"{what} {path} {problem}; pass an existing checkpoint file to {flag}")
     return store.read_checkpoint(path, what, allow=store.FOREIGN_CHECKPOINT_GLOBALS)
+
+
+def _refuse_non_finite(state: dict, path: Path, what: str) -> None:
+    """Weights holding NaN or inf are no trained model: every output they give is NaN (an accuracy
+    of one class's share, which would be cached as the teacher's), so they are refused where read."""
+    for name, tensor in state.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not torch.isfinite(tensor).all():
+            raise CheckpointError(
+                f"{what} {path} holds NaN or inf weights (first in {shorten(name)}); "
+                "it comes from a run that diverged or a damaged file: retrain or re-export it"
+            )
 
 
 def recorded_architecture(path: Path) -> str | None:
@@ -83,9 +102,13 @@ def resolve_architecture(teacher: str, teacher_arch: str | None) -> tuple[str, P
     if teacher in list_models() or teacher.startswith(TIMM_PREFIX):
         return teacher, None
     path = Path(teacher)
+    if path.is_dir():
+        raise CheckpointError(
+            f"--teacher {teacher} is a directory, expected a checkpoint file or a model name"
+        )
     if not path.is_file():
         raise CheckpointError(
-            f"--teacher {teacher} is neither a model name (kdbench list models) nor a checkpoint file"
+            f"--teacher {shorten(teacher)} is neither a model name (kdbench list models) nor a checkpoint file"
         )
     arch = canonical_model_name(teacher_arch) if teacher_arch else recorded_architecture(path)
     if arch is None:
@@ -122,6 +145,7 @@ def load_model_weights(
             f"{what} {path} holds no state_dict (expected {{'model': state_dict}}, {{'state_dict': ...}} "
             "or a bare state_dict)"
         )
+    _refuse_non_finite(state, path, what)
     meta = checkpoint.get("kdbench", {})
     if meta and (meta.get("dataset"), meta.get("num_classes")) != (info.name, info.num_classes):
         raise CheckpointError(
@@ -151,8 +175,11 @@ def teacher_test_accuracy(
     out: Path, sha256: str, teacher: nn.Module, data: PreparedData, device: torch.device
 ) -> dict:
     """The teacher's test-split accuracy, {"sha256", "test_top1", "test_top5"}: measured once per
-    weights (`sha256`) and dataset, then read from the store (`store.teacher_eval_path`)."""
-    path = store.teacher_eval_path(out, sha256, data.info.name)
+    weights (`sha256`) and data (its name and identity), then read from the store (`store.teacher_eval_path`)."""
+    info = data.info
+    path = store.teacher_eval_path(
+        out, sha256, f"{info.name}.{info.data_sha256[:12]}" if info.data_sha256 else info.name
+    )
     if path.is_file():
         try:
             cached = json.loads(path.read_text())
@@ -213,7 +240,14 @@ def train_teacher(
     digest = sha256_of(path)
     checkpoint = {"path": str(path.relative_to(out)), "sha256": digest}
     record = store.new_record(
-        spec.to_dict(), spec.run_id, spec.kind, "done", env, result, checkpoint=checkpoint
+        spec.to_dict(),
+        spec.run_id,
+        spec.kind,
+        "done",
+        env,
+        result,
+        checkpoint=checkpoint,
+        data=split_sizes(data),
     )
     if distributed.is_main():
         store.write_record(out, record)
@@ -235,9 +269,13 @@ def ensure_teacher(
     env_extra: dict | None = None,
     progress: Progress = to_stderr,
 ) -> tuple[Path, str]:
-    """The cached teacher of this architecture, dataset and recipe, trained here first if there is
-    none (or if `force`)."""
-    spec = teacher_spec(architecture, dataset, recipe)
+    """The cached teacher of this architecture, dataset (as found under `data_root`) and recipe, trained
+    here first if there is none (or if `force`). A train_subset of every image or more is dropped from
+    the recipe (kdbench/data.py `fit_train_subset`, a warning when more)."""
+    recipe, warning = fit_train_subset(dataset, data_root, recipe)
+    if warning:
+        progress(warning)
+    spec = teacher_spec(architecture, dataset, recipe, data_sha256=data_digest(dataset, data_root, recipe))
     store.ensure_writable(out)
     with store.claim(out, spec.run_id):  # a second process waits here, then finds it cached
         found = None if force else find_cached(out, spec, progress)

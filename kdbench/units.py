@@ -23,7 +23,7 @@ from torch import nn
 
 from kdbench import distributed, plugins, store, teachers
 from kdbench.cohort import Cohort
-from kdbench.data import DatasetInfo, PreparedData, prepare_data
+from kdbench.data import DatasetInfo, PreparedData, check_data, prepare_data, split_sizes
 from kdbench.engine import NonFiniteLossError, train
 from kdbench.environment import environment
 from kdbench.methods.base import PairNotSupportedError
@@ -110,6 +110,13 @@ class Worker:
             self._data[key] = prepare_data(dataset, self.settings.data_root, recipe).to(self.device)
         return self._data[key]
 
+    def data_of(self, spec: RunSpec) -> PreparedData:
+        """The spec's data, refused (one line) when it is not the data the spec names: a store's runs on
+        one folder are never rerun, nor a sweep's units trained, on another (`RunSpec.data_sha256`)."""
+        data = self.data_for(spec.dataset, spec.recipe)
+        check_data(spec.data_sha256, data.info, self.settings.data_root)
+        return data
+
     def teacher_module(self, architecture: str, path: Path, data: PreparedData) -> nn.Module:
         """The teacher at `path`, loaded (and checked against the dataset) once per process."""
         if str(path) not in self._teachers:
@@ -157,7 +164,7 @@ class Worker:
     def train_teacher(self, spec: RunSpec) -> Outcome:
         path, digest = teachers.train_teacher(
             spec,
-            self.data_for(spec.dataset, spec.recipe),
+            self.data_of(spec),
             self.out,
             self.device,
             self.environment,
@@ -173,7 +180,9 @@ class Worker:
             return self._train_runs(specs, teacher_path, logs)
 
     def _train_runs(self, specs: list[RunSpec], teacher_path: Path | None, logs: RunLogs) -> list[Outcome]:
-        data = self.data_for(specs[0].dataset, specs[0].recipe)
+        for spec in specs[1:]:  # a cohort's members share the first one's data: each is checked
+            self.data_of(spec)
+        data = self.data_of(specs[0])
         architecture = next((spec.teacher for spec in specs if spec.teacher), None)
         teacher = self.teacher_module(architecture, teacher_path, data) if architecture else None
         taught = next((spec for spec in specs if spec.teacher and spec.teacher_sha256), None)
@@ -234,6 +243,7 @@ class Worker:
             None if error else result,
             None if error is None else str(error),
             teacher=self._teacher_accuracy.get((spec.teacher_sha256, spec.dataset)) if spec.teacher else None,
+            data=split_sizes(self.data_for(spec.dataset, spec.recipe)),
         )
         store.write_record(self.out, record)
         store.checkpoint_path(self.out, spec.run_id).unlink(missing_ok=True)

@@ -166,10 +166,10 @@ def test_a_file_in_runs_that_is_not_a_record_is_named(capsys, tmp_path, content,
 
 def test_run_stops_at_a_malformed_record_of_its_own_spec_naming_it(capsys, tmp_path):
     from kdbench.cli import _request_from_args, build_parser
-    from kdbench.sweep import specs_for_pair
+    from kdbench.sweep import fit_to_data, specs_for_pair
 
     args = build_parser().parse_args(["run", *TINY, "--methods", "student", "--out", str(tmp_path)])
-    request = _request_from_args(args)
+    request = fit_to_data(_request_from_args(args), lambda line: None)  # the data's identity, as `run` plans
     (spec,) = specs_for_pair(request, request.pairs[0], None)
     bad = store.record_path(tmp_path, spec.run_id)
     bad.parent.mkdir(parents=True)

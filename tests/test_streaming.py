@@ -232,6 +232,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, fragment):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     (tmp_path / "empty" / "val").mkdir()
     (tmp_path / "no_images" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "no_images" / "train" / "b").mkdir()
     (tmp_path / "no_images" / "val" / "a").mkdir(parents=True)
     corrupt = image_folder(tmp_path / "corrupt", train=2, test=1)
     (corrupt / "train" / "ant" / "0.png").write_bytes(b"not a png")

@@ -204,10 +204,11 @@ class _RunsCode:
 
 
 def test_a_crafted_resume_checkpoint_is_refused_without_running_its_code(tmp_path):
-    from kdbench.sweep import specs_for_pair
+    from kdbench.sweep import fit_to_data, specs_for_pair
 
     marker = tmp_path / "code-ran"
-    sweep_request = request(tmp_path / "store", methods=["student"])
+    # the spec as the sweep plans it: with the data's identity
+    sweep_request = fit_to_data(request(tmp_path / "store", methods=["student"]), quiet)
     (spec,) = specs_for_pair(sweep_request, sweep_request.pairs[0], None)
     payload = {"run_id": spec.run_id, "epoch": 1, "student": _RunsCode(marker)}
     store.atomic_torch_save(store.checkpoint_path(sweep_request.out, spec.run_id), payload)

@@ -35,12 +35,19 @@ for _alias, _name in ALIASES.items():
     register_model_alias(_alias, _name)
 
 
-def build_model(name: str, num_classes: int, in_chans: int = 3) -> nn.Module:
-    """Build a zoo model by registry name (or alias), or a timm model named `timm:<timm name>` (random init)."""
+def build_model(
+    name: str, num_classes: int, in_chans: int = 3, image_size: int | tuple[int, int] | None = None
+) -> nn.Module:
+    """Build a zoo model by registry name (or alias), or a timm model named `timm:<timm name>` (random init).
+
+    image_size: the (height, width) or side of the images it will see (`DatasetInfo.image_size`); a timm
+    model of a fixed input size is built for it (zoo models take any size). None: the model's default."""
     if name.startswith(TIMM_PREFIX):
         from kdbench.models.timm_adapter import build_timm_model  # imports timm only when asked
 
-        return build_timm_model(name[len(TIMM_PREFIX) :], num_classes=num_classes, in_chans=in_chans)
+        return build_timm_model(
+            name[len(TIMM_PREFIX) :], num_classes=num_classes, in_chans=in_chans, image_size=image_size
+        )
     return lookup(MODELS, "model", name)(num_classes=num_classes, in_chans=in_chans)
 
 

@@ -4,7 +4,9 @@ The taps come from timm's own feature API (timm >= 1.0): `forward_intermediates`
 `feature_info` entry, `forward_head(..., pre_logits=True)` the penultimate vector. The first entry is
 taken as the stem when its module holds no conv or linear layer (a stem activation / norm tap such as
 ResNet's `act1` or MobileNetV3's `bn1`); every other entry is a stage. timm exposes no pre-activations,
-so `preact` is the same list as `stages`.
+so `preact` is the same list as `stages`. A model of a fixed input size (timm's `fixed_input_size`: ViTs,
+Swins, Mixers) is built for the dataset's image side (timm's `img_size`), so `timm:vit_tiny_patch16_224`
+trains on 32x32 images with 2x2 patches.
 
 Shapes follow `feature_info`; for `timm:resnet18` on N 32x32 images:
     stem    (N, 64, 16, 16)
@@ -19,6 +21,7 @@ import difflib
 import timm
 from torch import Tensor, nn
 
+from kdbench.errors import ConfigError
 from kdbench.features import Features
 from kdbench.registries import UnknownNameError
 
@@ -52,8 +55,20 @@ class TimmModel(nn.Module):
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=list(stages))
 
 
-def build_timm_model(name: str, num_classes: int, in_chans: int = 3) -> TimmModel:
-    """`timm.create_model(name, pretrained=False, ...)` wrapped; UnknownNameError for a name timm lacks."""
+def takes_image_size(name: str) -> bool:
+    """Whether timm builds `name` for one input size (`img_size`, as its ViTs, Swins and Mixers): its
+    pretrained configuration says `fixed_input_size`."""
+    config = timm.get_pretrained_cfg(name)
+    return bool(config and config.fixed_input_size)
+
+
+def build_timm_model(
+    name: str, num_classes: int, in_chans: int = 3, image_size: int | tuple[int, int] | None = None
+) -> TimmModel:
+    """`timm.create_model(name, pretrained=False, ...)` wrapped; UnknownNameError for a name timm lacks.
+
+    A model of a fixed input size (`takes_image_size`) is built for `image_size` ((height, width) or a
+    side; timm's `img_size`); others take any size. A model timm cannot tap is refused (ConfigError)."""
     if not timm.is_model(name):
         valid = timm.list_models()
         close = difflib.get_close_matches(name, valid, n=1)
@@ -61,7 +76,11 @@ def build_timm_model(name: str, num_classes: int, in_chans: int = 3) -> TimmMode
         raise UnknownNameError(
             f"unknown timm model '{name}'.{hint} timm has {len(valid)} architectures: see timm.list_models()"
         )
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    options = {"img_size": image_size} if image_size is not None and takes_image_size(name) else {}
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **options)
     if not hasattr(model, "forward_intermediates"):
-        raise ValueError(f"timm model '{name}' has no forward_intermediates: kdbench cannot tap its features")
+        raise ConfigError(
+            f"timm model 'timm:{name}' has no forward_intermediates: kdbench cannot tap its features; "
+            "choose another model"
+        )
     return TimmModel(model)

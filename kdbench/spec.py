@@ -67,8 +67,11 @@ def _json_matches(value, hint) -> bool:
             fits = isinstance(value, (list, tuple)) and all(_json_matches(v, item) for v in value)
         elif dataclasses.is_dataclass(origin):
             fits = isinstance(value, dict)
+        elif origin in (int, float):  # a JSON integer of hundreds of digits is no number of a run
+            kinds = (int, float) if origin is float else int
+            fits = isinstance(value, kinds) and not (isinstance(value, int) and abs(value) >= 2**64)
         else:
-            fits = isinstance(value, (int, float) if origin is float else origin)
+            fits = isinstance(value, origin)
         if fits:
             return True
     return False

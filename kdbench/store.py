@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypedDict
 
-from kdbench.errors import ConfigError, KdbenchError
+from kdbench.errors import ConfigError, KdbenchError, clip
 from kdbench.spec import SHA256_HEX, RunSpec, require_sha256
 
 SCHEMA_VERSION = 1
@@ -129,11 +129,18 @@ def _number(low: float | None = None, high: float | None = None, whole: bool = F
         lambda v: (
             isinstance(v, int if whole else (int, float))
             and not isinstance(v, bool)
-            and math.isfinite(v)
+            and _fits_a_float(v)
             and (low is None or v >= low)
             and (high is None or v <= high)
         ),
     )
+
+
+def _fits_a_float(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        return False
 
 
 def _text(pattern: str = r"(?s:.*)", kind: str = "a string") -> _Check:
@@ -353,19 +360,39 @@ def read_checkpoint(
     """
     import torch
 
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as err:
+        raise CheckpointError(f"{what} {path} is unreadable ({err.strerror}); {remedy}") from err
+    if not head.startswith(TORCH_FILE_STARTS):
+        found = "an empty file" if not head else "neither torch's zip format nor its pickle"
+        raise CheckpointError(f"{what} {path} is not a torch checkpoint ({found}); {remedy}")
     # added for this read and removed after it; what the process had allowed before stays allowed
     added = [cls for cls in allow if cls not in torch.serialization.get_safe_globals()]
     try:
         with torch.serialization.safe_globals(added):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a truncated, foreign or unsafe file
-        unsafe = re.search(r"GLOBAL (\S+)", str(err))
-        reason = (
-            f"it holds '{unsafe.group(1)}', not only weights, and kdbench loads weights only"
-            if unsafe
-            else (str(err).strip().splitlines() or [type(err).__name__])[0]
-        )
-        raise CheckpointError(f"{what} {path} is unreadable ({reason}); {remedy}") from err
+        raise CheckpointError(f"{what} {path} is unreadable ({_load_failure(err)}); {remedy}") from err
+
+
+# what a file torch.save wrote starts with: its zip format, or the pickle of its legacy format
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def _load_failure(err: Exception) -> str:
+    """Why torch.load refused a file, in one line. Torch's own advice, to load it again with
+    `weights_only=False`, is never passed on: that would run whatever code the file holds."""
+    text = str(err)
+    unsafe = re.search(r"GLOBAL (\S+)", text)
+    if unsafe:
+        return f"it holds '{unsafe.group(1)}', not only weights, and kdbench loads weights only"
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return f"not a torch checkpoint: {detail.group(1).strip()}"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return clip(lines[0].split(". ")[0], 200) if lines else type(err).__name__
 
 
 def state_dict_of(checkpoint: Any) -> dict | None:
@@ -445,8 +472,12 @@ def read_record(path: Path) -> RunRecord:
             f"{path} is not a run record (a JSON {type(record).__name__}); delete it or move it away"
         )
     missing = [key for key in _REQUIRED_KEYS if key not in record]
-    if record.get("schema") != SCHEMA_VERSION and "schema" not in missing:
-        raise StoreError(f"run record {path} has schema {record.get('schema')}, expected {SCHEMA_VERSION}")
+    schema = record.get("schema")
+    if "schema" not in missing and (type(schema) is not int or schema != SCHEMA_VERSION):  # True == 1
+        raise StoreError(
+            f"run record {path} has schema {clip(repr(schema))} ({type(schema).__name__}), expected the "
+            f"number {SCHEMA_VERSION}; it was written by another version of kdbench or edited"
+        )
     if missing:
         raise StoreError(f"{path} is not a run record (no {', '.join(missing)}); delete it or move it away")
     _check_record(Path(path), record)

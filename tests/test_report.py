@@ -1,5 +1,7 @@
+import csv
 import io
 import json
+import re
 import statistics
 
 import pandas as pd
@@ -273,6 +275,64 @@ def test_latex_escapes_and_csv_reads_back(records):
     assert list(cells["row"]) == list(board.stats["row"])  # tidy: one line per cell, not the display table
     with pytest.raises(ValueError, match="Valid: terminal"):
         reporting.render(board, "pdf")
+
+
+# A method (a plugin may register any name) and hyper-parameter values as a hostile user would write them.
+HOSTILE_METHOD = "=cmd|' /C calc'!A0 <script>&_"
+HOSTILE_HP = "-2+3|@x\nnew line <script>alert(1)</script> & a_b"
+
+
+def hostile_records():
+    """The student, and two configurations of HOSTILE_METHOD (labelled by their hp value), the one with a
+    hostile value far below the student: a negative Δ."""
+    hostile = [
+        dict(record, spec={**record["spec"], "hp": {"note": note}})
+        for note, values in ((HOSTILE_HP, [60.0, 60.4, 60.1]), ("plain", [70.5, 70.9, 70.1]))
+        for record in seeds(values, method=HOSTILE_METHOD)
+    ]
+    failed = make_record(
+        method="@crd", status="failed", error='x,=HYPERLINK("http://e")\n\\input{/etc/passwd}'
+    )
+    return seeds(STUDENT, method="student", teacher=None) + hostile + [failed]
+
+
+def test_csv_writes_no_formula_and_keeps_numbers_numbers():
+    """OWASP CSV injection: a text cell (or a field of a comment line) starting with = + - @ tab or CR gets a
+    leading "'"; a negative Δ is a number and stays one."""
+    text = reporting.render(reporting.leaderboard(hostile_records()), "csv")
+    fields = [field for row in csv.reader(io.StringIO(text)) for field in row]
+    cells = pd.read_csv(io.StringIO(text), comment="#")
+    formulas = [f for f in fields if f.startswith(("=", "+", "@", "\t", "\r")) or re.match(r"-(?![\d.])", f)]
+    assert not formulas
+    assert f"'{HOSTILE_METHOD}" in set(cells["method"]) and "'=HYPERLINK" in text
+    assert cells["delta"].dtype == float and cells["delta"].min() < -8
+    assert not any(line.startswith("\\input") for line in text.splitlines())  # the error's line break is gone
+
+
+def _unescaped_pipes(line: str) -> int:
+    return len(re.findall(r"(?<!\\)(?:\\\\)*\|", line))
+
+
+def test_markdown_keeps_a_pipe_or_line_break_inside_its_cell():
+    text = reporting.render(reporting.leaderboard(hostile_records()), "markdown")
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len({_unescaped_pipes(line) for line in table}) == 1  # every row has the header's columns
+    assert len(table) == 2 + 3  # header, rule, student and the method's two configurations
+    assert r"=cmd\|' /C calc'!A0" in text and "new line" in text
+    assert not any(line.startswith("new line") for line in text.splitlines())
+
+
+def test_latex_and_html_escape_a_hostile_name_and_value():
+    board = reporting.leaderboard(hostile_records())
+    latex = reporting.render(board, "latex")
+    assert r"=cmd\textbar{}' /C calc'!A0 \textless{}script\textgreater{}\&\_" in latex
+    body = [line for line in latex.splitlines() if not line.startswith("%")]
+    assert any(r"\textless{}script\textgreater{}alert(1)" in line and r"\& a\_b" in line for line in body)
+    assert not any("<script>" in line for line in body)
+    assert not any(line.startswith("\\input") for line in latex.splitlines())  # a note stays a comment
+    page = reporting.render(board, "html")
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; a_b" in page
+    assert "=cmd|&#x27; /C calc&#x27;!A0 &lt;script&gt;&amp;_" in page
 
 
 def test_leaderboard_needs_one_dataset(records):

@@ -134,7 +134,7 @@ def _read_sweep_file(path: Path, chain: tuple[Path, ...]) -> dict:
     if problem:
         raise ConfigError(f"{named} {problem}; pass --config a YAML, JSON or Python sweep file")
     if path.suffix not in SWEEP_FORMATS:
-        raise ConfigError(f"{named} is not a sweep file: name it .yaml, .yml, .json or .py")
+        raise ConfigError(f"{named} is not YAML, JSON or Python: name it .yaml, .yml, .json or .py")
     if path.suffix == ".py":
         return _mapping_of(_run_python_sweep(path, named), named)
     try:
@@ -145,12 +145,13 @@ def _read_sweep_file(path: Path, chain: tuple[Path, ...]) -> dict:
     if path.suffix != ".json":
         return _mapping_of(catalog.read_yaml(text, named), named)
     try:
-        return _mapping_of(json.loads(text), named)
+        data = json.loads(text)
     except (ValueError, RecursionError) as err:  # RecursionError: nested beyond Python's stack
         reason = (
             f"line {err.lineno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else "nested too deeply"
         )
         raise ConfigError(f"{named} is unreadable (not JSON: {reason})") from err
+    return _mapping_of(data, named)
 
 
 def _run_python_sweep(path: Path, named: str) -> dict:

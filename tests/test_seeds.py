@@ -1,8 +1,8 @@
 """What a seed varies: every random source of a run, checked where it draws (docs/DESIGN.md, "Protocol").
 
-Each source is checked twice at the source itself (the weights right after construction, the first
-batch's order and crop offsets, the first negatives, dropout masks and extra views of a step): two
-seeds give different draws, the same seed the same draws. Every build first moves torch's global
+Each source is checked where it draws (the weights right after construction, the first batch's
+order and crop offsets, a training step's negatives, dropout masks and extra views): two seeds give
+different draws, the same seed the same draws. Every build first moves torch's global
 stream somewhere else, so two builds agree only because the engine seeds what it draws from.
 """
 
@@ -203,7 +203,7 @@ def test_the_crop_offsets_vary_with_the_seed(data, teacher, tmp_path):
     varies_with_the_seed(draw)
 
 
-def test_the_streamed_augmentation_varies_with_the_seed(tmp_path, teacher):
+def test_the_streamed_augmentation_varies_with_the_seed(tmp_path):
     """A streamed split draws one augmentation seed per sample (kdbench/streaming.py): each sample's
     crop varies with the run's seed whatever the order."""
     recipe = replace(RECIPE, loader="stream", image_size=32)

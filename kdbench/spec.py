@@ -10,6 +10,7 @@ code of the plugins a run uses (`plugin_sha256`) are part of it; where the data 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -87,6 +88,9 @@ def _json_kind(hint) -> str:
     return " or ".join(kinds)
 
 
+_field_types = functools.cache(typing.get_type_hints)  # a dataclass's annotations, evaluated once
+
+
 def _checked_fields(cls, data, what: str, required: tuple[str, ...] = ()) -> dict:
     """`data` as keyword arguments of the dataclass `cls`: a ConfigError naming the field unless it is a
     mapping of `cls`'s fields, `required` ones present, each of its annotated type (values in range are
@@ -100,7 +104,7 @@ def _checked_fields(cls, data, what: str, required: tuple[str, ...] = ()) -> dic
     missing = [name for name in required if name not in data]
     if missing:
         raise ConfigError(f"{what} has no {', '.join(missing)}")
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     for name, value in data.items():
         if not _json_matches(value, hints[name]):
             raise ConfigError(

@@ -10,7 +10,8 @@ Layout of a store directory (`--out`, default ./kdbench-results):
 
 The record's shape is `RunRecord` below, defined once: the engine fills its measured part
 (`TrainResult`), the sweep adds the spec, status and environment (`new_record`), the report
-reads it.
+reads it. A record may be hostile: `read_record`, the one reader, checks each file against
+`RECORD_SCHEMA` and `RunSpec.from_dict` and refuses it in one line naming the file and the field.
 """
 
 from __future__ import annotations
@@ -527,8 +528,9 @@ def _check_record(path: Path, record: dict) -> None:
         spec = RunSpec.from_dict(record["spec"])
     except ConfigError as err:
         raise StoreError(f"run record {path}: {err}; {remedy}") from err
+    run_id = spec.run_id
     disagreements = (
-        (record["run_id"] != spec.run_id, f"run_id {record['run_id']} is not its spec's hash {spec.run_id}"),
+        (record["run_id"] != run_id, f"run_id {record['run_id']} is not its spec's hash {run_id}"),
         (path.name != f"{record['run_id']}.json", f"run_id {record['run_id']} is not its file's name"),
         (record["kind"] != spec.kind, f"kind {record['kind']} is not its spec's kind {spec.kind}"),
         (record["status"] == "done" and not record.get("metrics"), "status done without metrics"),

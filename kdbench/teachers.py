@@ -12,7 +12,8 @@ kdbench with a teacher recipe and cached in the store:
 A cached checkpoint whose bytes no longer match the SHA-256 in its record is refused. Runs name
 their teacher by SHA-256 (`RunSpec.teacher_sha256`), never by path. Every checkpoint is read by
 `store.read_checkpoint` (weights only: a file that would run code is refused; of other globals only
-`store.FOREIGN_CHECKPOINT_GLOBALS`, argparse's Namespace, is allowed, and only here).
+`store.FOREIGN_CHECKPOINT_GLOBALS`, argparse's Namespace, is allowed, and only here); weights holding NaN
+or inf are refused where they are loaded (`load_model_weights`), whether given or cached.
 """
 
 from __future__ import annotations

@@ -278,3 +278,11 @@ def test_a_record_of_another_schema_says_what_it_holds(capsys, store_copy, schem
     code, _, err = run_cli(capsys, "report", "--out", str(store_copy))
     assert_one_line_error(code, err, str(path), f"has schema {shown}, expected the number 1")
     assert snapshot(store_copy) == before
+
+
+def test_the_help_and_the_readme_say_that_a_python_sweep_runs_as_code(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "a Python (.py) sweep file is RUN as code" in " ".join(capsys.readouterr().out.split())
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "### What kdbench trusts" in readme and "A Python sweep file is run as code" in readme

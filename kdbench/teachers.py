@@ -176,22 +176,21 @@ def teacher_test_accuracy(
     out: Path, sha256: str, teacher: nn.Module, data: PreparedData, device: torch.device
 ) -> dict:
     """The teacher's test-split accuracy, {"sha256", "test_top1", "test_top5"}: measured once per
-    weights (`sha256`) and data (its name and identity), then read from the store (`store.teacher_eval_path`)."""
-    info = data.info
-    path = store.teacher_eval_path(
-        out, sha256, f"{info.name}.{info.data_sha256[:12]}" if info.data_sha256 else info.name
-    )
+    weights (`sha256`) and dataset, then read from the store (`store.teacher_eval_path`) while the data
+    is the same (`DatasetInfo.data_sha256`; another folder of the dataset is measured again)."""
+    path = store.teacher_eval_path(out, sha256, data.info.name)
     if path.is_file():
         try:
             cached = json.loads(path.read_text())
-            if cached.get("sha256") == sha256:
+            if cached.get("sha256") == sha256 and cached.get("data_sha256") == data.info.data_sha256:
                 return {key: cached[key] for key in ("sha256", "test_top1", "test_top5")}
         except (OSError, ValueError, KeyError):
             pass  # unreadable: measured again and rewritten
     accuracy = evaluate(teacher, data.test, data.info, device)
     result = {"sha256": sha256, "test_top1": accuracy["top1"], "test_top5": accuracy["top5"]}
     if distributed.is_main():
-        store.atomic_write_bytes(path, (json.dumps({**result, "dataset": data.info.name}) + "\n").encode())
+        written = {**result, "dataset": data.info.name, "data_sha256": data.info.data_sha256}
+        store.atomic_write_bytes(path, (json.dumps(written) + "\n").encode())
     return result
 
 

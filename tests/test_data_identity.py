@@ -140,3 +140,25 @@ def test_array_digest_follows_the_decoded_data():
 def test_the_digest_is_of_the_source_data_whatever_the_subset(subset):
     recipe = Recipe(train_subset=subset, val_split=0.25)
     assert data_digest("synthetic", None, recipe) == data_digest("synthetic", None, Recipe())
+
+
+def test_a_given_teachers_accuracy_is_measured_on_each_folders_own_data(tmp_path, capsys):
+    import torch
+
+    from kdbench import teachers
+    from kdbench.engine import evaluate
+
+    first, second = image_folder(tmp_path / "a", seed=0), image_folder(tmp_path / "b", seed=1, test=5)
+    (second / "val" / "bee" / "4.png").unlink()  # 5 + 4 test images: an accuracy in 9ths, not 4ths
+    out = tmp_path / "store"
+    code, _, err = run_cli(capsys, *RUN, "--methods", "kd", "--data-root", str(first), "--out", str(out))
+    assert code == 0, err
+    (teacher_file,) = (out / "teachers").glob("*.pt")
+    argv = [*RUN, "--methods", "kd", "--teacher", str(teacher_file), "--data-root", str(second)]
+    code, _, err = run_cli(capsys, *argv, "--out", str(out))
+    assert code == 0, err
+    data = prepare_data("imagefolder", str(second), Recipe())
+    model = teachers.load_teacher(teacher_file, "resnet14", data.info, torch.device("cpu"))
+    expected = evaluate(model, data.test, data.info, torch.device("cpu"))["top1"]
+    (on_second,) = [r for r in store.load_records(out) if r["spec"]["data_sha256"] == data.info.data_sha256]
+    assert on_second["teacher"]["test_top1"] == expected and len(data.test) == 9

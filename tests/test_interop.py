@@ -398,7 +398,8 @@ def test_a_loaded_teacher_is_evaluated_once_and_its_accuracy_is_in_each_record(t
     assert board.table.loc["teacher", "resnet14→resnet8"].startswith(f"{expected['top1']:.2f}")
     assert not any("teacher on" in note for note in board.notes)
     # measured once: a later run reads the store's value
-    cached.write_text(json.dumps({"sha256": sha, "test_top1": 12.5, "test_top5": 50.0}))
+    planted = {"sha256": sha, "test_top1": 12.5, "test_top5": 50.0, "data_sha256": synthetic.info.data_sha256}
+    cached.write_text(json.dumps(planted))
     Sweep(replace(request, seeds=[1]), progress=lambda _: None).run()
     again = [r for r in store.load_records(tmp_path / "s") if r["spec"]["seed"] == 1 and r["spec"]["teacher"]]
     assert again[0]["teacher"]["test_top1"] == 12.5

@@ -1077,7 +1077,7 @@ def fit_train_subset(dataset: str, data_root: str | None, recipe: Recipe) -> tup
     warning = None
     if recipe.train_subset > available:
         warning = (
-            f"warning: --train-subset {recipe.train_subset} exceeds the {available} training images of "
+            f"kdbench: warning: --train-subset {recipe.train_subset} exceeds the {available} training images of "
             f"{dataset}; training on all {available}"
         )
     return replace(recipe, train_subset=None), warning

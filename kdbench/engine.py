@@ -202,9 +202,9 @@ class Trainer:
         info = data.info
         streams = stream_seeds(spec.seed)
         torch.manual_seed(streams["global"])
-        self.student = build_model(spec.student, num_classes=info.num_classes, in_chans=info.in_chans).to(
-            device
-        )
+        self.student = build_model(
+            spec.student, num_classes=info.num_classes, in_chans=info.in_chans, image_size=info.image_size
+        ).to(device)
         if spec.student_init_sha256:  # --student-init: the run starts from these weights (units.py put them)
             load_weights(self.student, read_student_init(self.out, spec.student_init_sha256))
         self.wrappers = build_wrappers(spec)
@@ -515,7 +515,12 @@ class Trainer:
         info = self.data.info
         deployed = self.student
         for wrapper in self.wrappers:
-            plain = build_model(self.spec.student, num_classes=info.num_classes, in_chans=info.in_chans)
+            plain = build_model(
+                self.spec.student,
+                num_classes=info.num_classes,
+                in_chans=info.in_chans,
+                image_size=info.image_size,
+            )
             deployed = wrapper.export(deployed, plain.to(self.device)).eval()
         deployed = self.method.deploy(deployed).eval()
         self.student.eval()

@@ -154,7 +154,9 @@ def load_model_weights(
             f"this run uses {info.name} ({info.num_classes} classes); train a teacher for {info.name}"
         )
     architecture = canonical_model_name(architecture)
-    model = build_model(architecture, num_classes=info.num_classes, in_chans=info.in_chans)
+    model = build_model(
+        architecture, num_classes=info.num_classes, in_chans=info.in_chans, image_size=info.image_size
+    )
     mismatch = weights_mismatch(model, state)
     if mismatch is None:
         return load_weights(model, state)

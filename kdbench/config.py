@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import runpy
 import types
 from dataclasses import fields, replace
@@ -275,8 +276,9 @@ def hp_grid(hp: dict) -> dict[str, dict[str, list]]:
     return grid
 
 
-def vam_configs(settings: dict) -> list[VAMConfig]:
-    """Every VAM configuration of a `vam_config` grid (lists are grids)."""
+def vam_configs(settings: dict, max_runs: int | None = None) -> list[VAMConfig]:
+    """Every VAM configuration of a `vam_config` grid (lists are grids); a grid of more than `max_runs`
+    points is refused before one configuration is built (the sweep's own count comes later)."""
     valid = {f.name for f in fields(VAMConfig)}
     unknown = sorted(clip(str(key)) for key in set(settings) - valid)
     if unknown:
@@ -284,6 +286,12 @@ def vam_configs(settings: dict) -> list[VAMConfig]:
             f"vam_config: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
         )
     grid = {key: list(v) if isinstance(v, (list, tuple)) else [v] for key, v in settings.items()}
+    points = math.prod(len(values) for values in grid.values())
+    if max_runs is not None and points > max_runs:
+        raise ConfigError(
+            f"vam_config is a grid of {points:,} configurations, over the limit of {max_runs:,} runs; "
+            f"shrink it, or allow it with --max-runs {points} (max_runs in a sweep file)"
+        )
     return [VAMConfig(**point) for point in grid_points(grid)]
 
 
@@ -302,6 +310,15 @@ def _names(value, what: str) -> str | list[str]:
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return value
     raise ConfigError(f"{what} takes a comma list or a list of names, got {shorten(value)}")
+
+
+def _max_runs(config: dict) -> int | None:
+    """The run limit a grid is held to while the request is built (a malformed one is refused later,
+    by name, in `sweep.check_size`)."""
+    from kdbench.sweep import MAX_RUNS
+
+    limit = config.get("max_runs", MAX_RUNS)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
 def build_request(config: dict):
@@ -329,7 +346,7 @@ def build_request(config: dict):
         teacher_recipe=Recipe.from_dict(config["teacher_recipe"]),
         seeds=_seeds(config["seeds"]),
         vam_modes=VAM_MODES[vam],
-        vam_configs=vam_configs(config.get("vam_config", {})),
+        vam_configs=vam_configs(config.get("vam_config", {}), _max_runs(config)),
         student_lr=config.get("student_lr", {}),
         hp_overrides=config.get("hp", {}),
         teacher_path=config.get("teacher"),

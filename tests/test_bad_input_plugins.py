@@ -3,6 +3,7 @@ flag or key at fault, and no finished record of the store changes."""
 
 import hashlib
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -156,13 +157,37 @@ def test_list_methods_with_a_broken_plugin_names_it(capsys, tmp_path):
 
 
 # -- grids: refused over the limit before anything is built ----------------------------------------
+def _peak_bytes_of(call):
+    """What `call` returns and the most memory Python held for it at once (tracemalloc: a count of
+    bytes, not a timing, so it does not depend on how busy the machine is)."""
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_grid_over_the_limit_is_refused_at_once_naming_the_count_and_the_flag(capsys, unchanged):
     values = ",".join(str(v) for v in range(1, 1001))
-    started = time.perf_counter()
     argv = ["--methods", "kd", "--hp", f"kd.temperature={values}", "--hp", f"kd.kd_weight={values}"]
-    code, _, err = _run(capsys, unchanged, *argv)
+    (code, _, err), peak = _peak_bytes_of(lambda: _run(capsys, unchanged, *argv))
     assert_one_line_error(code, err, "1,000,000 runs", "limit of 10,000", "--max-runs", "max_runs")
-    assert time.perf_counter() - started < 10  # counted, not built
+    assert peak < 64 * 2**20  # counted, not built: a million specs or grid points take gigabytes
+
+
+def test_a_vam_grid_over_the_limit_is_refused_before_its_configurations_are_built(
+    capsys, tmp_path, unchanged
+):
+    sweep = tmp_path / "vam-grid.yaml"
+    ten, hundred = list(range(1, 11)), list(range(1, 101))
+    sweep.write_text(
+        f"vam: 'on'\nvam_config: {{groups: {hundred}, t0: {ten}, t_min: {[v / 10 for v in ten]}, "
+        f"lr_scale: {ten}, entropy_weight: {[v / 100 for v in ten]}}}\n"
+    )
+    (code, _, err), peak = _peak_bytes_of(lambda: _run(capsys, unchanged, "--config", str(sweep)))
+    assert_one_line_error(code, err, "vam_config is a grid of 1,000,000", "--max-runs 1000000")
+    assert peak < 64 * 2**20
 
 
 def test_a_grid_over_a_lowered_limit_is_refused(capsys, unchanged):

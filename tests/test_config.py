@@ -1,4 +1,4 @@
-"""Sweep files (mmengine Config), grids, the resolved configuration in the store, and plugins."""
+"""Sweep files (YAML, JSON, Python; `_base_` chains), grids, the resolved configuration in the store, and plugins."""
 
 import json
 import os

@@ -61,7 +61,8 @@ def test_a_second_folder_in_the_same_store_trains_its_own_runs_and_teacher(tmp_p
     assert len(cells) == 4, cells
     for digest in digests:
         student, kd = (
-            next(c for c in cells if c["method"] == m and digest in c["row"]) for m in ("student", "kd")
+            next(c for c in cells if c["method"] == m and f"[data {digest[:6]}]" in c["row"])
+            for m in ("student", "kd")
         )
         assert kd["delta"] == pytest.approx(kd["mean"] - student["mean"])
     # the same command again: everything is cached now, folder by folder

@@ -218,13 +218,19 @@ def _config_label(run: Any, differing: dict[tuple, list[str]]) -> str:
     if not paths:
         return label
     settings = _flat_settings(json.loads(run.config))
-    shown = [_setting_text(path, settings.get(path)) for path in paths if path != "teacher_sha256"]
+    shown = [_setting_text(path, settings.get(path)) for path in paths if not _is_digest(path)]
     if shown:
         label += f" ({', '.join(shown)})"
-    if "teacher_sha256" in paths:
-        sha = json.loads(settings.get("teacher_sha256", "null"))
-        label += f" [teacher {sha[:6] if sha else 'unknown'}]"
+    for path in filter(_is_digest, paths):  # teacher, data, student init, plugin: six hex digits each
+        sha = json.loads(settings.get(path, "null"))
+        name = path.removesuffix("_sha256").replace("plugin_sha256.", "plugin ")
+        label += f" [{name} {sha[:6] if isinstance(sha, str) else 'unknown'}]"
     return label
+
+
+def _is_digest(path: str) -> bool:
+    """A setting that names something by its SHA-256 (`teacher_sha256`, `plugin_sha256.<file>`, ...)."""
+    return path.endswith("_sha256") or path.startswith("plugin_sha256.")
 
 
 def _split_notes(done: pd.DataFrame, differing: dict[tuple, list[str]]) -> list[str]:

@@ -28,7 +28,6 @@ import importlib
 import importlib.machinery
 import importlib.util
 import os
-import re
 import sys
 import traceback
 import types
@@ -46,10 +45,10 @@ from kdbench.registries import (
     RegistrationError,
     canonical_model_name,
 )
+from kdbench.spec import SHA256_HEX
 
 ENTRY_POINT_GROUP = "kdbench.plugins"
 REGISTRIES = {"method": METHODS, "model": MODELS, "dataset": DATASETS, "student wrapper": WRAPPERS}
-SHA256_RULE = re.compile(r"[0-9a-f]{64}")
 
 
 class PluginError(ConfigError):
@@ -83,7 +82,7 @@ def resolve(imports: list[str], base: Path) -> list[str]:
 
 def source_path(out: Path, sha256: str) -> Path:
     """Where a store keeps the source of the plugin with this SHA-256."""
-    if not isinstance(sha256, str) or not SHA256_RULE.fullmatch(sha256):
+    if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
         raise PluginError(f"plugin SHA-256 {str(sha256)[:80]!r} is not a SHA-256 (64 hex digits)")
     return Path(out) / "plugins" / f"{sha256}.py"
 

@@ -550,10 +550,11 @@ def _flag_layer(args) -> dict:
         "val_split": args.val_split,
     }
     teacher_recipe = {"epochs": args.teacher_epochs}
-    if args.train_subset is not None:
-        recipe["train_subset"] = teacher_recipe["train_subset"] = args.train_subset or None
     for key in ("image_size", "loader"):
         recipe[key] = teacher_recipe[key] = getattr(args, key)
+    recipe, teacher_recipe = _given(recipe), _given(teacher_recipe)
+    if args.train_subset is not None:  # 0 is "all": a None that must still override the preset's subset
+        recipe["train_subset"] = teacher_recipe["train_subset"] = args.train_subset or None
     vam_config = {
         "groups": args.vam_groups,
         "lr_scale": args.vam_lr_scale,
@@ -566,8 +567,8 @@ def _flag_layer(args) -> dict:
         "dataset": args.dataset,
         "data_root": args.data_root,
         "seeds": args.seeds,
-        "recipe": _given(recipe),
-        "teacher_recipe": _given(teacher_recipe),
+        "recipe": recipe,
+        "teacher_recipe": teacher_recipe,
         "vam": args.vam,
         "vam_config": _given(vam_config),
         "hp": _parse_hp(args.hp),

@@ -191,3 +191,15 @@ def test_a_reader_that_leaves_early_ends_the_output_quietly():
         os.close(write_end)
     assert finished.returncode == 0, finished.stderr
     assert "Traceback" not in finished.stderr, finished.stderr
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("0", None), ("300", 300)])
+def test_train_subset_0_trains_on_every_image_over_a_presets_subset(flag, expected):
+    """`--train-subset 0` means all images: it must override the quick preset's 6,000, not vanish as an
+    unset flag does."""
+    from kdbench.cli import _resolved_config, build_parser
+
+    args = build_parser().parse_args(["run", "--train-subset", flag])
+    resolved = _resolved_config(args)
+    assert resolved["recipe"]["train_subset"] == expected
+    assert resolved["teacher_recipe"]["train_subset"] == expected

@@ -137,6 +137,8 @@ class Worker:
     def execute(self, unit: Unit) -> list[Outcome]:
         """Train the unit's runs under the store's claims on them (taken in run-id order, so two
         processes never wait on each other), except those another process finished meanwhile."""
+        for spec in unit.specs:
+            check_plugins(spec)
         with ExitStack() as claims:
             for run_id in sorted(spec.run_id for spec in unit.specs):
                 if distributed.is_main():  # the ranks of one torchrun run train it together
@@ -252,6 +254,24 @@ class Worker:
         else:
             self.progress(f"[{spec.run_id}] {spec.label}: done, top-1 {record['metrics']['last_top1']:.2f}%")
         return Outcome(spec.run_id, status)
+
+
+def check_plugins(spec: RunSpec) -> None:
+    """Refuse to train a spec with plugin code other than the code its run id was made with: a plugin
+    edited after the sweep planned its runs is loaded anew by a worker started later (kdbench/plugins.py)."""
+    models = (spec.student,) if spec.kind == "teacher" else (spec.student, spec.teacher)
+    method = None if spec.kind == "teacher" else spec.method
+    loaded = plugins.sha256_for(method, models, spec.dataset)
+    if loaded != spec.plugin_sha256:
+        changed = ", ".join(
+            f"{key} ({str(spec.plugin_sha256.get(key))[:12]} -> {str(loaded.get(key))[:12]})"
+            for key in sorted(set(loaded) | set(spec.plugin_sha256))
+            if loaded.get(key) != spec.plugin_sha256.get(key)
+        )
+        raise plugins.PluginError(
+            f"[{spec.run_id}] {spec.label}: plugin code changed since its runs were planned ({changed}); "
+            "run the same command again to plan with the plugin as it is now"
+        )
 
 
 def stage_student_init(out: Path, path: str | Path, students: Iterable[str], info: DatasetInfo) -> str:

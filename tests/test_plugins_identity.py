@@ -202,3 +202,29 @@ def test_a_grid_trains_in_bounded_cohorts_with_every_log(tmp_path, capsys):
         assert (out / "logs" / f"{record['run_id']}.txt").read_text().count(record["run_id"]) >= 1
     resolved = json.loads(next((out / "sweeps").glob("*.json")).read_text())
     assert resolved["config"]["cohort"] == 2
+
+
+def test_a_worker_refuses_a_run_whose_plugin_changed_after_planning(tmp_path):
+    """A worker started after the plugin file was edited loads the new code: it must not train a spec
+    whose run id holds the old code's SHA-256 (the record would claim code it did not run)."""
+    from kdbench.units import RunUnit, Worker, WorkerSettings
+
+    plugin, out = tmp_path / "prob_gap.py", tmp_path / "store"
+    plugin.write_text(PLUGIN)
+    plugins.load([str(plugin)])
+    spec = RunSpec(
+        method="prob_gap",
+        student="resnet8",
+        teacher="resnet14",
+        teacher_sha256="0" * 64,
+        dataset="synthetic",
+        recipe=Recipe(epochs=1, train_subset=128, lr_decay_epochs=()),
+        plugin_sha256=plugins.sha256_for("prob_gap", ("resnet8", "resnet14"), "synthetic"),
+    )
+    plugin.write_text(PLUGIN.replace("pow(2)", "abs()"))  # edited while the sweep runs
+    worker = Worker(WorkerSettings(out=out, plugins=(str(plugin),)))  # a worker started now
+    with pytest.raises(
+        plugins.PluginError, match=r"plugin code changed since its runs were planned \(prob_gap\.py"
+    ):
+        worker.execute(RunUnit((spec,), None))
+    assert not store.runs_dir(out).exists()

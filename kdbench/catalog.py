@@ -43,6 +43,20 @@ class _PlainDataLoader(yaml.SafeLoader):
             )
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):
+        # a key written twice keeps only its last value, silently: which one the user meant is a guess
+        mapping = super().construct_mapping(node, deep=deep)  # refuses an unhashable key by line
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _RefusedYaml(
+                    f"line {key_node.start_mark.line + 1}: key {shorten(key)} appears twice in one mapping; "
+                    "keep one"
+                )
+            seen.add(key)
+        return mapping
+
 
 _PlainDataLoader.add_constructor(None, _refuse_tag)  # None: the constructor of every unknown tag
 

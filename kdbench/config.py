@@ -146,13 +146,24 @@ def _read_sweep_file(path: Path, chain: tuple[Path, ...]) -> dict:
     if path.suffix != ".json":
         return _mapping_of(catalog.read_yaml(text, named), named)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as err:  # RecursionError: nested beyond Python's stack
-        reason = (
-            f"line {err.lineno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else "nested too deeply"
-        )
+        if isinstance(err, json.JSONDecodeError):
+            reason = f"line {err.lineno}: {err.msg}"
+        else:  # a repeated key (_unique_keys) or nesting beyond the stack
+            reason = str(err) if isinstance(err, ValueError) else "nested too deeply"
         raise ConfigError(f"{named} is unreadable (not JSON: {reason})") from err
     return _mapping_of(data, named)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object of a sweep file: a key written twice would keep only its last value, silently,
+    so which one the user meant is a guess."""
+    keys = [key for key, _ in pairs]
+    repeated = next((key for key in keys if keys.count(key) > 1), None)
+    if repeated is not None:
+        raise ValueError(f"key {shorten(repeated)} appears twice in one object; keep one")
+    return dict(pairs)
 
 
 def _run_python_sweep(path: Path, named: str) -> dict:

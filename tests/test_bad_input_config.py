@@ -142,6 +142,18 @@ def test_the_presets_read_as_plain_data():
         ("nomethods.yaml", "methods: []\n", ": methods is empty"),
         ("base.yaml", "_base_: 3\n", "_base_ takes a file or a list of files (relative to it), got 3"),
         ("missingbase.yaml", "_base_: nowhere.yaml\n", "nowhere.yaml (a _base_ of"),
+        # a key written twice would keep its last value silently
+        (
+            "twice.yaml",
+            "methods: [kd]\nmethods: [dkd]\n",
+            "line 2: key 'methods' appears twice in one mapping",
+        ),
+        (
+            "twicehp.yaml",
+            "hp:\n  kd: {temperature: 2, temperature: 4}\n",
+            "line 2: key 'temperature' appears",
+        ),
+        ("twice.json", '{"methods": "kd", "methods": "dkd"}', "key 'methods' appears twice in one object"),
     ],
 )
 def test_a_malformed_sweep_file_is_one_line_naming_it(capsys, trained, tmp_path, name, content, fragment):

@@ -109,7 +109,9 @@ def test_json_and_python_sweep_files_read_alike(tmp_path, name, text):
 )
 def test_a_bad_sweep_file_is_one_line_naming_what_is_wrong(tmp_path, capsys, text, fragment):
     sweep = tmp_path / "bad.yaml"
-    sweep.write_text(TINY_FILE.replace("vam: off\n", "") + text if "vam:" in text else TINY_FILE + text)
+    key = text.split(":")[0]  # a key written twice is refused itself: the case's line replaces the file's
+    kept = [line for line in TINY_FILE.splitlines(keepends=True) if not line.startswith(f"{key}:")]
+    sweep.write_text("".join(kept) + text)
     code = main(["run", "--config", str(sweep), "--out", str(tmp_path / "store")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and fragment in err, err

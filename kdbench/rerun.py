@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdbench import plugins, store, teachers
-from kdbench.errors import ConfigError
+from kdbench.errors import ConfigError, file_problem
 from kdbench.progress import to_stderr
 from kdbench.spec import RunSpec
 from kdbench.units import RunUnit, TeacherUnit, Worker, WorkerSettings
@@ -105,12 +105,18 @@ def rerun(
     plugins the run used are loaded in the recorded versions: the store's copies
     (`STORE/plugins/<sha256>.py`), or `plugin_files` with those SHA-256s (kdbench/plugins.py)."""
     record_file = Path(record_file)
-    if not record_file.is_file():
-        raise ConfigError(f"record {record_file} not found")
+    problem = file_problem(record_file, missing="not found")
+    if problem:
+        raise ConfigError(f"record {record_file} {problem}; give a run record, STORE/runs/<run_id>.json")
     original = store.read_record(record_file)
     spec = RunSpec.from_dict(original["spec"])
     store_root = record_file.resolve().parent.parent  # <store>/runs/<run_id>.json
     out = Path(out) if out else store_root / "reruns" / spec.run_id
+    if out.resolve() == store_root:  # the new record would replace the one it is compared with
+        raise ConfigError(
+            f"--out {out} is the store of record {record_file}; give another folder (default: "
+            f"STORE/reruns/{spec.run_id})"
+        )
     environment = original["environment"]
     settings = WorkerSettings(
         out=out, data_root=data_root, device=device, threads=environment.get("threads"), force=True

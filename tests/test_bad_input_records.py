@@ -257,3 +257,21 @@ def test_rerun_takes_the_student_init_by_flag_and_checks_it(capsys, trained, tmp
     )
     assert code == 0 and "bit for bit" in printed, err
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("out", [".", "../store"])  # relative to the store: its own folder, spelt two ways
+def test_rerun_into_the_records_own_store_is_refused(capsys, copy, monkeypatch, out):
+    """`--out` naming the record's own store would overwrite the record the rerun is compared with."""
+    monkeypatch.chdir(copy)
+    path = record_file(copy, "kd")
+    before = snapshot(copy)
+    code, _, err = run_cli(capsys, "rerun", str(path), "--out", out)
+    assert_one_line_error(code, err, f"--out {out} is the store of record {path}", "another folder")
+    assert snapshot(copy) == before and not (copy / "reruns").exists()
+
+
+def test_rerun_of_a_folder_says_it_is_a_folder(capsys, copy):
+    before = snapshot(copy)
+    code, _, err = run_cli(capsys, "rerun", str(copy / "runs"))
+    assert_one_line_error(code, err, f"record {copy / 'runs'} is a directory, expected a file")
+    assert snapshot(copy) == before

@@ -237,6 +237,8 @@ def load(imports: list[str] | tuple[str, ...] = ()) -> None:
             _entry_points.add(entry.value)
     files: dict[str, Path] = {}
     for item in imports:
+        if not _is_path(item) and Path(item).is_file():  # a file, not a module: its name lacks .py
+            raise PluginError(f"plugin {item} is a file but not a Python file; name it .py")
         if not _is_path(item):
             _load_module(item, f"module '{item}'")
             continue

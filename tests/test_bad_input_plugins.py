@@ -142,6 +142,14 @@ def test_a_plugin_path_that_is_no_file_is_named(capsys, tmp_path, unchanged, giv
     assert_one_line_error(code, err, str(tmp_path / given), fragment)
 
 
+def test_a_plugin_file_not_named_py_is_not_taken_for_a_module(capsys, tmp_path, unchanged, monkeypatch):
+    """`--plugin mine.txt` (no slash, no .py) read as the module mine.txt said "No module named 'mine'"."""
+    monkeypatch.chdir(tmp_path)
+    Path("mine.txt").write_text(METHOD.format(name="mine"))
+    code, _, err = _run(capsys, unchanged, "--plugin", "mine.txt", "--methods", "student")
+    assert_one_line_error(code, err, "plugin mine.txt is a file but not a Python file; name it .py")
+
+
 def test_a_plugin_module_that_is_not_importable_is_named(capsys, tmp_path, unchanged):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("custom_imports: {imports: [no_such_plugin_module]}\n")

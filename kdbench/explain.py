@@ -17,6 +17,9 @@ import torch
 from kdbench import store, teachers
 from kdbench.catalog import Pair
 from kdbench.data import prepare_data
+from kdbench.errors import ConfigError, shorten
+from kdbench.models import build_model
+from kdbench.models.hme import HME
 from kdbench.spec import Recipe
 from kdbench.sweep import Sweep, SweepRequest
 
@@ -113,6 +116,10 @@ def run_explain(request: ExplainRequest, progress: Callable[[str], None] | None 
     The teacher is resolved first, so a teacher for another dataset or class count is refused before
     any HME trains. `force` re-runs the HME runs, never the teacher.
     """
+    if not isinstance(build_model(request.student, num_classes=2), HME):  # its routing is what is explained
+        raise ConfigError(
+            f"--student {shorten(request.student)} is not an HME; give hme or hme_small (kdbench/models/hme.py)"
+        )
     arch, teacher_path, classes = resolve_teacher(request, progress)
 
     def sweep_for(method: str, hp: dict) -> Sweep:

@@ -298,3 +298,13 @@ def test_the_help_and_the_readme_say_that_a_python_sweep_runs_as_code(capsys):
     assert "a Python (.py) sweep file is RUN as code" in " ".join(capsys.readouterr().out.split())
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     assert "### What kdbench trusts" in readme and "A Python sweep file is run as code" in readme
+
+
+@pytest.mark.parametrize("student", ["resnet8", "timm:resnet18"])
+def test_explain_with_a_student_that_is_no_hme_is_refused_before_training(capsys, trained, student):
+    """Only an HME has the routing that explain analyses (it ended in a TypeError in the report)."""
+    before = snapshot(trained)
+    argv = ["explain", "--teacher", "resnet14", "--student", student, "--dataset", "synthetic"]
+    code, _, err = run_cli(capsys, *argv, "--epochs", "1", "--seeds", "1", "--out", str(trained))
+    assert_one_line_error(code, err, f"--student {student!r} is not an HME", "hme_small")
+    assert snapshot(trained) == before

@@ -18,7 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from kdbench.errors import ConfigError, KdbenchError
+from kdbench.errors import ConfigError, KdbenchError, file_problem
 
 DEFAULT_OUT = "kdbench-results"
 
@@ -750,8 +750,9 @@ def _pinned_changes(path: str | None) -> list[str]:
     from kdbench import pins
 
     path = Path(path) if path else pins.DEFAULT_FILE
-    if not path.is_file():
-        raise ConfigError(f"pinned losses {path} not found; make them with `kdbench pins --write`")
+    problem = file_problem(path, missing="not found")
+    if problem:
+        raise ConfigError(f"pinned losses {path} {problem}; make them with `kdbench pins --write`")
     changed = pins.check(path)
     for line in changed:
         print(f"CHANGED: {line}")

@@ -15,6 +15,7 @@ statistical gate (`kdbench check`) judges accuracies.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 
 from kdbench.data import prepare_data
 from kdbench.engine import Trainer
+from kdbench.errors import ConfigError
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
 from kdbench.registries import METHODS
@@ -143,6 +145,9 @@ def compare(pinned: dict, measured: dict[str, list[dict[str, float]]]) -> list[s
         if expected_steps is None:
             problems.append(f"{label}: no pinned losses (new method? run `kdbench pins --write`)")
             continue
+        if len(expected_steps) != len(steps):
+            problems.append(f"{label}: {len(expected_steps)} steps pinned, {len(steps)} measured")
+            continue
         for step, (expected, got) in enumerate(zip(expected_steps, steps, strict=True)):
             for term in sorted(set(expected) | set(got)):
                 if term not in expected or term not in got:
@@ -158,4 +163,38 @@ def compare(pinned: dict, measured: dict[str, list[dict[str, float]]]) -> list[s
 
 
 def check(path: Path = DEFAULT_FILE) -> list[str]:
-    return compare(json.loads(Path(path).read_text()), measure(1))
+    return compare(read_pins(path), measure(1))
+
+
+def read_pins(path: Path) -> dict:
+    """The pinned losses at `path`, their shape checked (compare reads every number of them); a ConfigError
+    naming the file."""
+    fix = "make them with `kdbench pins --write`"
+    try:
+        pinned = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ConfigError(f"pinned losses {path} are unreadable ({type(err).__name__}); {fix}") from err
+    if not _is_pins(pinned):
+        raise ConfigError(
+            f"pinned losses {path} are not a pins file (rtol: {{method: number}}, losses: {{method: "
+            f"[{{term: number}}, ...]}}); {fix}"
+        )
+    return pinned
+
+
+def _is_pins(pinned: object) -> bool:
+    def number(value: object) -> bool:
+        return type(value) in (int, float) and math.isfinite(value)
+
+    def steps_ok(steps: object) -> bool:
+        return isinstance(steps, list) and all(
+            isinstance(step, dict) and all(map(number, step.values())) for step in steps
+        )
+
+    return (
+        isinstance(pinned, dict)
+        and isinstance(pinned.get("rtol"), dict)
+        and isinstance(pinned.get("losses"), dict)
+        and all(map(number, pinned["rtol"].values()))
+        and all(map(steps_ok, pinned["losses"].values()))
+    )

@@ -14,6 +14,7 @@ from kdbench import config, store, teachers
 from kdbench.catalog import presets
 from kdbench.cli import main
 from kdbench.models import build_model
+from kdbench.reporting import check
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
@@ -308,3 +309,61 @@ def test_explain_with_a_student_that_is_no_hme_is_refused_before_training(capsys
     code, _, err = run_cli(capsys, *argv, "--epochs", "1", "--seeds", "1", "--out", str(trained))
     assert_one_line_error(code, err, f"--student {student!r} is not an HME", "hme_small")
     assert snapshot(trained) == before
+
+
+# -- kdbench check: the baseline and the pinned losses are files the user names --------------------------
+@pytest.fixture
+def baseline(capsys, trained, tmp_path, monkeypatch) -> Path:
+    """A baseline of the trained store (of one seed: the seeds a baseline needs lowered for the test)."""
+    monkeypatch.setattr(check, "MIN_SEEDS", 1)
+    path = tmp_path / "baseline.json"
+    assert main(["check", "--baseline", str(path), "--write-baseline", "--out", str(trained)]) == 0
+    capsys.readouterr()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("{", "are unreadable (JSONDecodeError)"),
+        ("[]", "are not a pins file"),
+        ('{"rtol": {}, "losses": {"kd": [{"ce": "x"}]}}', "are not a pins file"),
+    ],
+)
+def test_a_bad_pins_file_is_one_line_naming_it(capsys, trained, baseline, tmp_path, content, fragment):
+    """A pins file was read unchecked: bad JSON or a string loss ended in a traceback."""
+    pins = tmp_path / "pins.json"
+    pins.write_text(content)
+    before = snapshot(trained)
+    code, _, err = run_cli(
+        capsys, "check", "--baseline", str(baseline), "--out", str(trained), "--pins", str(pins)
+    )
+    assert_one_line_error(code, err, f"pinned losses {pins} {fragment}")
+    assert snapshot(trained) == before
+
+
+@pytest.mark.parametrize("flag", ["--baseline", "--pins"])
+def test_a_folder_given_as_a_check_file_says_so(capsys, trained, baseline, tmp_path, flag):
+    argv = {"--baseline": str(baseline), "--pins": str(tmp_path / "nowhere.json"), flag: str(tmp_path)}
+    code, _, err = run_cli(
+        capsys, "check", *(x for item in argv.items() for x in item), "--out", str(trained)
+    )
+    assert_one_line_error(code, err, f"{tmp_path} is a directory, expected a file")
+
+
+def test_a_baseline_written_to_a_folder_is_one_line(capsys, trained, baseline, tmp_path):
+    before = snapshot(trained)
+    code, _, err = run_cli(
+        capsys, "check", "--baseline", str(tmp_path), "--write-baseline", "--out", str(trained)
+    )
+    assert_one_line_error(code, err, f"baseline {tmp_path} cannot be written (Is a directory)")
+    assert snapshot(trained) == before
+
+
+def test_a_baseline_refusal_names_a_few_cells_not_all(capsys, trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(check, "MIN_SEEDS", 2)
+    monkeypatch.setattr(check, "SHOWN_CELLS", 1)  # the store has two cells: a student, kd
+    code, _, err = run_cli(capsys, "check", "--baseline", str(tmp_path / "b.json"), "--write-baseline",
+                           "--out", str(trained))  # fmt: skip
+    assert_one_line_error(code, err, "(n=1) and 1 more; nothing written")
+    assert err.count("(n=1)") == 1

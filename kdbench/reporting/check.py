@@ -21,7 +21,7 @@ from typing import Any
 
 from scipy import stats
 
-from kdbench.errors import ConfigError
+from kdbench.errors import ConfigError, file_problem
 from kdbench.reporting.frame import pair_label, row_label
 from kdbench.store import RunRecord, atomic_write_bytes
 
@@ -29,6 +29,7 @@ BASELINE_FORMAT = "kdbench-baseline/2"
 DEFAULT_ALPHA = 0.01
 DEFAULT_FLOOR_PTS = 1.0
 MIN_SEEDS = 3
+SHOWN_CELLS = 5  # cells named in a refusal; a grid may have thousands, and the message is one line
 _CELL_KEYS = ("label", "config", "mean", "std", "n")
 
 
@@ -77,9 +78,10 @@ def write_baseline(
         )
     few = [f"{_label(c['config'])} (n={len(c['top1'])})" for c in cells if len(c["top1"]) < MIN_SEEDS]
     if few:
-        raise ConfigError(
-            f"a baseline needs >= {MIN_SEEDS} seeds per cell: {', '.join(few)}; nothing written"
+        shown = ", ".join(few[:SHOWN_CELLS]) + (
+            f" and {len(few) - SHOWN_CELLS} more" if few[SHOWN_CELLS:] else ""
         )
+        raise ConfigError(f"a baseline needs >= {MIN_SEEDS} seeds per cell: {shown}; nothing written")
     entries = []
     for cell in cells:
         mean, std = _summary(list(cell["top1"].values()))
@@ -88,15 +90,21 @@ def write_baseline(
              "std": round(std, 4), "n": len(cell["top1"]), "seeds": sorted(cell["top1"])}
         )  # fmt: skip
     baseline = {"format": BASELINE_FORMAT, "alpha": alpha, "floor_pts": floor_pts, "cells": entries}
-    atomic_write_bytes(Path(path), (json.dumps(baseline, indent=1, sort_keys=True) + "\n").encode())
+    try:
+        atomic_write_bytes(Path(path), (json.dumps(baseline, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as err:  # a folder, or a place the user cannot write: the path given is at fault
+        raise ConfigError(
+            f"baseline {path} cannot be written ({err.strerror}); give a writable file path"
+        ) from err
     return baseline
 
 
 def read_baseline(path: Path) -> dict:
     """The baseline at `path`, its shape checked; a ConfigError naming the file and the fault."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"baseline {path} not found; create it with kdbench check --write-baseline")
+    problem = file_problem(path, missing="not found")
+    if problem:
+        raise ConfigError(f"baseline {path} {problem}; create it with kdbench check --write-baseline")
     try:
         baseline = json.loads(path.read_text())
     except (OSError, ValueError) as err:

@@ -367,3 +367,23 @@ def test_a_baseline_refusal_names_a_few_cells_not_all(capsys, trained, tmp_path,
                            "--out", str(trained))  # fmt: skip
     assert_one_line_error(code, err, "(n=1) and 1 more; nothing written")
     assert err.count("(n=1)") == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda b: b["cells"][0].update(mean="x"), "cell 0 has a bad mean"),
+        (lambda b: b["cells"][0].update(std=float("nan")), "cell 0 has a bad std"),  # passed every test
+        (lambda b: b["cells"][0].update(n=True), "cell 0 has a bad n"),
+        (lambda b: b.update(alpha="hi"), "has a bad alpha"),
+    ],
+)
+def test_a_baseline_value_that_cannot_be_right_is_named(capsys, trained, baseline, edit, fragment):
+    """A baseline's values were used unchecked: a string mean or alpha ended in a traceback."""
+    content = json.loads(baseline.read_text())
+    edit(content)
+    baseline.write_text(json.dumps(content))
+    before = snapshot(trained)
+    code, _, err = run_cli(capsys, "check", "--baseline", str(baseline), "--out", str(trained), "--no-pins")
+    assert_one_line_error(code, err, f"baseline {baseline}", fragment)
+    assert snapshot(trained) == before

@@ -120,7 +120,31 @@ def read_baseline(path: Path) -> dict:
         missing = [key for key in _CELL_KEYS if not isinstance(cell, dict) or key not in cell]
         if missing:
             raise ConfigError(f"baseline {path}: cell {index} lacks {', '.join(missing)}")
+        wrong = [key for key, valid in _CELL_VALUES.items() if not valid(cell[key])]
+        if wrong:
+            raise ConfigError(f"baseline {path}: cell {index} has a bad {', '.join(wrong)}; rewrite it")
+    wrong = [key for key, valid in _LEVELS.items() if key in baseline and not valid(baseline[key])]
+    if wrong:
+        raise ConfigError(f"baseline {path} has a bad {', '.join(wrong)}; rewrite it with --write-baseline")
     return baseline
+
+
+def _number(value: object) -> bool:
+    """A finite JSON number (a NaN std would make every test of its cell untestable, so pass)."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+_CELL_VALUES = {
+    "label": lambda value: isinstance(value, str),
+    "config": lambda value: isinstance(value, dict),
+    "mean": _number,
+    "std": lambda value: _number(value) and value >= 0,
+    "n": lambda value: type(value) is int and value >= 1,
+}
+_LEVELS = {
+    "alpha": lambda value: _number(value) and 0 < value < 1,
+    "floor_pts": lambda value: _number(value) and value >= 0,
+}
 
 
 def _p_value(values: list[float], cell: dict) -> float | None:

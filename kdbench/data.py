@@ -370,7 +370,9 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     pixels_per_channel = images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / (pixels_per_channel * 255.0)
     std = (total_sq / (pixels_per_channel * 255.0**2) - mean.square()).clamp_min(0).sqrt()
-    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+    # a channel of one value in every pixel has no spread to scale: its std is 1, not 0, whose division made
+    # every input NaN ("non-finite loss" at the first step, naming nothing)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) or 1.0 for v in std.tolist())
 
 
 def _root_or_env(root: Path | None) -> Path | None:

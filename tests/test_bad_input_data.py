@@ -4,6 +4,7 @@ and split sizes, image sizes, dataset names and roots, and pairs whose models ca
 Each case exits 2 with one line naming the folder, file or flag (or has the documented outcome), and
 no finished record of the store changes."""
 
+import math
 import os
 import shutil
 
@@ -123,6 +124,20 @@ def test_nested_folders_belong_to_their_top_class_folder(capsys, tmp_path, out, 
     assert code == 0, err
     (new,) = new_records(out)
     assert new["data"]["train"] == 9 and unchanged(out)
+
+
+def test_a_folder_with_a_channel_of_one_value_trains(capsys, tmp_path, out, unchanged):
+    """Documented outcome: a channel that holds one value everywhere (red-only images) is not scaled; its
+    std of 0 divided every input into NaN, and the run failed on a 'non-finite loss' naming nothing."""
+    folder = image_folder(tmp_path / "data")
+    for path in folder.glob("*/*/*.png"):
+        pixels = np.asarray(Image.open(path)).copy()
+        pixels[..., 1:] = 7
+        Image.fromarray(pixels).save(path)
+    code, _, err = run_cli(capsys, "run", *FOLDER_RUN, "--data-root", str(folder), "--out", str(out))
+    assert code == 0, err
+    (new,) = new_records(out)
+    assert new["status"] == "done" and math.isfinite(new["history"][0]["train_loss"]) and unchanged(out)
 
 
 def test_a_symlink_out_of_the_folder_is_followed_to_an_image_and_refused_to_anything_else(

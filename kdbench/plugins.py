@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from kdbench.errors import ConfigError
+from kdbench.errors import ConfigError, file_problem
 from kdbench.registries import (
     DATASETS,
     METHODS,
@@ -45,7 +45,7 @@ from kdbench.registries import (
     RegistrationError,
     canonical_model_name,
 )
-from kdbench.spec import SHA256_HEX
+from kdbench.spec import require_sha256
 
 ENTRY_POINT_GROUP = "kdbench.plugins"
 REGISTRIES = {"method": METHODS, "model": MODELS, "dataset": DATASETS, "student wrapper": WRAPPERS}
@@ -82,8 +82,7 @@ def resolve(imports: list[str], base: Path) -> list[str]:
 
 def source_path(out: Path, sha256: str) -> Path:
     """Where a store keeps the source of the plugin with this SHA-256."""
-    if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
-        raise PluginError(f"plugin SHA-256 {str(sha256)[:80]!r} is not a SHA-256 (64 hex digits)")
+    require_sha256(sha256, "a plugin's SHA-256")  # it becomes a file name: '../x' never passes
     return Path(out) / "plugins" / f"{sha256}.py"
 
 
@@ -162,10 +161,8 @@ def _import(plugin: Plugin, body: Callable[[], None], filename: str | None) -> N
 def _load_file(path: Path, key: str | None = None) -> None:
     """Import a plugin file, from the bytes that are hashed; `key` (default: its file name) is the name a
     spec knows it by (a store's copy is loaded under its original's name)."""
-    if path.is_dir():
-        raise PluginError(f"plugin {path} is a folder; give a Python file (.py)")
-    if not path.is_file():
-        raise PluginError(f"plugin {path} not found")
+    if problem := file_problem(path, missing="not found"):
+        raise PluginError(f"plugin {path} {problem}; give a Python file (.py)")
     try:
         source = path.read_bytes()
     except OSError as err:
@@ -287,8 +284,8 @@ def load_recorded(recorded: dict, store_root: Path, given: Iterable[str] = ()) -
     given_files = {}
     for item in given:
         path = Path(item).resolve()
-        if not path.is_file():
-            raise PluginError(f"--plugin {path} {'is a folder' if path.is_dir() else 'not found'}")
+        if problem := file_problem(path, missing="not found"):
+            raise PluginError(f"--plugin {path} {problem}")
         given_files[hashlib.sha256(path.read_bytes()).hexdigest()] = path
     wanted = ", ".join(f"{key} ({sha256[:12]})" for key, sha256 in sorted(recorded.items())) or "none"
     for sha256, path in given_files.items():

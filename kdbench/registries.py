@@ -43,8 +43,7 @@ class RegistrationError(KdbenchError, KeyError):
 def check_name(kind: str, name) -> str:
     """`name` when it is a valid registry name (NAME_RULE), else a RegistrationError saying why."""
     if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
-        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
-        raise RegistrationError(f"{kind} name {shown} is not valid: use {NAME_RULE_TEXT}")
+        raise RegistrationError(f"{kind} name {shorten(name)} is not valid: use {NAME_RULE_TEXT}")
     return name
 
 

@@ -38,8 +38,8 @@ class RerunResult:
 def _given_file(flag: str, given: str, sha256: str) -> Path:
     """The file the user gave for `flag`, a ConfigError unless it has the record's SHA-256."""
     path = Path(given)
-    if not path.is_file():
-        raise ConfigError(f"{flag} {path} not found" if not path.exists() else f"{flag} {path} is not a file")
+    if problem := file_problem(path, missing="not found"):
+        raise ConfigError(f"{flag} {path} {problem}")
     if (digest := teachers.sha256_of(path)) != sha256:
         raise ConfigError(f"{flag} {path} has SHA-256 {digest[:12]}, the record's {flag[2:]} {sha256[:12]}")
     return path

@@ -182,9 +182,9 @@ class Worker:
             return self._train_runs(specs, teacher_path, logs)
 
     def _train_runs(self, specs: list[RunSpec], teacher_path: Path | None, logs: RunLogs) -> list[Outcome]:
+        data = self.data_of(specs[0])
         for spec in specs[1:]:  # a cohort's members share the first one's data: each is checked
             self.data_of(spec)
-        data = self.data_of(specs[0])
         architecture = next((spec.teacher for spec in specs if spec.teacher), None)
         teacher = self.teacher_module(architecture, teacher_path, data) if architecture else None
         taught = next((spec for spec in specs if spec.teacher and spec.teacher_sha256), None)

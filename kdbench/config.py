@@ -29,6 +29,7 @@ from pathlib import Path
 from kdbench import catalog, plugins
 from kdbench.errors import ConfigError, clip, file_problem, shorten
 from kdbench.spec import Recipe, VAMConfig, grid_points
+from kdbench.store import unique_json_keys
 from kdbench.trackers import check_trackers
 
 # every key a sweep file (or a preset) may hold
@@ -146,24 +147,14 @@ def _read_sweep_file(path: Path, chain: tuple[Path, ...]) -> dict:
     if path.suffix != ".json":
         return _mapping_of(catalog.read_yaml(text, named), named)
     try:
-        data = json.loads(text, object_pairs_hook=_unique_keys)
+        data = json.loads(text, object_pairs_hook=unique_json_keys)
     except (ValueError, RecursionError) as err:  # RecursionError: nested beyond Python's stack
         if isinstance(err, json.JSONDecodeError):
             reason = f"line {err.lineno}: {err.msg}"
-        else:  # a repeated key (_unique_keys) or nesting beyond the stack
+        else:  # a repeated key (store.unique_json_keys) or nesting beyond the stack
             reason = str(err) if isinstance(err, ValueError) else "nested too deeply"
         raise ConfigError(f"{named} is unreadable (not JSON: {reason})") from err
     return _mapping_of(data, named)
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """A JSON object of a sweep file: a key written twice would keep only its last value, silently,
-    so which one the user meant is a guess."""
-    keys = [key for key, _ in pairs]
-    repeated = next((key for key in keys if keys.count(key) > 1), None)
-    if repeated is not None:
-        raise ValueError(f"key {shorten(repeated)} appears twice in one object; keep one")
-    return dict(pairs)
 
 
 def _run_python_sweep(path: Path, named: str) -> dict:

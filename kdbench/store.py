@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypedDict
 
-from kdbench.errors import ConfigError, KdbenchError, clip
+from kdbench.errors import ConfigError, KdbenchError, clip, shorten
 from kdbench.spec import SHA256_HEX, RunSpec, require_sha256
 
 SCHEMA_VERSION = 1
@@ -463,7 +463,7 @@ _REQUIRED_KEYS = ("schema", "run_id", "kind", "spec", "status", "environment")
 def read_record(path: Path) -> RunRecord:
     """A record from its file; a StoreError naming the file when it is unreadable or not a record."""
     try:
-        record = json.loads(_record_bytes(Path(path)), object_pairs_hook=_unique_keys)
+        record = json.loads(_record_bytes(Path(path)), object_pairs_hook=unique_json_keys)
     # ValueError: bad JSON, a repeated key, or bytes that are not UTF-8; RecursionError: nested too deep
     except (OSError, ValueError, RecursionError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
@@ -507,12 +507,13 @@ def _record_bytes(path: Path) -> bytes:
         return handle.read()
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """A JSON object whose keys are unique: with a key twice, which value is the record's is a guess."""
+def unique_json_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are unique (`json.loads`'s `object_pairs_hook`, for records and sweep
+    files alike): with a key twice, which value was meant is a guess."""
     keys = [key for key, _ in pairs]
     if len(set(keys)) != len(keys):
         repeated = next(key for key in keys if keys.count(key) > 1)
-        raise ValueError(f"the key {reprlib.repr(repeated)} appears twice in one object")
+        raise ValueError(f"the key {shorten(repeated)} appears twice in one object; keep one")
     return dict(pairs)
 
 

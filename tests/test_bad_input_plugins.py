@@ -135,7 +135,9 @@ def test_two_plugin_files_of_one_name_are_refused(capsys, tmp_path, unchanged):
     assert_one_line_error(code, err, "share a file name", "rename one")
 
 
-@pytest.mark.parametrize(("given", "fragment"), [("folder", "is a directory, expected a file"), ("missing.py", "not found")])
+@pytest.mark.parametrize(
+    ("given", "fragment"), [("folder", "is a directory, expected a file"), ("missing.py", "not found")]
+)
 def test_a_plugin_path_that_is_no_file_is_named(capsys, tmp_path, unchanged, given, fragment):
     (tmp_path / "folder").mkdir()
     code, _, err = _run(capsys, unchanged, "--plugin", str(tmp_path / given), "--methods", "student")

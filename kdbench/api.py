@@ -4,7 +4,7 @@
     records = kdbench.run(methods=["student", "kd"], seeds=3, recipe={"epochs": 6}, out="store")
     print(kdbench.report("store", format="markdown"))
 
-`run` takes the keys of a sweep file (kdbench/config.py, README "Sweep files") as keyword
+`run` takes the keys of a sweep file (kdbench/execution/config.py, README "Sweep files") as keyword
 arguments, over a sweep file or dict given as `config` and a preset, exactly like
 `kdbench run --config FILE --preset NAME` with flags; it trains what is not in the store yet and
 returns the sweep's records.
@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from kdbench import config as sweep_config
-from kdbench import store
-from kdbench.store import RunRecord
+from kdbench.core import store
+from kdbench.core.store import RunRecord
+from kdbench.execution import config as sweep_config
 
 
 def run(
@@ -28,7 +28,7 @@ def run(
     **keys,
 ) -> list[RunRecord]:
     """Train a sweep (preset < `config` < `keys`) and return its records (done, cached, then failed)."""
-    from kdbench.sweep import Sweep
+    from kdbench.execution.sweep import Sweep
 
     resolved = sweep_config.resolve(config, keys, preset)
     request = sweep_config.prepare(sweep_config.build_request(resolved), resolved, ["api.run"])

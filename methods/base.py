@@ -1,6 +1,6 @@
 """The `Method` contract every KD method implements (docs/DESIGN.md, "Method").
 
-A method is an `nn.Module` registered by name in `kdbench.registries.METHODS`. The engine
+A method is an `nn.Module` registered by name in `kdbench.core.registries.METHODS`. The engine
 builds it from the probed feature shapes of the student and the teacher, trains its
 parameters together with the student's, and sums the weighted terms that `losses` returns:
 
@@ -14,7 +14,7 @@ A method only writes `method_terms`; CE and the KD term are shared here.
 Two optional hooks, each called by the engine for every method alike (docs/DESIGN.md, "Method"):
 
     extra_views = ("strong",)   more augmented views of each training batch: the engine draws them
-                                (kdbench/data.py, `augment_views`, from a generator of the run's own),
+                                (kdbench/data/__init__.py, `augment_views`, from a generator of the run's own),
                                 runs the student and the teacher on each and passes
                                 `views={name: (student Features, teacher Features)}` to `losses` and
                                 `method_terms`; a method that declares none never receives `views`
@@ -34,10 +34,10 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.errors import ConfigError, KdbenchError
-from kdbench.features import Features, FeatureShapes
+from kdbench.core.errors import ConfigError, KdbenchError
+from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.registries import METHODS, RegistrationError, UnknownNameError, lookup
 from kdbench.methods.logit_std import standardize_logits
-from kdbench.registries import METHODS, RegistrationError, UnknownNameError, lookup
 
 
 class PairNotSupportedError(KdbenchError, ValueError):

@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench import distributed
+from kdbench.core import distributed
 
 from .base import Features, FeatureShapes, Method, MethodContext, PairNotSupportedError, register_method
 

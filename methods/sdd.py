@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.errors import ConfigError
+from kdbench.core.errors import ConfigError
 from kdbench.methods.base import (
     Features,
     FeatureShapes,

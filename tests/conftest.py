@@ -22,10 +22,10 @@ def tiny_data():
 def make_trainer(data, out, method, device="cpu", teacher=None, **fields):
     """A Trainer of resnet8 (from a fresh resnet14 teacher, seed 1, when the method needs one):
     1 epoch at batch 32 unless `fields` says otherwise (RunSpec fields; `recipe` replaces it)."""
-    from kdbench.engine import Trainer
+    from kdbench.core.spec import Recipe, RunSpec
     from kdbench.methods.base import method_class
     from kdbench.models import build_model
-    from kdbench.spec import Recipe, RunSpec
+    from kdbench.training.engine import Trainer
 
     cls = method_class(method)
     if cls.needs_teacher and teacher is None:

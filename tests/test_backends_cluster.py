@@ -1,5 +1,5 @@
-"""The cluster back-ends on real engines: a local Ray (kdbench/backends/ray.py) and submitit's local
-executor (kdbench/backends/slurm.py) give the records of the local process pool; a submitit job
+"""The cluster back-ends on real engines: a local Ray (kdbench/execution/backends/ray.py) and submitit's local
+executor (kdbench/execution/backends/slurm.py) give the records of the local process pool; a submitit job
 preempted or killed mid-run resumes from its checkpoint; `--backend slurm` without SLURM is one line."""
 
 import fcntl
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from test_sweep import quiet, records_by_method, request
 
-from kdbench import store
 from kdbench.cli import main
-from kdbench.spec import RunSpec
-from kdbench.sweep import Sweep
-from kdbench.units import RunUnit, WorkerSettings
+from kdbench.core import store
+from kdbench.core.spec import RunSpec
+from kdbench.execution.sweep import Sweep
+from kdbench.execution.units import RunUnit, WorkerSettings
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("submitit")
@@ -159,8 +159,8 @@ def joined_ray():
 def test_a_failing_ray_task_names_its_unit_and_a_ray_it_did_not_start_stays_up(
     tmp_path, pool_records, joined_ray
 ):
-    from kdbench.backends.ray import RayBackend
-    from kdbench.store import CheckpointError
+    from kdbench.core.store import CheckpointError
+    from kdbench.execution.backends.ray import RayBackend
 
     kd = RunSpec.from_dict(pool_records[("kd", False)]["spec"])
     backend = RayBackend(WorkerSettings(out=tmp_path, threads=1))
@@ -180,7 +180,7 @@ def test_a_failing_ray_task_names_its_unit_and_a_ray_it_did_not_start_stays_up(
 
 
 def test_cancel_kills_the_ray_task_and_frees_its_run(tmp_path, pool_records, joined_ray):
-    from kdbench.backends.ray import RayBackend
+    from kdbench.execution.backends.ray import RayBackend
 
     student = RunSpec.from_dict(pool_records[("student", False)]["spec"])
     long = replace(student, recipe=replace(student.recipe, epochs=200))

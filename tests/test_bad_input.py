@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdbench import store
 from kdbench.cli import main
-from kdbench.errors import ConfigError
-from kdbench.spec import Recipe, VAMConfig
+from kdbench.core import store
+from kdbench.core.errors import ConfigError
+from kdbench.core.spec import Recipe, VAMConfig
 
 TINY = ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "1", "--teacher-epochs", "1"]
 TINY += ["--train-subset", "128", "--vam", "off", "--jobs", "1"]
@@ -166,7 +166,7 @@ def test_a_file_in_runs_that_is_not_a_record_is_named(capsys, tmp_path, content,
 
 def test_run_stops_at_a_malformed_record_of_its_own_spec_naming_it(capsys, tmp_path):
     from kdbench.cli import _request_from_args, build_parser
-    from kdbench.sweep import fit_to_data, specs_for_pair
+    from kdbench.execution.sweep import fit_to_data, specs_for_pair
 
     args = build_parser().parse_args(["run", *TINY, "--methods", "student", "--out", str(tmp_path)])
     request = fit_to_data(_request_from_args(args), lambda line: None)  # the data's identity, as `run` plans
@@ -220,7 +220,7 @@ def test_a_malicious_cached_teacher_is_refused_and_runs_nothing(capsys, tmp_path
     torch.save({"model": _RunsCode(marker)}, teacher_file)
     (record_file,) = (tmp_path / "runs").glob("*.json")
     record = json.loads(record_file.read_text())
-    from kdbench.teachers import sha256_of
+    from kdbench.training.teachers import sha256_of
 
     record["checkpoint"]["sha256"] = sha256_of(teacher_file)
     record_file.write_text(json.dumps(record))
@@ -234,7 +234,7 @@ def test_two_runs_on_one_store_train_each_spec_once(tmp_path):
     argv = [
         sys.executable,
         "-m",
-        "kdbench.cli",
+        "kdbench",
         "run",
         *TINY,
         "--methods",
@@ -296,7 +296,7 @@ def test_an_unknown_format_is_refused_before_training(capsys, tmp_path):
 
 
 def test_a_preset_that_names_no_seed_is_refused(capsys, tmp_path, monkeypatch):
-    from kdbench import catalog
+    from kdbench.core import catalog
 
     quick = catalog.preset("quick")
     monkeypatch.setitem(catalog.presets(), "quick", {**quick, "seeds": 0})

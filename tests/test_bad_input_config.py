@@ -10,11 +10,13 @@ import pytest
 import torch
 from test_bad_input import TINY, assert_one_line_error, run_cli
 
-from kdbench import config, store, teachers
-from kdbench.catalog import presets
 from kdbench.cli import main
+from kdbench.core import store
+from kdbench.core.catalog import presets
+from kdbench.execution import config
 from kdbench.models import build_model
 from kdbench.reporting import check
+from kdbench.training import teachers
 
 
 def snapshot(out: Path) -> dict[str, bytes]:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from test_bad_input import TINY, assert_one_line_error, run_cli
 
-from kdbench import store
+from kdbench.core import store
 
 CLASSES = ("ant", "bee")
 

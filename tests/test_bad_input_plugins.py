@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from test_bad_input import TINY, assert_one_line_error, run_cli
 
-from kdbench import plugins
 from kdbench.cli import main
+from kdbench.execution import plugins
 
 METHOD = '''
 import torch.nn.functional as F
@@ -78,7 +78,7 @@ def _run(capsys, store: Path, *argv: str):
         ("import no_such_module_kdbench\n", ["(line 1)", "ModuleNotFoundError", "no_such_module_kdbench"]),
         (METHOD.format(name="kd"), ["method 'kd' is already registered", "built-in"]),
         (
-            "from kdbench.registries import DATASETS\nDATASETS.register_module(name='synthetic', module=len)\n",
+            "from kdbench.core.registries import DATASETS\nDATASETS.register_module(name='synthetic', module=len)\n",
             ["dataset 'synthetic' is already registered"],
         ),
         (
@@ -107,7 +107,7 @@ def test_a_name_that_could_never_be_selected_is_refused_at_registration(capsys, 
 def test_a_model_name_holding_a_colon_is_refused(capsys, tmp_path, unchanged):
     plugin = tmp_path / "bad_model.py"
     plugin.write_text(
-        "from kdbench.registries import MODELS\nMODELS.register_module(name='my:net', module=lambda **kw: None)\n"
+        "from kdbench.core.registries import MODELS\nMODELS.register_module(name='my:net', module=lambda **kw: None)\n"
     )
     code, _, err = _run(capsys, unchanged, "--plugin", str(plugin), "--methods", "student")
     assert_one_line_error(code, err, f"plugin {plugin}", "model name 'my:net' is not valid")

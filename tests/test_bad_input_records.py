@@ -1,5 +1,5 @@
 """The bad-input battery on records and stores: a record may be hostile. Every record is checked where it
-is read (kdbench/store.py `read_record`: RECORD_SCHEMA and `RunSpec.from_dict`), so `report`, `check` and
+is read (kdbench/core/store.py `read_record`: RECORD_SCHEMA and `RunSpec.from_dict`), so `report`, `check` and
 `rerun` refuse a bad one in one line naming the file and the field (exit 2), show no impossible number, never
 follow a hash out of the store, and change no finished record."""
 
@@ -11,9 +11,9 @@ import shutil
 import pytest
 from test_bad_input import TINY, assert_one_line_error, run_cli
 
-from kdbench import store
 from kdbench.cli import main
-from kdbench.errors import ConfigError
+from kdbench.core import store
+from kdbench.core.errors import ConfigError
 
 EVIL = "../../evil"
 

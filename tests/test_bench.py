@@ -1,6 +1,6 @@
 """`kdbench bench` measures every ratio it names (values are never asserted: they are timings)."""
 
-from kdbench.bench import run_bench
+from kdbench.devtools.bench import run_bench
 
 
 def test_bench_measures_each_ratio(tmp_path):
@@ -30,7 +30,7 @@ def test_bench_measures_each_ratio(tmp_path):
 
 
 def test_throughput_compares_works_of_different_sizes():
-    from kdbench.bench import _with_throughput
+    from kdbench.devtools.bench import _with_throughput
 
     rows = _with_throughput(
         [
@@ -44,7 +44,7 @@ def test_throughput_compares_works_of_different_sizes():
 
 def test_concurrent_cohorts_train_in_separate_processes(tmp_path):
     """The one-card measure (run on CUDA by `kdbench bench --device cuda`) works end to end on the CPU."""
-    from kdbench.bench import _concurrent_cohorts_seconds
+    from kdbench.devtools.bench import _concurrent_cohorts_seconds
 
     options = dict(
         dataset="synthetic",

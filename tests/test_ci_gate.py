@@ -6,9 +6,10 @@ Regenerate the baseline as README "CI tiers" says."""
 import json
 from pathlib import Path
 
-from kdbench import config, reporting
-from kdbench.registries import METHODS
-from kdbench.sweep import fit_to_data, specs_for_pair
+from kdbench import reporting
+from kdbench.core.registries import METHODS
+from kdbench.execution import config
+from kdbench.execution.sweep import fit_to_data, specs_for_pair
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "baselines" / "ci.json"
 

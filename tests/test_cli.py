@@ -107,7 +107,7 @@ def _session_processes(session_id: int) -> list[int]:
 
 
 def _start_pooled_run(out: Path) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "kdbench.cli", "run", "--methods", "student,kd", "--vam", "both"]
+    argv = [sys.executable, "-m", "kdbench", "run", "--methods", "student,kd", "--vam", "both"]
     argv += ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "4"]
     argv += ["--teacher-epochs", "1", "--jobs", "2", "--out", str(out)]
     # a session of its own: the test can signal the whole group, as a terminal's Ctrl-C does; SIGINT
@@ -181,7 +181,7 @@ def test_a_reader_that_leaves_early_ends_the_output_quietly():
     os.close(read_end)  # the reader left: every write gets EPIPE, deterministically
     try:
         finished = subprocess.run(
-            [sys.executable, "-m", "kdbench.cli", "list", "methods", "--verbose"],
+            [sys.executable, "-m", "kdbench", "list", "methods", "--verbose"],
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,

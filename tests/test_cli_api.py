@@ -7,7 +7,7 @@ import pytest
 
 import kdbench
 from kdbench.cli import EXAMPLES, build_parser, main
-from kdbench.registries import METHODS
+from kdbench.core.registries import METHODS
 
 
 def _help(*command: str) -> str:

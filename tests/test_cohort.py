@@ -1,16 +1,16 @@
 """Cohort training is an execution strategy, never a protocol change: a member's record is
-bit-identical to the same spec trained alone (kdbench/cohort.py)."""
+bit-identical to the same spec trained alone (kdbench/training/cohort.py)."""
 
 import hashlib
 from dataclasses import replace
 
 import pytest
 
-from kdbench import store
-from kdbench.catalog import Pair
-from kdbench.cohort import plan_cohorts
-from kdbench.spec import Recipe
-from kdbench.sweep import Sweep, SweepRequest
+from kdbench.core import store
+from kdbench.core.catalog import Pair
+from kdbench.core.spec import Recipe
+from kdbench.execution.sweep import Sweep, SweepRequest
+from kdbench.training.cohort import plan_cohorts
 
 TINY = Recipe(epochs=2, batch_size=64, lr=0.05, lr_decay_epochs=(1,), train_subset=192)
 TEACHER = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=192)
@@ -117,7 +117,7 @@ def test_an_interrupted_cohort_resumes_only_its_unfinished_members(solo_store, t
 
 
 def test_cohorts_group_by_seed_and_recipe_and_feed_every_worker():
-    from kdbench.spec import RunSpec
+    from kdbench.core.spec import RunSpec
 
     specs = [RunSpec(m, "resnet8", "synthetic", seed=s, recipe=TINY) for s in (0, 1) for m in ("a", "b", "c")]
     assert [[s.method for s in c] for c in plan_cohorts(specs, jobs=1)] == [["a", "b", "c"], ["a", "b", "c"]]

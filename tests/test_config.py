@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import config, store
 from kdbench.cli import main
-from kdbench.errors import ConfigError
+from kdbench.core import store
+from kdbench.core.errors import ConfigError
+from kdbench.execution import config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FILE = """
@@ -29,7 +30,7 @@ jobs: 1
 def _kdbench(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """The installed command in a fresh process (a plugin registers into that process only)."""
     return subprocess.run(
-        [sys.executable, "-m", "kdbench.cli", *args],
+        [sys.executable, "-m", "kdbench", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -59,7 +60,7 @@ def test_a_grid_multiplies_only_its_own_method_and_a_vam_grid_its_vam_runs(tmp_p
         + "hp: {kd.temperature: [2, 4], kd.kd_weight: [0.9, 0.5]}\nvam_config: {groups: [2, 4]}\n"
     )
     request = config.build_request(config.resolve(sweep))
-    from kdbench.sweep import specs_for_pair
+    from kdbench.execution.sweep import specs_for_pair
 
     specs = specs_for_pair(request, request.pairs[0], None) + specs_for_pair(
         request, request.pairs[0], "0" * 64
@@ -182,7 +183,7 @@ def test_a_plugin_from_a_sweep_files_custom_imports_and_from_an_entry_point(tmp_
         "Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n"
     )
     (site / "myplug-0.1.dist-info" / "entry_points.txt").write_text(
-        "[kdbench.plugins]\nprob = myplug_methods\n"
+        "[kdbench.execution.plugins]\nprob = myplug_methods\n"
     )
     (site / "myplug_methods.py").write_text(code)
     listing = _kdbench("list", "methods", cwd=tmp_path, env={"PYTHONPATH": str(site)})

@@ -5,9 +5,9 @@ import torch
 from conftest import make_trainer
 
 import kdbench.methods  # noqa: F401  registers the catalog: the parametrize below reads the registry
-from kdbench.catalog import Pair
-from kdbench.registries import METHODS
-from kdbench.spec import VAMConfig
+from kdbench.core.catalog import Pair
+from kdbench.core.registries import METHODS
+from kdbench.core.spec import VAMConfig
 
 # Read at collection: without the import above it was empty and the test silently skipped (seen on
 # the first H200 run, results/gpu-h200.md); tests/test_methods_smoke.py checks it in a fresh process.
@@ -51,7 +51,7 @@ def test_cohort_members_equal_solo_runs_on_cuda_with_deterministic_kernels(tmp_p
 
     from test_cohort import request, stored, without_timing  # the same comparison as on the CPU
 
-    from kdbench.sweep import Sweep
+    from kdbench.execution.sweep import Sweep
 
     torch.use_deterministic_algorithms(True, warn_only=False)
     try:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdbench.core.registries import UnknownNameError
 from kdbench.data import (
     DATA_ROOT_ENV,
     DEBIAN_FASHION_MNIST,
@@ -28,7 +29,6 @@ from kdbench.data import (
     split_validation,
     stratified_subset,
 )
-from kdbench.registries import UnknownNameError
 
 # --- writers of the on-disk formats ---------------------------------------------------------
 

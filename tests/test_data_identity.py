@@ -1,7 +1,7 @@
 """The identity of the data is part of every run (issue 22, defect 2): two image folders trained into
 one store are two sets of runs and two teachers, never "cached" across folders nor compared on one
 board; a `--train-subset` larger than the data is recorded as what was trained; a record is not rerun
-on other data. Also the digests themselves (kdbench/data.py `data_digest`)."""
+on other data. Also the digests themselves (kdbench/data/__init__.py `data_digest`)."""
 
 import json
 
@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from test_bad_input import assert_one_line_error, run_cli
 
-from kdbench import store
+from kdbench.core import store
+from kdbench.core.spec import Recipe
 from kdbench.data import data_digest, load_dataset, prepare_data
-from kdbench.spec import Recipe
 
 CLASSES = ("ant", "bee")
 
@@ -146,8 +146,8 @@ def test_the_digest_is_of_the_source_data_whatever_the_subset(subset):
 def test_a_given_teachers_accuracy_is_measured_on_each_folders_own_data(tmp_path, capsys):
     import torch
 
-    from kdbench import teachers
-    from kdbench.engine import evaluate
+    from kdbench.training import teachers
+    from kdbench.training.engine import evaluate
 
     first, second = image_folder(tmp_path / "a", seed=0), image_folder(tmp_path / "b", seed=1, test=5)
     (second / "val" / "bee" / "4.png").unlink()  # 5 + 4 test images: an accuracy in 9ths, not 4ths

@@ -1,4 +1,4 @@
-"""One run on two processes: torchrun with gloo on the CPU (kdbench/distributed.py)."""
+"""One run on two processes: torchrun with gloo on the CPU (kdbench/core/distributed.py)."""
 
 import json
 import shutil
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import store
+from kdbench.core import store
 
 RUN = [
     "run",
@@ -30,7 +30,7 @@ TOLERANCE_POINTS = 5.0
 
 def torchrun(*argv, processes=2):
     launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    command = [launcher, "--nproc-per-node", str(processes), "-m", "kdbench.cli", *argv]
+    command = [launcher, "--nproc-per-node", str(processes), "-m", "kdbench", *argv]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 

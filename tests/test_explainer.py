@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdbench import store
 from kdbench.cli import main
+from kdbench.core import store
+from kdbench.core.features import Features
+from kdbench.core.spec import Recipe
 from kdbench.explain import VARIANTS, ExplainRequest, run_explain
-from kdbench.explain_report import explain_table, render_report, write_report
-from kdbench.features import Features
 from kdbench.models import build_model
 from kdbench.models.hme import HME
-from kdbench.spec import Recipe
+from kdbench.reporting.explain_report import explain_table, render_report, write_report
 
 
 def tiny_hme(num_classes: int = 10, in_chans: int = 1, **options) -> HME:

@@ -12,15 +12,17 @@ import pytest
 import torch
 from test_bad_input import assert_one_line_error, run_cli
 
-from kdbench import config, store, teachers
-from kdbench.catalog import parse_pairs
+from kdbench.core import store
+from kdbench.core.catalog import parse_pairs
+from kdbench.core.registries import UnknownNameError
+from kdbench.core.spec import HASH_OMITS_AT_DEFAULT, Recipe, RunSpec
+from kdbench.core.store import CheckpointError
 from kdbench.data import prepare_data
+from kdbench.execution import config
+from kdbench.execution.sweep import Sweep, specs_for_pair
 from kdbench.methods.base import method_class
 from kdbench.models import ALIASES, build_model, list_models
-from kdbench.registries import UnknownNameError
-from kdbench.spec import HASH_OMITS_AT_DEFAULT, Recipe, RunSpec
-from kdbench.store import CheckpointError
-from kdbench.sweep import Sweep, specs_for_pair
+from kdbench.training import teachers
 
 # RepDistiller's models/__init__.py `model_dict` and mdistiller's mdistiller/models/cifar/__init__.py
 # `cifar_model_dict`, read off their sources; kdbench has no mobile_full (RepDistiller) nor ResNet18
@@ -286,7 +288,7 @@ def test_student_init_is_part_of_the_spec_and_absent_leaves_run_ids_unchanged():
         hp={"temperature": 4.0},
         recipe=Recipe(epochs=3),
     )
-    # the run ids these specs had before the field existed (computed with the previous kdbench/spec.py)
+    # the run ids these specs had before the field existed (computed with the previous kdbench/core/spec.py)
     assert (spec.run_id, kd.run_id) == ("838ceca67935", "1e4b910fc7a4")
     assert HASH_OMITS_AT_DEFAULT["student_init_sha256"] is None
     with_init = replace(spec, student_init_sha256="a" * 64)
@@ -300,7 +302,7 @@ def test_student_init_is_part_of_the_spec_and_absent_leaves_run_ids_unchanged():
 def test_the_student_starts_from_the_init_weights(tmp_path, tiny_data):
     from conftest import make_trainer
 
-    from kdbench.units import stage_student_init
+    from kdbench.execution.units import stage_student_init
 
     torch.manual_seed(9)
     source = build_model("resnet8", num_classes=10)
@@ -315,7 +317,7 @@ def test_the_student_starts_from_the_init_weights(tmp_path, tiny_data):
 
 
 def test_a_timm_student_init_is_staged(tmp_path, synthetic):
-    from kdbench.units import stage_student_init
+    from kdbench.execution.units import stage_student_init
 
     path = tmp_path / "timm.pth"
     torch.save(timm_model().model.state_dict(), path)
@@ -362,9 +364,9 @@ def test_a_bad_student_init_is_one_line_naming_the_file(capsys, tmp_path, proble
 
 # -- the teacher's own accuracy ------------------------------------------------------------------------------
 def test_a_loaded_teacher_is_evaluated_once_and_its_accuracy_is_in_each_record(tmp_path, synthetic):
-    from kdbench.catalog import Pair
-    from kdbench.engine import evaluate
-    from kdbench.sweep import SweepRequest
+    from kdbench.core.catalog import Pair
+    from kdbench.execution.sweep import SweepRequest
+    from kdbench.training.engine import evaluate
 
     torch.manual_seed(13)
     path = tmp_path / "teacher.pth"
@@ -406,8 +408,8 @@ def test_a_loaded_teacher_is_evaluated_once_and_its_accuracy_is_in_each_record(t
 
 
 def test_a_trained_teacher_s_accuracy_is_recorded_too(tmp_path):
-    from kdbench.catalog import Pair
-    from kdbench.sweep import SweepRequest
+    from kdbench.core.catalog import Pair
+    from kdbench.execution.sweep import SweepRequest
 
     recipe = Recipe(epochs=1, batch_size=64, lr_decay_epochs=(), train_subset=128)
     request = SweepRequest(

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import make_trainer
 
-from kdbench.engine import evaluate
+from kdbench.core.registries import METHODS
+from kdbench.core.spec import Recipe
 from kdbench.methods.base import Method, register_method
 from kdbench.models import build_model
-from kdbench.registries import METHODS
-from kdbench.spec import Recipe
+from kdbench.training.engine import evaluate
 
 
 def fresh_teacher(data):

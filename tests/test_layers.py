@@ -8,20 +8,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Lowest first. A module may import from its own layer and the layers below it.
+# Lowest first: each layer is a folder of kdbench/ (docs/DESIGN.md, "Layers"). A module may import
+# from its own layer and the layers below it.
 LAYERS = [
-    ["kdbench", "kdbench.errors", "kdbench.spec", "kdbench.store", "kdbench.features", "kdbench.distributed"]
-    + ["kdbench.progress", "kdbench.trackers"]
-    + ["kdbench.registries", "kdbench.catalog", "kdbench.environment"],
-    ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data", "kdbench.streaming"]
-    + ["kdbench.measure"]
-    + ["kdbench.precision", "kdbench.plugins"],
-    ["kdbench.teachers", "kdbench.engine", "kdbench.cohort", "kdbench.units", "kdbench.ratios"],
-    ["kdbench.backends"],
-    ["kdbench.sweep", "kdbench.explain", "kdbench.explain_report", "kdbench.bench", "kdbench.pins"]
-    + ["kdbench.reference_loops"]
-    + ["kdbench.reporting", "kdbench.config", "kdbench.rerun"],
-    ["kdbench.cli", "kdbench.api"],
+    ["kdbench", "kdbench.core"],
+    ["kdbench.models", "kdbench.methods", "kdbench.wrappers", "kdbench.data"],
+    ["kdbench.training"],
+    ["kdbench.execution"],
+    ["kdbench.explain", "kdbench.devtools", "kdbench.reporting"],
+    ["kdbench.cli", "kdbench.api", "kdbench.__main__"],
 ]
 
 
@@ -131,11 +126,11 @@ def _code_words(path: Path) -> set[str]:
 
 def test_the_engine_names_no_method_and_no_wrapper():
     import kdbench.methods  # noqa: F401
-    from kdbench.registries import METHODS, WRAPPERS
+    from kdbench.core.registries import METHODS, WRAPPERS
 
-    words = _code_words(ROOT / "kdbench" / "engine.py")
+    words = _code_words(ROOT / "kdbench" / "training" / "engine.py")
     # "student" is both the baseline method's name and the engine's model: only the others count
     names = {name.lower() for name in [*METHODS.module_dict, *WRAPPERS.module_dict]} - {"student"}
     named = sorted(name for name in names for word in words if name in word.split(".") or name == word)
-    assert not named, f"kdbench/engine.py names {named}"
-    assert not any("vam" in word for word in words), "kdbench/engine.py names VAM"
+    assert not named, f"kdbench/training/engine.py names {named}"
+    assert not any("vam" in word for word in words), "kdbench/training/engine.py names VAM"

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import kdbench.methods  # noqa: F401  (registers every method)
-from kdbench.features import Features, FeatureShapes
+from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.registries import METHODS, lookup
 from kdbench.methods.base import Method, MethodContext, PairNotSupportedError
-from kdbench.registries import METHODS, lookup
 
 
 def shapes_of(stages, preact=None, pooled=(3,), logits=(3,)) -> FeatureShapes:

@@ -15,17 +15,17 @@ import torch
 import torch.nn.functional as F
 from conftest import make_trainer
 
-from kdbench import engine
-from kdbench.cohort import Cohort
+from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.registries import METHODS
+from kdbench.core.spec import Recipe
 from kdbench.data import PreparedData, load_dataset
-from kdbench.features import Features, FeatureShapes
-from kdbench.measure import parameter_count
 from kdbench.methods.base import Method, MethodContext, PairNotSupportedError, register_method
 from kdbench.methods.ctkd import curriculum_lambda
 from kdbench.methods.simkd import ReusedClassifierStudent
 from kdbench.models import build_model
-from kdbench.registries import METHODS
-from kdbench.spec import Recipe
+from kdbench.training import engine
+from kdbench.training.cohort import Cohort
+from kdbench.training.measure import parameter_count
 
 NUM_CLASSES = 3
 

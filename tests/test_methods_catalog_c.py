@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from conftest import make_trainer
 
-from kdbench.errors import ConfigError
-from kdbench.features import Features, FeatureShapes
+from kdbench.core.errors import ConfigError
+from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.registries import METHODS
+from kdbench.core.spec import VAMConfig
 from kdbench.methods.base import MethodContext, PairNotSupportedError
 from kdbench.methods.sdd import pooled_map_of, region_weights, scale_decoupled_logits, sdd_dkd_parts
 from kdbench.models import build_model
-from kdbench.registries import METHODS
-from kdbench.spec import VAMConfig
 
 NUM_CLASSES = 3
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import kdbench.methods  # noqa: F401  (registers every method)
-from kdbench.features import Features, FeatureShapes
+from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.registries import METHODS, lookup
 from kdbench.methods.base import Method, MethodContext, PairNotSupportedError
-from kdbench.registries import METHODS, lookup
 
 FOUNDATION = ("student", "kd", "fitnet", "at", "crd")
 

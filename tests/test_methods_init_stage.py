@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
+from kdbench.core.registries import METHODS
 from kdbench.methods.ab import AB, activation_boundary_loss
 from kdbench.methods.base import Features, FeatureShapes, MethodContext, PairNotSupportedError
 from kdbench.methods.fsp import FSP, fsp_matrix
 from kdbench.methods.ft import FT, factor_transfer_loss
 from kdbench.methods.reviewkd import ReviewKD, hierarchical_context_loss
-from kdbench.registries import METHODS
 
 BATCH = 2
 NUM_CLASSES = 5

@@ -11,10 +11,10 @@ import statistics
 import pytest
 import torch
 
-from kdbench.features import Features, FeatureShapes
+from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.registries import METHODS
 from kdbench.methods.base import Method, MethodContext, PairNotSupportedError, kd_kl_div
 from kdbench.methods.logit_std import standardize_logits
-from kdbench.registries import METHODS
 
 NUM_CLASSES = 5
 METHOD_NAMES = ("sp", "cc", "vid", "rkd", "pkt", "nst", "dkd", "dist")

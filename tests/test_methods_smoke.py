@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
+from kdbench.core.registries import METHODS
+from kdbench.core.spec import Recipe, RunSpec, VAMConfig
 from kdbench.data import PreparedData, load_dataset
-from kdbench.engine import Trainer
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
-from kdbench.registries import METHODS
-from kdbench.spec import Recipe, RunSpec, VAMConfig
+from kdbench.training.engine import Trainer
 from kdbench.wrappers import vam
 
 ALL_METHODS = sorted(name for name in METHODS.module_dict if "+" not in name) + ["crd+kd"]

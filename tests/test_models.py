@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench.features import Features, FeatureShapes
+from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.registries import UnknownNameError
 from kdbench.models import build_model, list_models
-from kdbench.registries import UnknownNameError
 
 ZOO = [
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kdbench import pins
+from kdbench.devtools import pins
 
 
 @pytest.fixture(scope="module")

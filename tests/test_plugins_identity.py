@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from test_bad_input import TINY
 
-from kdbench import plugins, store
-from kdbench.catalog import parse_pairs
 from kdbench.cli import main
-from kdbench.cohort import MAX_COHORT_MEMBERS, plan_cohorts
-from kdbench.spec import Recipe, RunSpec
-from kdbench.sweep import SweepRequest, count_runs, specs_for_pair
-from kdbench.trackers import RunLogs
+from kdbench.core import store
+from kdbench.core.catalog import parse_pairs
+from kdbench.core.spec import Recipe, RunSpec
+from kdbench.core.trackers import RunLogs
+from kdbench.execution import plugins
+from kdbench.execution.sweep import SweepRequest, count_runs, specs_for_pair
+from kdbench.training.cohort import MAX_COHORT_MEMBERS, plan_cohorts
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = '''
@@ -85,7 +86,7 @@ def test_an_edited_plugin_trains_anew_and_its_rerun_needs_only_the_store(tmp_pat
     plugin.unlink()
     record = store.record_path(out, first["run_id"])
     result = subprocess.run(
-        [sys.executable, "-m", "kdbench.cli", "rerun", str(record), "--out", str(tmp_path / "again")],
+        [sys.executable, "-m", "kdbench", "rerun", str(record), "--out", str(tmp_path / "again")],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -207,7 +208,7 @@ def test_a_grid_trains_in_bounded_cohorts_with_every_log(tmp_path, capsys):
 def test_a_worker_refuses_a_run_whose_plugin_changed_after_planning(tmp_path):
     """A worker started after the plugin file was edited loads the new code: it must not train a spec
     whose run id holds the old code's SHA-256 (the record would claim code it did not run)."""
-    from kdbench.units import RunUnit, Worker, WorkerSettings
+    from kdbench.execution.units import RunUnit, Worker, WorkerSettings
 
     plugin, out = tmp_path / "prob_gap.py", tmp_path / "store"
     plugin.write_text(PLUGIN)

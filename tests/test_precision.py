@@ -5,7 +5,7 @@ import math
 import pytest
 from conftest import make_trainer
 
-from kdbench.spec import RunSpec
+from kdbench.core.spec import RunSpec
 
 
 def run(tiny_data, tmp_path, method="kd", **spec_fields):
@@ -39,7 +39,7 @@ def test_precision_and_compile_are_in_the_run_id_but_defaults_keep_old_ids():
 
 
 def test_an_unknown_precision_is_refused():
-    from kdbench.errors import ConfigError
+    from kdbench.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
         RunSpec("kd", "resnet8", "synthetic", precision="fp8")

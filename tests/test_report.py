@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from kdbench import reporting
-from kdbench.spec import Recipe, RunSpec, VAMConfig
+from kdbench.core.spec import Recipe, RunSpec, VAMConfig
 
 PAIR = "resnet56→resnet20"
 
@@ -408,7 +408,7 @@ def test_regression_gate_flags_cells_whose_runs_failed(records, tmp_path):
 
 def test_a_cell_is_one_configuration(records, tmp_path):
     """Another teacher (its SHA-256) or another hyper-parameter is another cell, never averaged in."""
-    from kdbench.errors import ConfigError
+    from kdbench.core.errors import ConfigError
 
     other_teacher = [dict(r, spec={**r["spec"], "teacher_sha256": "3f2a1c"}) for r in seeds(KD)]
     baseline = reporting.write_baseline(records + other_teacher, tmp_path / "baseline.json")
@@ -425,7 +425,7 @@ def test_a_cell_is_one_configuration(records, tmp_path):
      ("{not json", "is not readable JSON")],
 )  # fmt: skip
 def test_a_malformed_baseline_is_refused_naming_the_file(tmp_path, content, fragment):
-    from kdbench.errors import ConfigError
+    from kdbench.core.errors import ConfigError
 
     path = tmp_path / "baseline.json"
     path.write_text(content)
@@ -434,7 +434,7 @@ def test_a_malformed_baseline_is_refused_naming_the_file(tmp_path, content, frag
 
 
 def test_a_baseline_that_would_be_empty_or_thin_is_not_written(records, tmp_path):
-    from kdbench.errors import ConfigError
+    from kdbench.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="would be empty"):
         reporting.write_baseline([], tmp_path / "empty.json")

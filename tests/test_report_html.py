@@ -14,9 +14,10 @@ import shutil
 import pytest
 from test_report import make_record, seeds
 
-from kdbench import cli, reporting, store
+from kdbench import cli, reporting
+from kdbench.core import store
+from kdbench.core.spec import RunSpec
 from kdbench.reporting.html import leaderboard_page
-from kdbench.spec import RunSpec
 
 try:
     from playwright.sync_api import sync_playwright

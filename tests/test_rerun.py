@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from kdbench import store
 from kdbench.cli import main
+from kdbench.core import store
 
 TINY = ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "2", "--teacher-epochs", "1"]
 TINY += ["--train-subset", "128", "--vam", "off", "--jobs", "1", "--methods", "student,kd", "--format", "csv"]

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from test_bad_input import TINY, run_cli
 from test_streaming import image_folder
 
-from kdbench import engine, teachers
-from kdbench.cohort import Cohort
+from kdbench.core.registries import METHODS
+from kdbench.core.spec import Recipe, RunSpec, VAMConfig
 from kdbench.data import (
     SUBSET_SEED,
     PreparedData,
@@ -28,11 +28,11 @@ from kdbench.data import (
     split_validation,
     stratified_subset,
 )
-from kdbench.engine import Trainer, source_seeds
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
-from kdbench.registries import METHODS
-from kdbench.spec import Recipe, RunSpec, VAMConfig
+from kdbench.training import engine, teachers
+from kdbench.training.cohort import Cohort
+from kdbench.training.engine import Trainer, source_seeds
 
 # crd caps nce_k at what 128 samples allow, and says so
 pytestmark = pytest.mark.filterwarnings("ignore:crd")
@@ -204,7 +204,7 @@ def test_the_crop_offsets_vary_with_the_seed(data, teacher, tmp_path):
 
 
 def test_the_streamed_augmentation_varies_with_the_seed(tmp_path):
-    """A streamed split draws one augmentation seed per sample (kdbench/streaming.py): each sample's
+    """A streamed split draws one augmentation seed per sample (kdbench/data/streaming.py): each sample's
     crop varies with the run's seed whatever the order."""
     recipe = replace(RECIPE, loader="stream", image_size=32)
     streamed = prepare_data("imagefolder", str(image_folder(tmp_path / "folder")), recipe)

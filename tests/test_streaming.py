@@ -1,4 +1,4 @@
-"""The streaming loader (kdbench/streaming.py) on small generated image folders: the in-memory
+"""The streaming loader (kdbench/data/streaming.py) on small generated image folders: the in-memory
 loader's batches when nothing is augmented, seeded batches whatever the worker count, the folder's
 own resolution, a `kdbench run` that streams, Tiny-ImageNet's layout, and one-line errors."""
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from kdbench import streaming
 from kdbench.cli import main
+from kdbench.core.errors import ConfigError
+from kdbench.core.spec import Recipe, RunSpec
 from kdbench.data import (
     IMAGE_FOLDERS,
     ImageData,
@@ -20,10 +21,9 @@ from kdbench.data import (
     open_stream,
     prepare_data,
     resolve_recipe,
+    streaming,
 )
-from kdbench.errors import ConfigError
-from kdbench.spec import Recipe, RunSpec
-from kdbench.streaming import DatasetCorruptError, StreamData
+from kdbench.data.streaming import DatasetCorruptError, StreamData
 
 CLASSES = ("ant", "bee", "cat")
 

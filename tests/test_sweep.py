@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kdbench import store
-from kdbench.catalog import Pair
-from kdbench.spec import Recipe, VAMConfig
-from kdbench.store import CheckpointError
-from kdbench.sweep import Sweep, SweepRequest
+from kdbench.core import store
+from kdbench.core.catalog import Pair
+from kdbench.core.spec import Recipe, VAMConfig
+from kdbench.core.store import CheckpointError
+from kdbench.execution.sweep import Sweep, SweepRequest
 
 TINY = Recipe(epochs=2, batch_size=64, lr=0.05, lr_decay_epochs=(1,), train_subset=192)
 TEACHER = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=192)
@@ -181,7 +181,7 @@ def test_teacher_checkpoint_checks(tmp_path):
 
 
 def test_record_alone_reruns_the_spec(tmp_path):
-    from kdbench.spec import RunSpec
+    from kdbench.core.spec import RunSpec
 
     Sweep(
         request(tmp_path, methods=["kd"], vam_modes=[True], vam_configs=[VAMConfig(groups=2)]), progress=quiet
@@ -204,7 +204,7 @@ class _RunsCode:
 
 
 def test_a_crafted_resume_checkpoint_is_refused_without_running_its_code(tmp_path):
-    from kdbench.sweep import fit_to_data, specs_for_pair
+    from kdbench.execution.sweep import fit_to_data, specs_for_pair
 
     marker = tmp_path / "code-ran"
     # the spec as the sweep plans it: with the data's identity
@@ -219,7 +219,7 @@ def test_a_crafted_resume_checkpoint_is_refused_without_running_its_code(tmp_pat
 
 def test_a_pool_worker_that_cannot_start_fails_the_sweep_with_its_own_error(tmp_path):
     """No restart loop: every worker fails the same way, and the sweep ends with that error."""
-    from kdbench.backends import WorkerStartupError
+    from kdbench.execution.backends import WorkerStartupError
 
     if torch.cuda.is_available():
         pytest.skip("needs a machine where device 'cuda' cannot start")

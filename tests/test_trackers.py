@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from kdbench import store
 from kdbench.cli import main
+from kdbench.core import store
 
 TINY = ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "2", "--teacher-epochs", "1"]
 TINY += ["--train-subset", "256", "--vam", "off", "--format", "csv"]
@@ -83,7 +83,7 @@ def _on_a_terminal(args: list[str]) -> str:
     """kdbench's output on a fresh pseudo-terminal (it reports no size, as many do)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kdbench.cli", *args], stdin=slave, stdout=slave, stderr=slave, close_fds=True
+        [sys.executable, "-m", "kdbench", *args], stdin=slave, stdout=slave, stderr=slave, close_fds=True
     )
     os.close(slave)
     output = b""

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from kdbench.core.spec import VAMConfig
 from kdbench.models import build_model
-from kdbench.spec import VAMConfig
 from kdbench.wrappers import vam
 
 

@@ -13,8 +13,8 @@ import sys
 
 from torch import Tensor, nn
 
+from kdbench.core.registries import MODELS, lookup, register_model_alias
 from kdbench.models import hme, mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401
-from kdbench.registries import MODELS, lookup, register_model_alias
 
 TIMM_PREFIX = "timm:"
 

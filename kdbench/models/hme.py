@@ -41,8 +41,8 @@ The analysis (`HME.analysis()`, stored in the run record under "analysis") repor
 level the mean entropy (nats) of the children's routing rows at the last soft temperature, and the
 learned tree: each child's arg-max parent and which classes sit under every expert.
 
-The `kdbench explain` workflow that trains the HME lives in kdbench/explain.py, its report and figure
-in kdbench/explain_report.py.
+The `kdbench explain` workflow that trains the HME lives in kdbench/explain/__init__.py, its report and figure
+in kdbench/reporting/explain_report.py.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.features import Features
-from kdbench.registries import MODELS
+from kdbench.core.features import Features
+from kdbench.core.registries import MODELS
 
 # Authors' code: `gumbel_softmax(R, 0.5)` before the temperature-t softmax (no Gumbel noise is drawn).
 ROUTING_BASE_TEMPERATURE = 0.5

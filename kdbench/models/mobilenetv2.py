@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kdbench.features import Features
-from kdbench.registries import MODELS
+from kdbench.core.features import Features
+from kdbench.core.registries import MODELS
 
 # Expansion t (None: the model's T), output channels c, repeats n, first stride s (RepDistiller's setting).
 INVERTED_RESIDUAL_SETTING = [

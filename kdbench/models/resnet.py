@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.features import Features
-from kdbench.registries import MODELS
+from kdbench.core.features import Features
+from kdbench.core.registries import MODELS
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.features import Features
+from kdbench.core.features import Features
+from kdbench.core.registries import MODELS
 from kdbench.models.resnet import run_stages
-from kdbench.registries import MODELS
 
 
 class Bottleneck(nn.Module):

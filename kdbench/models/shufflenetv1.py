@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.features import Features
+from kdbench.core.features import Features
+from kdbench.core.registries import MODELS
 from kdbench.models.resnet import run_stages
-from kdbench.registries import MODELS
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.features import Features
+from kdbench.core.features import Features
+from kdbench.core.registries import MODELS
 from kdbench.models.resnet import run_stages
 from kdbench.models.shufflenetv1 import channel_shuffle
-from kdbench.registries import MODELS
 
 
 class BasicBlock(nn.Module):

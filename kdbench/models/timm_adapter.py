@@ -21,9 +21,9 @@ import difflib
 import timm
 from torch import Tensor, nn
 
-from kdbench.errors import ConfigError
-from kdbench.features import Features
-from kdbench.registries import UnknownNameError
+from kdbench.core.errors import ConfigError
+from kdbench.core.features import Features
+from kdbench.core.registries import UnknownNameError
 
 
 def _is_stem_tap(module: nn.Module) -> bool:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.features import Features
-from kdbench.registries import MODELS
+from kdbench.core.features import Features
+from kdbench.core.registries import MODELS
 
 # Output channels of the 3x3 convs of block0..4 (RepDistiller's cfg 'S', 'A', 'B', 'D', 'E').
 CFGS: dict[str, list[list[int]]] = {

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.features import Features
-from kdbench.registries import MODELS
+from kdbench.core.features import Features
+from kdbench.core.registries import MODELS
 
 
 class BasicBlock(nn.Module):

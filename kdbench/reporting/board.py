@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from kdbench.errors import ConfigError
+from kdbench.core.errors import ConfigError
+from kdbench.core.store import RunRecord
 from kdbench.reporting.frame import (
     BASELINE_METHOD,
     OVERHEAD_KEYS,
@@ -34,7 +35,6 @@ from kdbench.reporting.frame import (
     records_frame,
     row_label,
 )
-from kdbench.store import RunRecord
 
 ALPHA = 0.05  # significance level of Δ (after Holm) and of "best"
 CONFIDENCE = 0.95  # the t-interval of a cell's mean

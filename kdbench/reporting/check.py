@@ -21,9 +21,9 @@ from typing import Any
 
 from scipy import stats
 
-from kdbench.errors import ConfigError, file_problem
+from kdbench.core.errors import ConfigError, file_problem
+from kdbench.core.store import RunRecord, atomic_write_bytes
 from kdbench.reporting.frame import pair_label, row_label
-from kdbench.store import RunRecord, atomic_write_bytes
 
 BASELINE_FORMAT = "kdbench-baseline/2"
 DEFAULT_ALPHA = 0.01

@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from kdbench.errors import ConfigError
-from kdbench.store import RunRecord
+from kdbench.core.errors import ConfigError
+from kdbench.core.store import RunRecord
 
 BASELINE_METHOD = "student"
 METRIC_KEYS = ("last_top1", "last_top5", "best_top1", "best_top5", "best_epoch")

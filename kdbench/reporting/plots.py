@@ -10,8 +10,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from kdbench.core.store import RunRecord
 from kdbench.reporting.frame import _done_frame, _pair_column, _pair_runs, _pairs, pair_label
-from kdbench.store import RunRecord
 
 
 def plot_accuracy_vs_overhead(records: Iterable[RunRecord], path: Path) -> Path:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pandas as pd
 from tabulate import tabulate
 
-from kdbench.errors import ConfigError
+from kdbench.core.errors import ConfigError
 from kdbench.reporting.board import ALPHA, OVERHEAD_COLUMNS, Leaderboard
 from kdbench.reporting.frame import OVERHEAD_KEYS
 from kdbench.reporting.html import leaderboard_page

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from kdbench.core.store import RunRecord
 from kdbench.reporting.frame import BASELINE_METHOD
-from kdbench.store import RunRecord
 
 
 def vam_entropy_table(records: Iterable[RunRecord]) -> pd.DataFrame:

@@ -1,10 +1,10 @@
 """Student wrappers (kdbench/wrappers/base.py has the contract); importing this package
-registers the built-in ones (VAM) in `kdbench.registries.WRAPPERS`."""
+registers the built-in ones (VAM) in `kdbench.core.registries.WRAPPERS`."""
 
 from __future__ import annotations
 
-from kdbench.registries import WRAPPERS
-from kdbench.spec import RunSpec
+from kdbench.core.registries import WRAPPERS
+from kdbench.core.spec import RunSpec
 from kdbench.wrappers import vam  # noqa: F401  (registers the built-in wrapper)
 from kdbench.wrappers.base import StudentWrapper
 

@@ -1,7 +1,7 @@
 """The student-wrapper contract: a module put around a student for training, exported away for
 deployment. VAM (kdbench/wrappers/vam.py) is the built-in one.
 
-A wrapper is registered in `kdbench.registries.WRAPPERS` under `name`, which is also the name of
+A wrapper is registered in `kdbench.core.registries.WRAPPERS` under `name`, which is also the name of
 the `RunSpec` field that holds its config (None: not applied) and the run record's key for its
 `summary`. The engine handles every wrapper through this interface alone:
 
@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from kdbench.registries import WRAPPERS
+from kdbench.core.registries import WRAPPERS
 
 
 class StudentWrapper:

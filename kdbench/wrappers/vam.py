@@ -1,7 +1,7 @@
 """Virtual Attention Module (VAM), from the description in KDExplainer (Xue et al., IJCAI 2021,
 arXiv 2105.04181, Sec. 5). The authors' public code does not contain VAM; this is kdbench's
 implementation of the paper's description, with kdbench's own default hyper-parameters
-(`kdbench.spec.VAMConfig`). `VAM` at the bottom is its student wrapper (kdbench/wrappers/base.py).
+(`kdbench.core.spec.VAMConfig`). `VAM` at the bottom is its student wrapper (kdbench/wrappers/base.py).
 
 A convolution's C_out filters are viewed as G "virtual" blocks (virtual experts) and its
 C_in input channels likewise. A learned attention matrix A = softmax(V / t) (one row per
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from kdbench.errors import ConfigError
-from kdbench.spec import VAMConfig
+from kdbench.core.errors import ConfigError
+from kdbench.core.spec import VAMConfig
 from kdbench.wrappers.base import StudentWrapper, register_wrapper
 
 

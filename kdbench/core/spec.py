@@ -1,0 +1,304 @@
+"""RunSpec: everything that determines a run's result, and its canonical hash.
+
+A spec is data (torchdistill-style): `RunSpec.to_dict()` is stored in every record, and
+`RunSpec.from_dict(record["spec"])` re-creates the run. The hash covers every field, so
+two runs with the same hash are the same experiment. What the data *is* (`data_sha256`) and the
+code of the plugins a run uses (`plugin_sha256`) are part of it; where the data lives
+(`--data-root`) and which device trains it are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import math
+import re
+import reprlib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, replace
+
+from kdbench.core.errors import ConfigError
+
+
+def _require(value, name: str, *, whole=False, low=None, above=None, below=None) -> None:
+    """A ConfigError naming the setting unless `value` is a (whole) number in range."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if whole and not isinstance(value, int):
+        is_number = False
+    ok = (
+        is_number
+        and (low is None or value >= low)
+        and (above is None or value > above)
+        and (below is None or value < below)
+    )
+    if not ok:
+        bounds = [f">= {low}" if low is not None else "", f"> {above}" if above is not None else ""]
+        bounds += [f"< {below}" if below is not None else ""]
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{name} must be {kind} {' and '.join(b for b in bounds if b)}, got {value!r}")
+
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # how a spec names a file by its bytes (store.student_init_path)
+
+
+def require_sha256(value, name: str) -> None:
+    """A ConfigError naming the field unless `value` is a SHA-256 as 64 lowercase hex digits: such a
+    field becomes part of a path in the store, so '../x' must never pass."""
+    if not (isinstance(value, str) and SHA256_HEX.fullmatch(value)):
+        raise ConfigError(f"{name} must be a SHA-256 (64 lowercase hex digits), got {reprlib.repr(value)}")
+
+
+def _options(hint) -> tuple:
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def _json_matches(value, hint) -> bool:
+    """Whether a value read from JSON fits a dataclass field annotated `hint` (a dataclass field takes
+    a mapping, a tuple a list; a bool is no number)."""
+    for option in _options(hint):
+        origin = typing.get_origin(option) or option
+        if option is type(None) or option is bool or isinstance(value, bool):
+            fits = value is None if option is type(None) else option is bool and isinstance(value, bool)
+        elif origin is tuple:
+            item = typing.get_args(option)[0]
+            fits = isinstance(value, (list, tuple)) and all(_json_matches(v, item) for v in value)
+        elif dataclasses.is_dataclass(origin):
+            fits = isinstance(value, dict)
+        elif origin in (int, float):  # a JSON integer of hundreds of digits is no number of a run
+            kinds = (int, float) if origin is float else int
+            fits = isinstance(value, kinds) and not (isinstance(value, int) and abs(value) >= 2**64)
+        else:
+            fits = isinstance(value, origin)
+        if fits:
+            return True
+    return False
+
+
+_JSON_KINDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+_JSON_KINDS |= {dict: "a mapping", tuple: "a list of whole numbers", type(None): "null"}
+
+
+def _json_kind(hint) -> str:
+    """What a field annotated `hint` takes, in words: 'a whole number or null'."""
+    kinds = [_JSON_KINDS.get(typing.get_origin(option) or option, "a mapping") for option in _options(hint)]
+    return " or ".join(kinds)
+
+
+_field_types = functools.cache(typing.get_type_hints)  # a dataclass's annotations, evaluated once
+
+
+def _checked_fields(cls, data, what: str, required: tuple[str, ...] = ()) -> dict:
+    """`data` as keyword arguments of the dataclass `cls`: a ConfigError naming the field unless it is a
+    mapping of `cls`'s fields, `required` ones present, each of its annotated type (values in range are
+    the dataclass's own `__post_init__` checks). A record's spec may be hostile (kdbench/core/store.py)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a mapping of its fields, got a {type(data).__name__}")
+    valid = sorted(cls.__dataclass_fields__)
+    unknown = sorted(set(data) - set(valid), key=str)
+    if unknown:
+        raise ConfigError(f"unknown {what} field(s) {reprlib.repr(unknown)}; valid: {valid}")
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ConfigError(f"{what} has no {', '.join(missing)}")
+    hints = _field_types(cls)
+    for name, value in data.items():
+        if not _json_matches(value, hints[name]):
+            raise ConfigError(
+                f"{what} field {name} must be {_json_kind(hints[name])}, got {reprlib.repr(value)}"
+            )
+    return dict(data)
+
+
+LOADERS = ("memory", "stream", "auto")  # how a dataset is read (kdbench/data/streaming.py)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimisation recipe. Defaults: RepDistiller's CIFAR-100 recipe (Tian et al., ICLR 2020,
+    train_student.py): SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 64, 240 epochs,
+    lr x0.1 at epochs 150/180/210."""
+
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_epochs: tuple[int, ...] = (150, 180, 210)
+    lr_decay_rate: float = 0.1
+    train_subset: int | None = None  # stratified subset of the training set (quick presets)
+    val_split: float = 0.0  # held-out validation fraction carved from the training set
+    eval_every: int = 1  # evaluate on the test split every N epochs (and always after the last)
+    # the side images are trained at (image folders; None: the dataset's own) and how they are read:
+    # decoded into memory, streamed from disk (kdbench/data/streaming.py), or auto (chosen by the data's size)
+    image_size: int | None = None
+    loader: str = "memory"
+
+    def __post_init__(self) -> None:
+        _require(self.epochs, "epochs", whole=True, low=1)
+        _require(self.batch_size, "batch-size", whole=True, low=1)
+        _require(self.lr, "lr", above=0.0)
+        _require(self.momentum, "momentum", low=0.0, below=1.0)
+        _require(self.weight_decay, "weight-decay", low=0.0)
+        _require(self.lr_decay_rate, "lr-decay-rate", above=0.0)
+        for epoch in self.lr_decay_epochs:
+            _require(epoch, "lr-decay-epochs", whole=True, low=1)
+        if self.train_subset is not None:
+            _require(self.train_subset, "train-subset", whole=True, low=1)
+        _require(self.val_split, "val-split", low=0.0, below=1.0)
+        _require(self.eval_every, "eval-every", whole=True, low=1)
+        if self.image_size is not None:
+            _require(self.image_size, "image-size", whole=True, low=1)
+        if self.loader not in LOADERS:
+            raise ConfigError(f"loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        data = _checked_fields(cls, data, "recipe")
+        if "lr_decay_epochs" in data:
+            data["lr_decay_epochs"] = tuple(data["lr_decay_epochs"])
+        return cls(**data)
+
+    def with_epochs(self, epochs: int) -> Recipe:
+        """Shorten (or stretch) the recipe, keeping the lr decay points at the same fractions."""
+        scale = epochs / self.epochs
+        decay = tuple(
+            sorted({max(1, round(e * scale)) for e in self.lr_decay_epochs if round(e * scale) < epochs})
+        )
+        return replace(self, epochs=epochs, lr_decay_epochs=decay)
+
+
+@dataclass(frozen=True)
+class VAMConfig:
+    """Virtual Attention Module settings (see kdbench/wrappers/vam.py). kdbench's own defaults: the
+    KDExplainer paper (Xue et al., IJCAI 2021) does not publish VAM hyper-parameters."""
+
+    groups: int = 4  # G virtual blocks per convolution (filters and input channels alike)
+    last_stages: int = 1  # wrap the convolutions of the student's last N stages
+    entropy_weight: float = 0.01  # gamma in  loss += gamma * mean row entropy of A
+    t0: float = 1.0  # temperature schedule t = max(t_min, t0 / epoch), like the HME's routing
+    t_min: float = 0.1
+    # lr of the attention logits V relative to the recipe lr: at 1x, V barely leaves uniform attention
+    # in a short run (README, "VAM", has the entropies measured on the quick preset)
+    lr_scale: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(self.groups, "vam-groups", whole=True, low=1)
+        _require(self.last_stages, "vam last_stages", whole=True, low=1)
+        _require(self.entropy_weight, "vam entropy_weight", low=0.0)
+        _require(self.t0, "vam t0", above=0.0)
+        _require(self.t_min, "vam t_min", above=0.0)
+        _require(self.lr_scale, "vam-lr-scale", above=0.0)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VAMConfig:
+        return cls(**_checked_fields(cls, data, "vam"))
+
+
+# recipe fields added after the first records were written, and their defaults (as HASH_OMITS_AT_DEFAULT)
+RECIPE_HASH_OMITS_AT_DEFAULT = {"image_size": None, "loader": "memory"}
+PRECISIONS = ("fp32", "bf16", "fp16")
+# fields added after the first records were written, and their defaults
+HASH_OMITS_AT_DEFAULT = {
+    "precision": "fp32",
+    "compile": False,
+    "world_size": 1,
+    "student_init_sha256": None,
+    "data_sha256": None,
+    "plugin_sha256": {},
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    student: str
+    dataset: str
+    teacher: str | None = None
+    teacher_sha256: str | None = None  # identity of the teacher's weights, not its path
+    seed: int = 0
+    vam: VAMConfig | None = None
+    hp: dict = field(default_factory=dict)  # resolved method hyper-parameters
+    recipe: Recipe = field(default_factory=Recipe)
+    kind: str = "distill"  # "distill" or "teacher"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; kdbench/training/precision.py)
+    compile: bool = False  # torch.compile the student's and the teacher's training forward
+    world_size: int = 1  # processes training the run together (torchrun; kdbench/core/distributed.py)
+    # `--student-init`: the student starts from these weights (the file's SHA-256; store.student_init_path)
+    student_init_sha256: str | None = None
+    # the identity of the data the run trains and tests on (kdbench/data/__init__.py `data_digest`): a digest of
+    # the decoded arrays, or of an image folder's file list and sizes; two folders never share a run id
+    data_sha256: str | None = None
+    # {plugin file or module: SHA-256 of its source} for each plugin that registered a name the run uses
+    # (method, student, teacher, dataset; kdbench/execution/plugins.py): an edited plugin is a new experiment
+    plugin_sha256: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def __hash__(self) -> int:  # dict field: hash the canonical form instead
+        return hash(self.run_id)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["recipe"]["lr_decay_epochs"] = list(self.recipe.lr_decay_epochs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunSpec:
+        """The spec a record holds, checked: every field a record has always had is required (the later
+        ones default, HASH_OMITS_AT_DEFAULT), each of its type; hashes are hashes, a ConfigError otherwise."""
+        required = tuple(name for name in cls.__dataclass_fields__ if name not in HASH_OMITS_AT_DEFAULT)
+        data = _checked_fields(cls, data, "spec", required)
+        _require(data["seed"], "spec seed", whole=True, low=0, below=2**64)  # torch.manual_seed's range
+        _require(data.get("world_size", 1), "spec world_size", whole=True, low=1)
+        if data["kind"] not in ("distill", "teacher"):
+            raise ConfigError(f"spec kind must be distill or teacher, got {reprlib.repr(data['kind'])}")
+        for name in ("teacher_sha256", "student_init_sha256", "data_sha256"):
+            if data.get(name) is not None:
+                require_sha256(data[name], f"spec {name}")
+        for plugin, digest in data.get("plugin_sha256", {}).items():
+            require_sha256(digest, f"spec plugin_sha256[{reprlib.repr(plugin)}]")
+        data["recipe"] = Recipe.from_dict(data["recipe"])
+        data["vam"] = VAMConfig.from_dict(data["vam"]) if data.get("vam") else None
+        return cls(**data)
+
+    @property
+    def run_id(self) -> str:
+        """The hash of every field; a field added later is left out at its default, so the run ids
+        of earlier records stay valid."""
+        data = self.to_dict()
+        for name, default in HASH_OMITS_AT_DEFAULT.items():
+            if data[name] == default:
+                del data[name]
+        for name, default in RECIPE_HASH_OMITS_AT_DEFAULT.items():
+            if data["recipe"][name] == default:
+                del data["recipe"][name]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def pair(self) -> str:
+        return f"{self.teacher}→{self.student}" if self.teacher else self.student
+
+    @property
+    def label(self) -> str:
+        vam = " +VAM" if self.vam else ""
+        mode = "".join(
+            f" {m}"
+            for m in (self.precision if self.precision != "fp32" else "", "compiled" if self.compile else "")
+            if m
+        )
+        return f"{self.method}{vam} {self.pair} {self.dataset} seed={self.seed}{mode}"
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """The Cartesian product of a {key: [values]} grid as a list of {key: value}, keys in sorted order."""
+    keys = sorted(grid)
+    return [
+        dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[key] for key in keys))
+    ]

@@ -1,0 +1,557 @@
+"""Run records: one JSON file per run, named by the spec hash, written atomically.
+
+Layout of a store directory (`--out`, default ./kdbench-results):
+    runs/<run_id>.json        finished (status "done") or failed (status "failed") record
+    checkpoints/<run_id>.pt   last-epoch checkpoint of an unfinished run (deleted when done)
+    claims/<run_id>.lock      held (flock) by the process training that run
+    teachers/<name>-<dataset>-<hash>.pt   cached teacher checkpoints
+    teachers/<sha256>.<dataset>.test.json a teacher's test accuracy, measured once per weights and dataset
+    inits/<sha256>.pt         a `--student-init` checkpoint, copied in under its SHA-256 (every worker finds it)
+
+The record's shape is `RunRecord` below, defined once: the engine fills its measured part
+(`TrainResult`), the sweep adds the spec, status and environment (`new_record`), the report
+reads it. A record may be hostile: `read_record`, the one reader, checks each file against
+`RECORD_SCHEMA` and `RunSpec.from_dict` and refuses it in one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import io
+import json
+import math
+import os
+import re
+import reprlib
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypedDict
+
+from kdbench.core.errors import ConfigError, KdbenchError, clip, shorten
+from kdbench.core.spec import SHA256_HEX, RunSpec, require_sha256
+
+SCHEMA_VERSION = 1
+
+
+class HistoryEntry(TypedDict, total=False):
+    """One epoch of a run; test_* only on evaluated epochs, val_top1 only with a validation split."""
+
+    epoch: int
+    train_loss: float
+    loss_terms: dict[str, float]  # mean of each weighted loss term over the epoch's steps
+    epoch_seconds: float
+    images: int
+    lr: float
+    test_top1: float
+    test_top5: float
+    val_top1: float
+
+
+class Metrics(TypedDict):
+    last_top1: float
+    last_top5: float
+    best_top1: float
+    best_top5: float
+    best_epoch: int
+
+
+class Overhead(TypedDict, total=False):
+    """What a run costs (kdbench/training/measure.py): params and FLOPs counted on a real training step."""
+
+    extra_trainable_params: int  # the method's modules + a wrapper's (VAM's attention logits)
+    train_flops_per_image: float  # forward + backward of the student, teacher forward included
+    teacher_flops_per_image: float
+    peak_memory_bytes: int
+    peak_memory_method: str
+    epoch_seconds: float
+    time_ratio_vs_student: float | None  # None until a student baseline of the same recipe exists
+    deploy_params: int  # the student as deployed (wrappers exported, e.g. VAM folded)
+    deploy_flops_per_image: float
+    export_max_abs_error: float | None  # max |deployed - trained| output (VAM's fold); None without wrappers
+
+
+class TrainResult(TypedDict, total=False):
+    """The measured part of a record, as the engine returns it."""
+
+    history: list[HistoryEntry]
+    metrics: Metrics
+    throughput_img_s: float  # training images per second (main stage)
+    overhead: Overhead
+    vam: dict[str, float] | None  # each wrapper's summary under its name; VAM: row entropy (nats) per layer
+    analysis: dict | None  # the trained model's own `analysis()` (e.g. the HME's routing)
+    seeds: dict[
+        str, int | None
+    ]  # random source -> its stream's seed (kdbench/training/engine.py RANDOM_SOURCES)
+    wall_seconds: float  # the whole run: cost measurement, init stage, epochs, evaluation
+    final_state: dict  # the deployed student's state_dict: saved as a file by the caller, not in the record
+
+
+class RunRecord(TypedDict, total=False):
+    """One run: `runs/<run_id>.json`. A failed run has `error` and no metrics."""
+
+    schema: int
+    run_id: str  # spec hash (12 hex)
+    kind: str  # "distill" | "teacher"
+    spec: dict[str, Any]  # the fully resolved RunSpec.to_dict() (enough to re-run)
+    status: str  # "done" | "failed"
+    error: str | None  # why a run failed (e.g. non-finite loss at epoch 3 step 17)
+    history: list[HistoryEntry]
+    metrics: Metrics | None
+    wall_seconds: float
+    throughput_img_s: float
+    overhead: Overhead | None
+    vam: dict[str, float] | None
+    analysis: dict | None
+    seeds: dict[str, int | None]
+    checkpoint: dict[str, str]  # teachers: {"path": relative to the store, "sha256": ...}
+    teacher: dict[str, Any] | None  # distillation runs: the teacher's sha256, test_top1, test_top5
+    environment: dict[str, Any]  # python, torch, kdbench, device, threads, git_commit, platform, ...
+    created: str  # ISO-8601 time
+
+
+# -- what a record may hold: checked on every read, since a record may be hostile ------------------------
+# A check takes (value, its dotted name) and returns what is wrong with it, or None.
+_Check = Callable[[Any, str], "str | None"]
+
+
+def _scalar(kind: str, fits: Callable[[Any], bool]) -> _Check:
+    return lambda value, where: None if fits(value) else f"{where} must be {kind}, got {reprlib.repr(value)}"
+
+
+def _number(low: float | None = None, high: float | None = None, whole: bool = False) -> _Check:
+    """A finite (whole) number in [low, high]: NaN, inf and booleans never pass."""
+    bounds = f" in [{low}, {high}]" if high is not None else f" >= {low}" if low is not None else ""
+    return _scalar(
+        f"{'a whole' if whole else 'a finite'} number{bounds}",
+        lambda v: (
+            isinstance(v, int if whole else (int, float))
+            and not isinstance(v, bool)
+            and _fits_a_float(v)
+            and (low is None or v >= low)
+            and (high is None or v <= high)
+        ),
+    )
+
+
+def _fits_a_float(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        return False
+
+
+def _text(pattern: str = r"(?s:.*)", kind: str = "a string") -> _Check:
+    return _scalar(kind, lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None)
+
+
+def _one_of(*choices: str) -> _Check:
+    return _scalar(" or ".join(choices), lambda v: isinstance(v, str) and v in choices)
+
+
+def _or_null(check: _Check) -> _Check:
+    return lambda value, where: None if value is None else check(value, where)
+
+
+def _first(problems: Iterator[str | None]) -> str | None:
+    return next((problem for problem in problems if problem), None)
+
+
+def _list_of(check: _Check) -> _Check:
+    def problem(value: Any, where: str) -> str | None:
+        if not isinstance(value, list):
+            return f"{where} must be a list, got {reprlib.repr(value)}"
+        return _first(check(item, f"{where}[{index}]") for index, item in enumerate(value))
+
+    return problem
+
+
+def _mapping(fields: dict[str, _Check] | None = None, required: tuple[str, ...] = (), each=None) -> _Check:
+    """A JSON object: its `fields` checked where present (others pass), `required` ones present, and
+    every value checked by `each` where given (a {name: number} map)."""
+
+    def problem(value: Any, where: str) -> str | None:
+        if not isinstance(value, dict):
+            return f"{where} must be a mapping, got {reprlib.repr(value)}"
+        if missing := [key for key in required if key not in value]:
+            return f"{where} has no {', '.join(missing)}"
+        named = ((check, key) for key, check in (fields or {}).items() if key in value)
+        checks = [*named, *((each, key) for key in value if each)]
+        return _first(check(value[key], f"{where}.{key}" if where else key) for check, key in checks)
+
+    return problem
+
+
+_PERCENT = _number(0, 100)
+_AMOUNT = _number(low=0)  # seconds, bytes, FLOPs, images per second, a learning rate
+_COUNT = _number(low=0, whole=True)
+_SHA256 = _text(SHA256_HEX.pattern, "a SHA-256 (64 lowercase hex digits)")
+_HISTORY_ENTRY = _mapping(
+    {"epoch": _number(low=1, whole=True), "train_loss": _number(), "loss_terms": _mapping(each=_number())}
+    | {"epoch_seconds": _AMOUNT, "images": _COUNT, "lr": _AMOUNT}
+    | {key: _PERCENT for key in ("test_top1", "test_top5", "val_top1")},
+    required=("epoch",),
+)
+_METRICS = _mapping(
+    {key: _PERCENT for key in ("last_top1", "last_top5", "best_top1", "best_top5")} | {"best_epoch": _COUNT},
+    required=tuple(Metrics.__annotations__),
+)
+_OVERHEAD = _mapping(
+    {key: _COUNT for key in ("extra_trainable_params", "peak_memory_bytes", "deploy_params")}
+    | {key: _AMOUNT for key in ("train_flops_per_image", "teacher_flops_per_image", "epoch_seconds")}
+    | {"deploy_flops_per_image": _AMOUNT, "peak_memory_method": _text()}
+    | {key: _or_null(_AMOUNT) for key in ("time_ratio_vs_student", "export_max_abs_error")}
+)
+# The typed fields of `RunRecord` and the values they may hold (the spec's own: `RunSpec.from_dict`).
+RECORD_SCHEMA = _mapping(
+    {
+        "run_id": _text("[0-9a-f]{12}", "a run id (12 lowercase hex digits)"),
+        "kind": _one_of("distill", "teacher"),
+        "spec": _mapping(),
+        "status": _one_of("done", "failed"),
+        "error": _or_null(_text()),
+        "history": _list_of(_HISTORY_ENTRY),
+        "metrics": _or_null(_METRICS),
+        "wall_seconds": _AMOUNT,
+        "throughput_img_s": _AMOUNT,
+        "overhead": _or_null(_OVERHEAD),
+        "vam": _or_null(_mapping(each=_number())),
+        "analysis": _or_null(_mapping()),
+        "seeds": _mapping(each=_or_null(_COUNT)),
+        "checkpoint": _mapping(
+            {"path": _text(r"teachers/[^/]+\.pt", "teachers/<file>.pt"), "sha256": _SHA256},
+            required=("path", "sha256"),
+        ),
+        "teacher": _or_null(
+            _mapping({"sha256": _SHA256, "test_top1": _PERCENT, "test_top5": _PERCENT}, required=("sha256",))
+        ),
+        "environment": _mapping({"threads": _or_null(_number(low=1, whole=True))}),
+        "created": _text(),
+    }
+)
+
+
+def new_record(
+    spec: dict[str, Any],
+    run_id: str,
+    kind: str,
+    status: str,
+    environment: dict[str, Any],
+    result: dict | None = None,
+    error: str | None = None,
+    **extra: Any,
+) -> RunRecord:
+    """The one place a record is assembled: spec and status, the measured part, the environment."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "kind": kind,
+        "spec": spec,
+        "status": status,
+        "error": error,
+        "history": [],
+        "metrics": None,
+        "overhead": None,
+        "vam": None,
+        "analysis": None,
+        **(result or {}),
+        **extra,
+        "environment": environment,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class StoreError(KdbenchError, RuntimeError):
+    """A results store or a file in it that cannot be used."""
+
+
+class CheckpointError(KdbenchError, RuntimeError):
+    """A checkpoint that cannot be used (unreadable, unsafe, wrong architecture, wrong dataset)."""
+
+
+def ensure_writable(out: Path) -> Path:
+    """The store folder, created if needed; a StoreError naming it when it cannot hold results."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".kdbench-write-test."):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise StoreError(f"--out {out} cannot hold results ({reason}); pass a writable folder") from err
+    return out
+
+
+@contextmanager
+def claim(out: Path, run_id: str) -> Iterator[None]:
+    """Hold the store's claim on a run while it trains: another process (or machine sharing the
+    folder) that claims the same run waits here until this one is done. An advisory `flock` on
+    `claims/<run_id>.lock`: the kernel drops it when its holder exits or crashes, so no claim
+    outlives its owner."""
+    path = Path(out) / "claims" / f"{run_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def runs_dir(out: Path) -> Path:
+    return Path(out) / "runs"
+
+
+def checkpoint_path(out: Path, run_id: str) -> Path:
+    return Path(out) / "checkpoints" / f"{run_id}.pt"
+
+
+def record_path(out: Path, run_id: str) -> Path:
+    return runs_dir(out) / f"{run_id}.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    """torch.save, atomically (checkpoints, teacher and student weights)."""
+    import torch  # only the writers of weights need it; reading records stays torch-free
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# What other code bases' training scripts save beside the weights: RepDistiller's train_teacher.py
+# (its final `{'opt': opt, 'model': ..., 'optimizer': ...}`) and timm's train.py (`'args'`) store their
+# argparse options. Allowed, and only this, where a checkpoint from elsewhere is read (teachers,
+# `--student-init`); building a Namespace sets attributes and runs no code.
+FOREIGN_CHECKPOINT_GLOBALS = (argparse.Namespace,)
+
+
+def read_checkpoint(
+    path: Path, what: str = "checkpoint", remedy: str = "re-save or retrain it", allow: tuple = ()
+) -> Any:
+    """The project's one reader of torch files (resume checkpoints, teachers, students).
+
+    `weights_only=True`: tensors, containers and plain values load; a pickle that would run code
+    is refused as unreadable. `allow` adds classes to torch's allowlist for this read only
+    (`FOREIGN_CHECKPOINT_GLOBALS`). `what` and `remedy` make the one-line error name the file's role.
+    """
+    import torch
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as err:
+        raise CheckpointError(f"{what} {path} is unreadable ({err.strerror}); {remedy}") from err
+    if not head.startswith(TORCH_FILE_STARTS):
+        found = "an empty file" if not head else "neither torch's zip format nor its pickle"
+        raise CheckpointError(f"{what} {path} is not a torch checkpoint ({found}); {remedy}")
+    # added for this read and removed after it; what the process had allowed before stays allowed
+    added = [cls for cls in allow if cls not in torch.serialization.get_safe_globals()]
+    try:
+        with torch.serialization.safe_globals(added):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated, foreign or unsafe file
+        raise CheckpointError(f"{what} {path} is unreadable ({_load_failure(err)}); {remedy}") from err
+
+
+# what a file torch.save wrote starts with: its zip format, or the pickle of its legacy format
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def _load_failure(err: Exception) -> str:
+    """Why torch.load refused a file, in one line. Torch's own advice, to load it again with
+    `weights_only=False`, is never passed on: that would run whatever code the file holds."""
+    text = str(err)
+    unsafe = re.search(r"GLOBAL (\S+)", text)
+    if unsafe:
+        return f"it holds '{unsafe.group(1)}', not only weights, and kdbench loads weights only"
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return f"not a torch checkpoint: {detail.group(1).strip()}"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return clip(lines[0].split(". ")[0], 200) if lines else type(err).__name__
+
+
+def state_dict_of(checkpoint: Any) -> dict | None:
+    """The model weights in a checkpoint, or None where it holds none. Layouts: kdbench's, RepDistiller's
+    and mdistiller's `{"model": state_dict, ...}`, timm's `{"state_dict": ...}`, a bare state_dict;
+    mdistiller's full training state (`{"model": its distiller's state}`, keys `module.student.*`) gives
+    the student's; a `module.` prefix on every key (DataParallel) is dropped."""
+    import torch
+
+    if not isinstance(checkpoint, dict):
+        return None
+    state = next(
+        (checkpoint[key] for key in ("model", "state_dict") if isinstance(checkpoint.get(key), dict)),
+        checkpoint,
+    )
+    if not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        return None
+    for prefix in ("module.student.", "module."):
+        if any(key.startswith(prefix) for key in state) and (
+            prefix == "module.student." or all(key.startswith(prefix) for key in state)
+        ):
+            return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    return dict(state)
+
+
+def student_init_path(out: Path, sha256: str) -> Path:
+    """Where a `--student-init` checkpoint lives in the store: named by its bytes, so every worker finds it."""
+    require_sha256(sha256, "a student init's SHA-256")  # it becomes a file name: '../x' never passes
+    return Path(out) / "inits" / f"{sha256}.pt"
+
+
+def read_student_init(out: Path, sha256: str) -> dict:
+    """The weights of the `--student-init` checkpoint `sha256` copied into the store, checked."""
+    import hashlib
+
+    path = student_init_path(out, sha256)
+    if not path.is_file():
+        raise CheckpointError(
+            f"student init {path} is missing (the run's student_init_sha256); pass the file to --student-init again"
+        )
+    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        raise CheckpointError(
+            f"student init {path} does not match its SHA-256; delete it and pass --student-init"
+        )
+    state = state_dict_of(read_checkpoint(path, "student init", allow=FOREIGN_CHECKPOINT_GLOBALS))
+    if state is None:
+        raise CheckpointError(f"student init {path} holds no state_dict")
+    return state
+
+
+def teacher_eval_path(out: Path, sha256: str, dataset: str) -> Path:
+    """The cached test accuracy of the teacher weights `sha256` on `dataset`."""
+    require_sha256(sha256, "a teacher's SHA-256")  # it becomes a file name: '../x' never passes
+    return Path(out) / "teachers" / f"{sha256}.{dataset}.test.json"
+
+
+def write_record(out: Path, record: RunRecord) -> Path:
+    path = record_path(out, record["run_id"])
+    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    return path
+
+
+# the keys every record has, whatever its status (RunRecord lists them all)
+_REQUIRED_KEYS = ("schema", "run_id", "kind", "spec", "status", "environment")
+
+
+def read_record(path: Path) -> RunRecord:
+    """A record from its file; a StoreError naming the file when it is unreadable or not a record."""
+    try:
+        record = json.loads(_record_bytes(Path(path)), object_pairs_hook=unique_json_keys)
+    # ValueError: bad JSON, a repeated key, or bytes that are not UTF-8; RecursionError: nested too deep
+    except (OSError, ValueError, RecursionError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise StoreError(f"cannot read run record {path}: {reason}; delete it and re-run that spec") from err
+    if not isinstance(record, dict):
+        raise StoreError(
+            f"{path} is not a run record (a JSON {type(record).__name__}); delete it or move it away"
+        )
+    missing = [key for key in _REQUIRED_KEYS if key not in record]
+    schema = record.get("schema")
+    if "schema" not in missing and (type(schema) is not int or schema != SCHEMA_VERSION):  # True == 1
+        raise StoreError(
+            f"run record {path} has schema {clip(repr(schema))} ({type(schema).__name__}), expected the "
+            f"number {SCHEMA_VERSION}; it was written by another version of kdbench or edited"
+        )
+    if missing:
+        raise StoreError(f"{path} is not a run record (no {', '.join(missing)}); delete it or move it away")
+    _check_record(Path(path), record)
+    return record
+
+
+# A record is a few hundred KB at most (one history entry per epoch); a bigger file is no record.
+MAX_RECORD_BYTES = 64 * 2**20
+
+
+def _record_bytes(path: Path) -> bytes:
+    """A record file's bytes: a regular file, not a symbolic link (it could lead out of the store, or to
+    a device or pipe that never ends), and not too big to be one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO must not block the open
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise OSError(f"it is a symbolic link (to {os.readlink(path)}), not a record file") from err
+    with os.fdopen(fd, "rb") as handle:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(f"not a regular file ({stat.filemode(status.st_mode)})")
+        if status.st_size > MAX_RECORD_BYTES:
+            raise OSError(f"{status.st_size} bytes, more than a record's {MAX_RECORD_BYTES}")
+        return handle.read()
+
+
+def unique_json_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are unique (`json.loads`'s `object_pairs_hook`, for records and sweep
+    files alike): with a key twice, which value was meant is a guess."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        repeated = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"the key {shorten(repeated)} appears twice in one object; keep one")
+    return dict(pairs)
+
+
+def _check_record(path: Path, record: dict) -> None:
+    """A StoreError naming the file and the field unless the record holds what RECORD_SCHEMA and
+    `RunSpec.from_dict` allow and agrees with itself: what reads records (report, check, rerun, a sweep's
+    cache) reads only checked ones."""
+    remedy = "delete it or move it away"
+    problem = RECORD_SCHEMA(record, "")
+    if problem:
+        raise StoreError(f"run record {path}: {problem}; {remedy}")
+    try:
+        spec = RunSpec.from_dict(record["spec"])
+    except ConfigError as err:
+        raise StoreError(f"run record {path}: {err}; {remedy}") from err
+    run_id = spec.run_id
+    disagreements = (
+        (record["run_id"] != run_id, f"run_id {record['run_id']} is not its spec's hash {run_id}"),
+        (path.name != f"{record['run_id']}.json", f"run_id {record['run_id']} is not its file's name"),
+        (record["kind"] != spec.kind, f"kind {record['kind']} is not its spec's kind {spec.kind}"),
+        (record["status"] == "done" and not record.get("metrics"), "status done without metrics"),
+    )
+    for wrong, problem in disagreements:
+        if wrong:
+            raise StoreError(f"run record {path}: {problem}; {remedy}")
+
+
+def find_record(out: Path, run_id: str) -> RunRecord | None:
+    path = record_path(out, run_id)
+    return read_record(path) if path.exists() else None
+
+
+def load_records(out: Path, kind: str | None = "distill") -> list[RunRecord]:
+    """All records under a store (any number of merged stores: records are plain files)."""
+    directory = runs_dir(out)
+    if not directory.is_dir():
+        return []
+    records = [read_record(p) for p in sorted(directory.glob("*.json"))]
+    return [r for r in records if kind is None or r.get("kind") == kind]

@@ -1,0 +1,1 @@
+"""Developer tools: benchmarks, the reference loops they compare with, pinned losses."""

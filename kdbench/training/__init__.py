@@ -1,0 +1,2 @@
+"""The training layer: the loop, its members, teachers, precision, distribution and cost
+measurement."""

@@ -28,24 +28,11 @@ from kdbench.core.spec import Recipe, RunSpec
 from kdbench.core.trackers import RunLogs
 from kdbench.data import DatasetInfo, PreparedData, check_data, prepare_data, split_sizes
 from kdbench.execution import plugins
+from kdbench.execution.worker_settings import WorkerSettings
 from kdbench.methods.base import PairNotSupportedError
 from kdbench.training import teachers
 from kdbench.training.cohort import Cohort
 from kdbench.training.engine import NonFiniteLossError, train
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    out: Path
-    data_root: str | None = None
-    device: str = "cpu"
-    threads: int | None = None  # torch threads per run (None: leave torch's setting)
-    concurrent_runs: int = 1  # recorded in the environment: how many runs shared the machine
-    force: bool = False  # re-train a unit even when its record is done
-    plugins: tuple[
-        str, ...
-    ] = ()  # loaded by every worker before its first unit (kdbench/execution/plugins.py)
-    trackers: tuple[str, ...] = ()  # --log: tensorboard, mlflow, wandb, aim (kdbench/core/trackers.py)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Image folders read from disk batch by batch: datasets larger than memory.
 
 A `StreamData` is one split of an image folder (file paths and labels, nothing decoded) with the
-interface kdbench/data/__init__.py's `iterate_batches` reads from an in-memory `ImageData`: `labels`,
+interface kdbench/data/batches.py's `iterate_batches` reads from an in-memory `ImageData`: `labels`,
 `len`, `take` (subsets and validation splits), `to` (a no-op: batches move to the device one by
 one) and `batches`, which yields uint8 (N, 3, S, S) batches decoded by torch DataLoader workers;
 `iterate_batches` normalises them on the device like the in-memory ones. The engine never knows

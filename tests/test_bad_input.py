@@ -13,7 +13,8 @@ import torch
 from kdbench.cli import main
 from kdbench.core import store
 from kdbench.core.errors import ConfigError
-from kdbench.core.spec import Recipe, VAMConfig
+from kdbench.core.spec import Recipe
+from kdbench.wrappers.vam import VAMConfig
 
 TINY = ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "1", "--teacher-epochs", "1"]
 TINY += ["--train-subset", "128", "--vam", "off", "--jobs", "1"]

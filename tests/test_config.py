@@ -68,7 +68,7 @@ def test_a_grid_multiplies_only_its_own_method_and_a_vam_grid_its_vam_runs(tmp_p
     by_method = {m: [s for s in specs if s.method == m] for m in ("student", "kd")}
     assert len(by_method["student"]) == 1 + 2  # off, and one per VAM config
     assert len(by_method["kd"]) == 4 * (1 + 2)  # the 2x2 grid, VAM off and the two VAM configs
-    assert {s.vam.groups for s in by_method["kd"] if s.vam} == {2, 4}
+    assert {s.wrappers["vam"].groups for s in by_method["kd"] if s.wrappers} == {2, 4}
 
 
 def test_flags_override_the_file_and_the_file_overrides_its_preset(tmp_path):

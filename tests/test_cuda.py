@@ -7,7 +7,7 @@ from conftest import make_trainer
 import kdbench.methods  # noqa: F401  registers the catalog: the parametrize below reads the registry
 from kdbench.core.catalog import Pair
 from kdbench.core.registries import METHODS
-from kdbench.core.spec import VAMConfig
+from kdbench.wrappers.vam import VAMConfig
 
 # Read at collection: without the import above it was empty and the test silently skipped (seen on
 # the first H200 run, results/gpu-h200.md); tests/test_methods_smoke.py checks it in a fresh process.
@@ -39,7 +39,7 @@ def test_compile_on_cuda(tiny_data, tmp_path):
 
 
 def test_vam_fold_is_exact_on_cuda(tiny_data, tmp_path):
-    result = trainer(tiny_data, tmp_path, "kd", vam=VAMConfig()).run()
+    result = trainer(tiny_data, tmp_path, "kd", wrappers={"vam": VAMConfig()}).run()
     assert result["overhead"]["export_max_abs_error"] < 1e-4
 
 

@@ -15,10 +15,10 @@ from conftest import make_trainer
 from kdbench.core.errors import ConfigError
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
-from kdbench.core.spec import VAMConfig
 from kdbench.methods.base import MethodContext, PairNotSupportedError
 from kdbench.methods.sdd import pooled_map_of, region_weights, scale_decoupled_logits, sdd_dkd_parts
 from kdbench.models import build_model
+from kdbench.wrappers.vam import VAMConfig
 
 NUM_CLASSES = 3
 
@@ -265,7 +265,7 @@ def test_sdd_refuses_what_it_cannot_serve(sdd_models):
 
 @pytest.mark.parametrize("vam_on", [False, True], ids=["plain", "vam"])
 def test_the_engine_hands_sdd_the_live_student(vam_on, tiny_data, tmp_path):
-    trainer = make_trainer(tiny_data, tmp_path, "sdd", vam=VAMConfig() if vam_on else None)
+    trainer = make_trainer(tiny_data, tmp_path, "sdd", wrappers={"vam": VAMConfig()} if vam_on else {})
     assert trainer.method.context.student is trainer.student
     assert trainer.method.taps[0][1] is trainer.student.fc
     assert list(trainer.method.parameters()) == []

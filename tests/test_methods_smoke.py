@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from kdbench.core.registries import METHODS
-from kdbench.core.spec import Recipe, RunSpec, VAMConfig
+from kdbench.core.spec import Recipe, RunSpec
 from kdbench.data import PreparedData, load_dataset
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
 from kdbench.training.engine import Trainer
-from kdbench.wrappers import vam
+from kdbench.wrappers import virtual_attention
+from kdbench.wrappers.vam import VAMConfig
 
 ALL_METHODS = sorted(name for name in METHODS.module_dict if "+" not in name) + ["crd+kd"]
 
@@ -56,7 +57,7 @@ def test_method_trains_through_the_engine(method, vam_on, tiny_data, teacher, tm
         student="resnet8",
         teacher="resnet14" if method_cls.needs_teacher else None,
         dataset="synthetic",
-        vam=VAMConfig() if vam_on else None,
+        wrappers={"vam": VAMConfig()} if vam_on else {},
         hp=method_cls.resolve_hp(),
         recipe=Recipe(epochs=1, batch_size=32, lr_decay_epochs=()),
     )
@@ -75,7 +76,7 @@ def test_method_trains_through_the_engine(method, vam_on, tiny_data, teacher, tm
     overhead = result["overhead"]
     own_params = sum(p.numel() for p in trainer.method.parameters() if p.requires_grad)
     vam_params = (
-        4 * 4 * len(vam.attention_modules(trainer.student))
+        4 * 4 * len(virtual_attention.attention_modules(trainer.student))
     )  # G x G attention logits per wrapped conv, G = 4
     assert overhead["extra_trainable_params"] == own_params + vam_params
     assert (result["vam"] is not None) == vam_on

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from kdbench import reporting
-from kdbench.core.spec import Recipe, RunSpec, VAMConfig
+from kdbench.core.spec import Recipe, RunSpec
+from kdbench.wrappers.vam import VAMConfig
 
 PAIR = "resnet56→resnet20"
 
@@ -35,7 +36,7 @@ def make_record(
         student=student,
         dataset=dataset,
         seed=seed,
-        vam=VAMConfig() if vam else None,
+        wrappers={"vam": VAMConfig()} if vam else {},
         recipe=Recipe(epochs=epochs),
     ).to_dict()
     history = [

@@ -18,7 +18,7 @@ from test_bad_input import TINY, run_cli
 from test_streaming import image_folder
 
 from kdbench.core.registries import METHODS
-from kdbench.core.spec import Recipe, RunSpec, VAMConfig
+from kdbench.core.spec import Recipe, RunSpec
 from kdbench.data import (
     SUBSET_SEED,
     PreparedData,
@@ -33,6 +33,7 @@ from kdbench.models import build_model
 from kdbench.training import engine, teachers
 from kdbench.training.cohort import Cohort
 from kdbench.training.engine import Trainer, source_seeds
+from kdbench.wrappers.vam import VAMConfig
 
 # crd caps nce_k at what 128 samples allow, and says so
 pytestmark = pytest.mark.filterwarnings("ignore:crd")
@@ -153,7 +154,7 @@ def test_vam_draws_nothing_and_leaves_the_other_draws_of_its_seed(data, teacher,
     vam = VAMConfig()
     for seed in (0, 1):
         plain = build(data, teacher, tmp_path, "fitnet", seed)
-        wrapped = build(data, teacher, tmp_path, "fitnet", seed, vam=vam)
+        wrapped = build(data, teacher, tmp_path, "fitnet", seed, wrappers={"vam": vam})
         logits = [p for w in wrapped.wrappers for p in w.parameters(wrapped.student)]
         assert logits and all(not p.any() for p in logits)
         assert wrapped.seeds["wrapper_init"] == seed

@@ -9,9 +9,10 @@ import torch
 
 from kdbench.core import store
 from kdbench.core.catalog import Pair
-from kdbench.core.spec import Recipe, VAMConfig
+from kdbench.core.spec import Recipe
 from kdbench.core.store import CheckpointError
 from kdbench.execution.sweep import Sweep, SweepRequest
+from kdbench.wrappers.vam import VAMConfig
 
 TINY = Recipe(epochs=2, batch_size=64, lr=0.05, lr_decay_epochs=(1,), train_subset=192)
 TEACHER = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=192)
@@ -188,7 +189,7 @@ def test_record_alone_reruns_the_spec(tmp_path):
     ).run()
     record = records_by_method(tmp_path)[("kd", True)]
     spec = RunSpec.from_dict(json.loads(json.dumps(record["spec"])))
-    assert spec.run_id == record["run_id"] and spec.vam.groups == 2
+    assert spec.run_id == record["run_id"] and spec.wrappers["vam"].groups == 2
 
 
 class _RunsCode:

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from kdbench.core.spec import VAMConfig
 from kdbench.models import build_model
-from kdbench.wrappers import vam
+from kdbench.wrappers import virtual_attention as vam
+from kdbench.wrappers.vam import VAMConfig
 
 
 def _wrapped(name="resnet8", config: VAMConfig | None = None):

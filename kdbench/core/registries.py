@@ -19,6 +19,7 @@ name registered twice (a plugin reusing a built-in's) is refused rather than rep
 from __future__ import annotations
 
 import difflib
+import importlib
 import re
 
 from mmengine.registry import Registry
@@ -51,8 +52,8 @@ class NamedRegistry(Registry):
     """An mmengine `Registry` that checks each name (`check_name`) and refuses one already taken,
     even with `force`: a plugin cannot silently replace a built-in."""
 
-    def __init__(self, kind: str):
-        super().__init__(f"kdbench {kind}", scope="kdbench")
+    def __init__(self, kind: str, locations: tuple[str, ...] = ()):
+        super().__init__(f"kdbench {kind}", scope="kdbench", locations=list(locations))
         self.kind = kind
 
     def _register_module(self, module, module_name=None, force: bool = False) -> None:
@@ -67,6 +68,14 @@ class NamedRegistry(Registry):
                 )
         super()._register_module(module, names)
 
+    def import_from_location(self) -> None:
+        """Import the modules that register the built-ins (`locations`), once, as mmengine's does but
+        without its logger, which imports torch: reading records stays torch-free."""
+        if not self._imported:
+            for location in self._locations:
+                importlib.import_module(location)
+            self._imported = True
+
     def unregister(self, name: str) -> None:
         """Forget `name` (a plugin being loaded again in its edited form)."""
         self._module_dict.pop(name, None)
@@ -75,7 +84,8 @@ class NamedRegistry(Registry):
 MODELS = NamedRegistry("model")
 METHODS = NamedRegistry("method")
 DATASETS = NamedRegistry("dataset")
-WRAPPERS = NamedRegistry("student wrapper")
+# a spec names its wrappers (kdbench/core/spec.py), so reading one imports the built-ins where they live
+WRAPPERS = NamedRegistry("student wrapper", locations=("kdbench.wrappers",))
 MODEL_ALIASES: dict[str, str] = {}  # alias -> registered model name
 
 

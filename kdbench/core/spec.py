@@ -22,9 +22,10 @@ import typing
 from dataclasses import asdict, dataclass, field, replace
 
 from kdbench.core.errors import ConfigError
+from kdbench.core.registries import WRAPPERS
 
 
-def _require(value, name: str, *, whole=False, low=None, above=None, below=None) -> None:
+def require_number(value, name: str, *, whole=False, low=None, above=None, below=None) -> None:
     """A ConfigError naming the setting unless `value` is a (whole) number in range."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if whole and not isinstance(value, int):
@@ -138,20 +139,20 @@ class Recipe:
     loader: str = "memory"
 
     def __post_init__(self) -> None:
-        _require(self.epochs, "epochs", whole=True, low=1)
-        _require(self.batch_size, "batch-size", whole=True, low=1)
-        _require(self.lr, "lr", above=0.0)
-        _require(self.momentum, "momentum", low=0.0, below=1.0)
-        _require(self.weight_decay, "weight-decay", low=0.0)
-        _require(self.lr_decay_rate, "lr-decay-rate", above=0.0)
+        require_number(self.epochs, "epochs", whole=True, low=1)
+        require_number(self.batch_size, "batch-size", whole=True, low=1)
+        require_number(self.lr, "lr", above=0.0)
+        require_number(self.momentum, "momentum", low=0.0, below=1.0)
+        require_number(self.weight_decay, "weight-decay", low=0.0)
+        require_number(self.lr_decay_rate, "lr-decay-rate", above=0.0)
         for epoch in self.lr_decay_epochs:
-            _require(epoch, "lr-decay-epochs", whole=True, low=1)
+            require_number(epoch, "lr-decay-epochs", whole=True, low=1)
         if self.train_subset is not None:
-            _require(self.train_subset, "train-subset", whole=True, low=1)
-        _require(self.val_split, "val-split", low=0.0, below=1.0)
-        _require(self.eval_every, "eval-every", whole=True, low=1)
+            require_number(self.train_subset, "train-subset", whole=True, low=1)
+        require_number(self.val_split, "val-split", low=0.0, below=1.0)
+        require_number(self.eval_every, "eval-every", whole=True, low=1)
         if self.image_size is not None:
-            _require(self.image_size, "image-size", whole=True, low=1)
+            require_number(self.image_size, "image-size", whole=True, low=1)
         if self.loader not in LOADERS:
             raise ConfigError(f"loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
 
@@ -169,33 +170,6 @@ class Recipe:
             sorted({max(1, round(e * scale)) for e in self.lr_decay_epochs if round(e * scale) < epochs})
         )
         return replace(self, epochs=epochs, lr_decay_epochs=decay)
-
-
-@dataclass(frozen=True)
-class VAMConfig:
-    """Virtual Attention Module settings (see kdbench/wrappers/vam.py). kdbench's own defaults: the
-    KDExplainer paper (Xue et al., IJCAI 2021) does not publish VAM hyper-parameters."""
-
-    groups: int = 4  # G virtual blocks per convolution (filters and input channels alike)
-    last_stages: int = 1  # wrap the convolutions of the student's last N stages
-    entropy_weight: float = 0.01  # gamma in  loss += gamma * mean row entropy of A
-    t0: float = 1.0  # temperature schedule t = max(t_min, t0 / epoch), like the HME's routing
-    t_min: float = 0.1
-    # lr of the attention logits V relative to the recipe lr: at 1x, V barely leaves uniform attention
-    # in a short run (README, "VAM", has the entropies measured on the quick preset)
-    lr_scale: float = 10.0
-
-    def __post_init__(self) -> None:
-        _require(self.groups, "vam-groups", whole=True, low=1)
-        _require(self.last_stages, "vam last_stages", whole=True, low=1)
-        _require(self.entropy_weight, "vam entropy_weight", low=0.0)
-        _require(self.t0, "vam t0", above=0.0)
-        _require(self.t_min, "vam t_min", above=0.0)
-        _require(self.lr_scale, "vam-lr-scale", above=0.0)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> VAMConfig:
-        return cls(**_checked_fields(cls, data, "vam"))
 
 
 # recipe fields added after the first records were written, and their defaults (as HASH_OMITS_AT_DEFAULT)
@@ -220,7 +194,9 @@ class RunSpec:
     teacher: str | None = None
     teacher_sha256: str | None = None  # identity of the teacher's weights, not its path
     seed: int = 0
-    vam: VAMConfig | None = None
+    # {student wrapper name: its config} (kdbench/wrappers/base.py): the wrappers the student trains in;
+    # in `to_dict` (records, run ids) each is a key of its own, beside the fields
+    wrappers: dict = field(default_factory=dict)
     hp: dict = field(default_factory=dict)  # resolved method hyper-parameters
     recipe: Recipe = field(default_factory=Recipe)
     kind: str = "distill"  # "distill" or "teacher"
@@ -233,29 +209,42 @@ class RunSpec:
     # the decoded arrays, or of an image folder's file list and sizes; two folders never share a run id
     data_sha256: str | None = None
     # {plugin file or module: SHA-256 of its source} for each plugin that registered a name the run uses
-    # (method, student, teacher, dataset; kdbench/execution/plugins.py): an edited plugin is a new experiment
+    # (method, student, teacher, dataset, wrappers; kdbench/execution/plugins.py): an edited plugin is a new experiment
     plugin_sha256: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.wrappers, dict):
+            raise ConfigError(f"wrappers must be a mapping of wrapper name to config, got {self.wrappers!r}")
+        # by name, in one order (the order they wrap the student in); None is a wrapper not applied
+        wrappers = {name: config for name, config in sorted(self.wrappers.items()) if config is not None}
+        object.__setattr__(self, "wrappers", wrappers)
 
     def __hash__(self) -> int:  # dict field: hash the canonical form instead
         return hash(self.run_id)
 
     def to_dict(self) -> dict:
+        """The spec as JSON data (a record's "spec"): each field, and each wrapper's config under the
+        wrapper's name; a wrapper whose key every spec holds (`in_every_spec`) is null where not applied."""
         data = asdict(self)
         data["recipe"]["lr_decay_epochs"] = list(self.recipe.lr_decay_epochs)
-        return data
+        configs = data.pop("wrappers")
+        return data | dict.fromkeys(wrappers_in_every_spec()) | json.loads(json.dumps(configs))
 
     @classmethod
     def from_dict(cls, data: dict) -> RunSpec:
         """The spec a record holds, checked: every field a record has always had is required (the later
-        ones default, HASH_OMITS_AT_DEFAULT), each of its type; hashes are hashes, a ConfigError otherwise."""
-        required = tuple(name for name in cls.__dataclass_fields__ if name not in HASH_OMITS_AT_DEFAULT)
-        data = _checked_fields(cls, data, "spec", required)
-        _require(data["seed"], "spec seed", whole=True, low=0, below=2**64)  # torch.manual_seed's range
-        _require(data.get("world_size", 1), "spec world_size", whole=True, low=1)
+        ones default, HASH_OMITS_AT_DEFAULT), each of its type; hashes are hashes; every other key names a
+        registered wrapper, its config checked by the wrapper's config class; a ConfigError otherwise."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"spec must be a mapping of its fields, got a {type(data).__name__}")
+        names = [name for name in cls.__dataclass_fields__ if name != "wrappers"]
+        wrappers = _wrapper_configs({key: value for key, value in data.items() if key not in names})
+        required = tuple(name for name in names if name not in HASH_OMITS_AT_DEFAULT)
+        data = _checked_fields(cls, {key: data[key] for key in names if key in data}, "spec", required)
+        require_number(data["seed"], "spec seed", whole=True, low=0, below=2**64)  # torch.manual_seed's range
+        require_number(data.get("world_size", 1), "spec world_size", whole=True, low=1)
         if data["kind"] not in ("distill", "teacher"):
             raise ConfigError(f"spec kind must be distill or teacher, got {reprlib.repr(data['kind'])}")
         for name in ("teacher_sha256", "student_init_sha256", "data_sha256"):
@@ -264,8 +253,7 @@ class RunSpec:
         for plugin, digest in data.get("plugin_sha256", {}).items():
             require_sha256(digest, f"spec plugin_sha256[{reprlib.repr(plugin)}]")
         data["recipe"] = Recipe.from_dict(data["recipe"])
-        data["vam"] = VAMConfig.from_dict(data["vam"]) if data.get("vam") else None
-        return cls(**data)
+        return cls(**data, wrappers=wrappers)
 
     @property
     def run_id(self) -> str:
@@ -287,13 +275,58 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        vam = " +VAM" if self.vam else ""
+        wrapped = "".join(f" +{wrapper_label(name)}" for name in self.wrappers)
         mode = "".join(
             f" {m}"
             for m in (self.precision if self.precision != "fp32" else "", "compiled" if self.compile else "")
             if m
         )
-        return f"{self.method}{vam} {self.pair} {self.dataset} seed={self.seed}{mode}"
+        return f"{self.method}{wrapped} {self.pair} {self.dataset} seed={self.seed}{mode}"
+
+
+def registered_wrappers() -> dict[str, type]:
+    """{name: wrapper class} of the student wrappers registered in this process: the built-ins
+    (kdbench/wrappers/, imported on first use by the registry's location) and the plugins' loaded."""
+    WRAPPERS.import_from_location()
+    return WRAPPERS.module_dict
+
+
+def wrappers_in_every_spec() -> list[str]:
+    """The wrappers whose key every spec and record holds, null where not applied (`in_every_spec`)."""
+    return [name for name, wrapper in registered_wrappers().items() if wrapper.in_every_spec]
+
+
+def wrapper_label(name: str) -> str:
+    """How tables and labels show a wrapper: its name in capitals (`kd +VAM`, ΔVAM)."""
+    return name.upper()
+
+
+def wrapper_config(config_class: type, data, what: str):
+    """A wrapper's config (a frozen dataclass of JSON values, kdbench/wrappers/base.py) from its mapping,
+    each field checked as a spec's are; a list becomes a tuple (a config is hashable)."""
+    data = _checked_fields(config_class, data, what)
+    return config_class(
+        **{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+    )
+
+
+def _wrapper_configs(named: dict) -> dict:
+    """{wrapper name: config} of a spec's keys that are not fields: each names a registered wrapper (None:
+    not applied); a ConfigError naming those that do not."""
+    registered = registered_wrappers()
+    unknown = sorted((key for key in named if key not in registered), key=str)
+    if unknown:
+        fields = sorted(name for name in RunSpec.__dataclass_fields__ if name != "wrappers")
+        raise ConfigError(
+            f"unknown spec field(s) {reprlib.repr(unknown)}, neither a field nor a registered student "
+            f"wrapper (a plugin's is known once --plugin loads it); valid: {fields}, wrappers "
+            f"{sorted(registered)}"
+        )
+    return {
+        name: wrapper_config(registered[name].config_class, value, name)
+        for name, value in named.items()
+        if value is not None
+    }
 
 
 def grid_points(grid: dict[str, list]) -> list[dict]:

@@ -8,10 +8,11 @@ Layout of a store directory (`--out`, default ./kdbench-results):
     teachers/<sha256>.<dataset>.test.json a teacher's test accuracy, measured once per weights and dataset
     inits/<sha256>.pt         a `--student-init` checkpoint, copied in under its SHA-256 (every worker finds it)
 
-The record's shape is `RunRecord` below, defined once: the engine fills its measured part
-(`TrainResult`), the sweep adds the spec, status and environment (`new_record`), the report
-reads it. A record may be hostile: `read_record`, the one reader, checks each file against
-`RECORD_SCHEMA` and `RunSpec.from_dict` and refuses it in one line naming the file and the field.
+The record's shape is `RunRecord` (kdbench/core/records.py), defined once: the engine fills its measured
+part (`TrainResult`), the sweep adds the spec, status and environment (`new_record`), the report
+reads it. A record may be hostile: `read_record`, the one reader, checks each file
+(`records.record_problem`: RECORD_SCHEMA and `RunSpec.from_dict`) and refuses it in one line naming the
+file and the field.
 """
 
 from __future__ import annotations
@@ -21,250 +22,22 @@ import errno
 import fcntl
 import io
 import json
-import math
 import os
 import re
-import reprlib
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
-from kdbench.core.errors import ConfigError, KdbenchError, clip, shorten
-from kdbench.core.spec import SHA256_HEX, RunSpec, require_sha256
+from kdbench.core.errors import KdbenchError, clip, shorten
 
-SCHEMA_VERSION = 1
+from kdbench.core.records import SCHEMA_VERSION, RunRecord, record_problem
 
-
-class HistoryEntry(TypedDict, total=False):
-    """One epoch of a run; test_* only on evaluated epochs, val_top1 only with a validation split."""
-
-    epoch: int
-    train_loss: float
-    loss_terms: dict[str, float]  # mean of each weighted loss term over the epoch's steps
-    epoch_seconds: float
-    images: int
-    lr: float
-    test_top1: float
-    test_top5: float
-    val_top1: float
-
-
-class Metrics(TypedDict):
-    last_top1: float
-    last_top5: float
-    best_top1: float
-    best_top5: float
-    best_epoch: int
-
-
-class Overhead(TypedDict, total=False):
-    """What a run costs (kdbench/training/measure.py): params and FLOPs counted on a real training step."""
-
-    extra_trainable_params: int  # the method's modules + a wrapper's (VAM's attention logits)
-    train_flops_per_image: float  # forward + backward of the student, teacher forward included
-    teacher_flops_per_image: float
-    peak_memory_bytes: int
-    peak_memory_method: str
-    epoch_seconds: float
-    time_ratio_vs_student: float | None  # None until a student baseline of the same recipe exists
-    deploy_params: int  # the student as deployed (wrappers exported, e.g. VAM folded)
-    deploy_flops_per_image: float
-    export_max_abs_error: float | None  # max |deployed - trained| output (VAM's fold); None without wrappers
-
-
-class TrainResult(TypedDict, total=False):
-    """The measured part of a record, as the engine returns it."""
-
-    history: list[HistoryEntry]
-    metrics: Metrics
-    throughput_img_s: float  # training images per second (main stage)
-    overhead: Overhead
-    vam: dict[str, float] | None  # each wrapper's summary under its name; VAM: row entropy (nats) per layer
-    analysis: dict | None  # the trained model's own `analysis()` (e.g. the HME's routing)
-    seeds: dict[
-        str, int | None
-    ]  # random source -> its stream's seed (kdbench/training/engine.py RANDOM_SOURCES)
-    wall_seconds: float  # the whole run: cost measurement, init stage, epochs, evaluation
-    final_state: dict  # the deployed student's state_dict: saved as a file by the caller, not in the record
-
-
-class RunRecord(TypedDict, total=False):
-    """One run: `runs/<run_id>.json`. A failed run has `error` and no metrics."""
-
-    schema: int
-    run_id: str  # spec hash (12 hex)
-    kind: str  # "distill" | "teacher"
-    spec: dict[str, Any]  # the fully resolved RunSpec.to_dict() (enough to re-run)
-    status: str  # "done" | "failed"
-    error: str | None  # why a run failed (e.g. non-finite loss at epoch 3 step 17)
-    history: list[HistoryEntry]
-    metrics: Metrics | None
-    wall_seconds: float
-    throughput_img_s: float
-    overhead: Overhead | None
-    vam: dict[str, float] | None
-    analysis: dict | None
-    seeds: dict[str, int | None]
-    checkpoint: dict[str, str]  # teachers: {"path": relative to the store, "sha256": ...}
-    teacher: dict[str, Any] | None  # distillation runs: the teacher's sha256, test_top1, test_top5
-    environment: dict[str, Any]  # python, torch, kdbench, device, threads, git_commit, platform, ...
-    created: str  # ISO-8601 time
-
-
-# -- what a record may hold: checked on every read, since a record may be hostile ------------------------
-# A check takes (value, its dotted name) and returns what is wrong with it, or None.
-_Check = Callable[[Any, str], "str | None"]
-
-
-def _scalar(kind: str, fits: Callable[[Any], bool]) -> _Check:
-    return lambda value, where: None if fits(value) else f"{where} must be {kind}, got {reprlib.repr(value)}"
-
-
-def _number(low: float | None = None, high: float | None = None, whole: bool = False) -> _Check:
-    """A finite (whole) number in [low, high]: NaN, inf and booleans never pass."""
-    bounds = f" in [{low}, {high}]" if high is not None else f" >= {low}" if low is not None else ""
-    return _scalar(
-        f"{'a whole' if whole else 'a finite'} number{bounds}",
-        lambda v: (
-            isinstance(v, int if whole else (int, float))
-            and not isinstance(v, bool)
-            and _fits_a_float(v)
-            and (low is None or v >= low)
-            and (high is None or v <= high)
-        ),
-    )
-
-
-def _fits_a_float(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # a JSON integer of hundreds of digits
-        return False
-
-
-def _text(pattern: str = r"(?s:.*)", kind: str = "a string") -> _Check:
-    return _scalar(kind, lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None)
-
-
-def _one_of(*choices: str) -> _Check:
-    return _scalar(" or ".join(choices), lambda v: isinstance(v, str) and v in choices)
-
-
-def _or_null(check: _Check) -> _Check:
-    return lambda value, where: None if value is None else check(value, where)
-
-
-def _first(problems: Iterator[str | None]) -> str | None:
-    return next((problem for problem in problems if problem), None)
-
-
-def _list_of(check: _Check) -> _Check:
-    def problem(value: Any, where: str) -> str | None:
-        if not isinstance(value, list):
-            return f"{where} must be a list, got {reprlib.repr(value)}"
-        return _first(check(item, f"{where}[{index}]") for index, item in enumerate(value))
-
-    return problem
-
-
-def _mapping(fields: dict[str, _Check] | None = None, required: tuple[str, ...] = (), each=None) -> _Check:
-    """A JSON object: its `fields` checked where present (others pass), `required` ones present, and
-    every value checked by `each` where given (a {name: number} map)."""
-
-    def problem(value: Any, where: str) -> str | None:
-        if not isinstance(value, dict):
-            return f"{where} must be a mapping, got {reprlib.repr(value)}"
-        if missing := [key for key in required if key not in value]:
-            return f"{where} has no {', '.join(missing)}"
-        named = ((check, key) for key, check in (fields or {}).items() if key in value)
-        checks = [*named, *((each, key) for key in value if each)]
-        return _first(check(value[key], f"{where}.{key}" if where else key) for check, key in checks)
-
-    return problem
-
-
-_PERCENT = _number(0, 100)
-_AMOUNT = _number(low=0)  # seconds, bytes, FLOPs, images per second, a learning rate
-_COUNT = _number(low=0, whole=True)
-_SHA256 = _text(SHA256_HEX.pattern, "a SHA-256 (64 lowercase hex digits)")
-_HISTORY_ENTRY = _mapping(
-    {"epoch": _number(low=1, whole=True), "train_loss": _number(), "loss_terms": _mapping(each=_number())}
-    | {"epoch_seconds": _AMOUNT, "images": _COUNT, "lr": _AMOUNT}
-    | {key: _PERCENT for key in ("test_top1", "test_top5", "val_top1")},
-    required=("epoch",),
-)
-_METRICS = _mapping(
-    {key: _PERCENT for key in ("last_top1", "last_top5", "best_top1", "best_top5")} | {"best_epoch": _COUNT},
-    required=tuple(Metrics.__annotations__),
-)
-_OVERHEAD = _mapping(
-    {key: _COUNT for key in ("extra_trainable_params", "peak_memory_bytes", "deploy_params")}
-    | {key: _AMOUNT for key in ("train_flops_per_image", "teacher_flops_per_image", "epoch_seconds")}
-    | {"deploy_flops_per_image": _AMOUNT, "peak_memory_method": _text()}
-    | {key: _or_null(_AMOUNT) for key in ("time_ratio_vs_student", "export_max_abs_error")}
-)
-# The typed fields of `RunRecord` and the values they may hold (the spec's own: `RunSpec.from_dict`).
-RECORD_SCHEMA = _mapping(
-    {
-        "run_id": _text("[0-9a-f]{12}", "a run id (12 lowercase hex digits)"),
-        "kind": _one_of("distill", "teacher"),
-        "spec": _mapping(),
-        "status": _one_of("done", "failed"),
-        "error": _or_null(_text()),
-        "history": _list_of(_HISTORY_ENTRY),
-        "metrics": _or_null(_METRICS),
-        "wall_seconds": _AMOUNT,
-        "throughput_img_s": _AMOUNT,
-        "overhead": _or_null(_OVERHEAD),
-        "vam": _or_null(_mapping(each=_number())),
-        "analysis": _or_null(_mapping()),
-        "seeds": _mapping(each=_or_null(_COUNT)),
-        "checkpoint": _mapping(
-            {"path": _text(r"teachers/[^/]+\.pt", "teachers/<file>.pt"), "sha256": _SHA256},
-            required=("path", "sha256"),
-        ),
-        "teacher": _or_null(
-            _mapping({"sha256": _SHA256, "test_top1": _PERCENT, "test_top5": _PERCENT}, required=("sha256",))
-        ),
-        "environment": _mapping({"threads": _or_null(_number(low=1, whole=True))}),
-        "created": _text(),
-    }
-)
-
-
-def new_record(
-    spec: dict[str, Any],
-    run_id: str,
-    kind: str,
-    status: str,
-    environment: dict[str, Any],
-    result: dict | None = None,
-    error: str | None = None,
-    **extra: Any,
-) -> RunRecord:
-    """The one place a record is assembled: spec and status, the measured part, the environment."""
-    return {
-        "schema": SCHEMA_VERSION,
-        "run_id": run_id,
-        "kind": kind,
-        "spec": spec,
-        "status": status,
-        "error": error,
-        "history": [],
-        "metrics": None,
-        "overhead": None,
-        "vam": None,
-        "analysis": None,
-        **(result or {}),
-        **extra,
-        "environment": environment,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
+# the layers above name the record's parts as the store's (store.new_record, store.TrainResult)
+from kdbench.core.records import TrainResult, new_record  # noqa: F401
+from kdbench.core.spec import require_sha256
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -483,7 +256,8 @@ def read_record(path: Path) -> RunRecord:
         )
     if missing:
         raise StoreError(f"{path} is not a run record (no {', '.join(missing)}); delete it or move it away")
-    _check_record(Path(path), record)
+    if problem := record_problem(record, Path(path).name):
+        raise StoreError(f"run record {path}: {problem}; delete it or move it away")
     return record
 
 
@@ -517,30 +291,6 @@ def unique_json_keys(pairs: list[tuple[str, Any]]) -> dict:
         repeated = next(key for key in keys if keys.count(key) > 1)
         raise ValueError(f"the key {shorten(repeated)} appears twice in one object; keep one")
     return dict(pairs)
-
-
-def _check_record(path: Path, record: dict) -> None:
-    """A StoreError naming the file and the field unless the record holds what RECORD_SCHEMA and
-    `RunSpec.from_dict` allow and agrees with itself: what reads records (report, check, rerun, a sweep's
-    cache) reads only checked ones."""
-    remedy = "delete it or move it away"
-    problem = RECORD_SCHEMA(record, "")
-    if problem:
-        raise StoreError(f"run record {path}: {problem}; {remedy}")
-    try:
-        spec = RunSpec.from_dict(record["spec"])
-    except ConfigError as err:
-        raise StoreError(f"run record {path}: {err}; {remedy}") from err
-    run_id = spec.run_id
-    disagreements = (
-        (record["run_id"] != run_id, f"run_id {record['run_id']} is not its spec's hash {run_id}"),
-        (path.name != f"{record['run_id']}.json", f"run_id {record['run_id']} is not its file's name"),
-        (record["kind"] != spec.kind, f"kind {record['kind']} is not its spec's kind {spec.kind}"),
-        (record["status"] == "done" and not record.get("metrics"), "status done without metrics"),
-    )
-    for wrong, problem in disagreements:
-        if wrong:
-            raise StoreError(f"run record {path}: {problem}; {remedy}")
 
 
 def find_record(out: Path, run_id: str) -> RunRecord | None:

@@ -27,13 +27,14 @@ from collections.abc import Callable
 import torch
 
 from kdbench.core.environment import available_cores
-from kdbench.core.spec import Recipe, RunSpec, VAMConfig
+from kdbench.core.spec import Recipe, RunSpec
 from kdbench.data import MEMORY_FORMAT, PreparedData, iterate_batches, load_dataset
 from kdbench.devtools.reference_loops import bare_epoch, bare_kd_epoch, classic_kd_epoch
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
 from kdbench.training.cohort import Cohort
 from kdbench.training.engine import Trainer
+from kdbench.wrappers.vam import VAMConfig
 
 
 def _synchronize(device: torch.device) -> None:
@@ -138,7 +139,7 @@ class _Setup:
             student=self.student,
             teacher=self.teacher if cls.needs_teacher else None,
             dataset=self.dataset,
-            vam=VAMConfig() if vam else None,
+            wrappers={"vam": VAMConfig()} if vam else {},
             hp=cls.resolve_hp(),
             recipe=self.recipe,
             precision=precision,

@@ -23,12 +23,13 @@ import torch
 
 from kdbench.core.errors import ConfigError
 from kdbench.core.registries import METHODS
-from kdbench.core.spec import Recipe, RunSpec, VAMConfig
+from kdbench.core.spec import Recipe, RunSpec
 from kdbench.core.store import atomic_write_bytes
 from kdbench.data import prepare_data
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
 from kdbench.training.engine import Trainer
+from kdbench.wrappers.vam import VAMConfig
 
 STEPS = 4
 RECIPE = Recipe(epochs=1, batch_size=32, lr=0.01, lr_decay_epochs=(), train_subset=256)
@@ -57,7 +58,7 @@ def step_losses(method: str, vam: bool) -> list[dict[str, float]]:
         student=STUDENT,
         dataset=DATASET,
         teacher=TEACHER if method_cls.needs_teacher else None,
-        vam=VAMConfig() if vam else None,
+        wrappers={"vam": VAMConfig()} if vam else {},
         hp=method_cls.resolve_hp(),
         recipe=RECIPE,
     )

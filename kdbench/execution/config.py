@@ -28,10 +28,11 @@ from pathlib import Path
 
 from kdbench.core import catalog
 from kdbench.core.errors import ConfigError, clip, file_problem, shorten
-from kdbench.core.spec import Recipe, VAMConfig, grid_points
+from kdbench.core.spec import Recipe, grid_points
 from kdbench.core.store import unique_json_keys
 from kdbench.core.trackers import check_trackers
 from kdbench.execution import plugins
+from kdbench.wrappers.vam import VAMConfig
 
 # every key a sweep file (or a preset) may hold
 KEYS = {

@@ -27,7 +27,7 @@ from kdbench.core import distributed, store
 from kdbench.core.catalog import Pair
 from kdbench.core.errors import ConfigError
 from kdbench.core.progress import bar, to_stderr
-from kdbench.core.spec import Recipe, RunSpec, VAMConfig, grid_points
+from kdbench.core.spec import Recipe, RunSpec, grid_points
 from kdbench.data import DatasetInfo, fit_train_subset, prepare_data
 from kdbench.execution import plugins
 from kdbench.execution.backends import Backend, open_backend
@@ -37,6 +37,7 @@ from kdbench.models import build_model, list_models
 from kdbench.training import ratios, teachers
 from kdbench.training.cohort import MAX_COHORT_MEMBERS, plan_cohorts
 from kdbench.training.engine import probe_shapes
+from kdbench.wrappers.vam import VAMConfig
 
 # a sweep planning more runs than this is refused unless `max_runs` allows it: a grid that large is more
 # often a typo (one more value list) than a plan, and its specs alone take minutes to build
@@ -181,7 +182,7 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
                 teacher=teacher,
                 teacher_sha256=teacher_sha,
                 seed=seed,
-                vam=vam,
+                wrappers={"vam": vam},  # None: without VAM
                 hp=method_cls.resolve_hp({**pair.hp.get(method, {}), **point}),
                 recipe=recipe,
                 precision=request.precision,

@@ -21,7 +21,7 @@ def baseline_spec(spec: RunSpec) -> RunSpec:
         method=BASELINE_METHOD,
         teacher=None,
         teacher_sha256=None,
-        vam=None,
+        wrappers={},
         hp=method_class(BASELINE_METHOD).resolve_hp(),
     )
 

@@ -1,9 +1,14 @@
 """The student-wrapper contract: a module put around a student for training, exported away for
 deployment. VAM (kdbench/wrappers/vam.py) is the built-in one.
 
-A wrapper is registered in `kdbench.core.registries.WRAPPERS` under `name`, which is also the name of
-the `RunSpec` field that holds its config (None: not applied) and the run record's key for its
-`summary`. The engine handles every wrapper through this interface alone:
+A wrapper is registered in `kdbench.core.registries.WRAPPERS` under `name` (`register_wrapper`), with its
+config class: a frozen dataclass of JSON values (numbers, strings, booleans, tuples) whose
+`__post_init__` checks them. A run spec holds the wrappers it trains with as {name: config}
+(`RunSpec.wrappers`); its record holds each config under the wrapper's name beside the spec's fields
+(`RunSpec.from_dict` reads it back through `config_class`), and the wrapper's `summary` under its name.
+A plugin file brings a wrapper and its config like a built-in (kdbench/execution/plugins.py). This module
+and a wrapper's class import no torch: reports read specs and records without it. The engine handles
+every wrapper through this interface alone:
 
     wrapper.wrap(student)                      after the student is built, before anything reads it
     wrapper.parameters(student)                its own trainable parameters (extra params in the record)
@@ -16,17 +21,26 @@ the `RunSpec` field that holds its config (None: not applied) and the run record
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import Tensor, nn
+from kdbench.core.registries import WRAPPERS, RegistrationError, check_name
+from kdbench.core.spec import RunSpec
+from kdbench.core.store import RunRecord
 
-from kdbench.core.registries import WRAPPERS
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 
 class StudentWrapper:
-    """Base class; subclasses set `name` and override what they change."""
+    """Base class; subclasses set `name` and `config_class` and override what they change."""
 
     name: ClassVar[str] = ""
+    config_class: ClassVar[type]
+    # whether every spec holds the wrapper's key, null where it is not applied: VAM's alone, whose key
+    # every spec had before wrappers were data, so the run ids of those records hold; a spec holds any
+    # other wrapper's key only where it is applied, so adding a wrapper changes no run id
+    in_every_spec: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
@@ -54,7 +68,21 @@ class StudentWrapper:
         return None
 
 
+# a wrapper's name is a key of a record's spec and of the record itself: neither may be taken
+_TAKEN_NAMES = {name for name in RunSpec.__dataclass_fields__} | set(RunRecord.__annotations__)
+
+
 def register_wrapper(cls: type[StudentWrapper]) -> type[StudentWrapper]:
-    """Class decorator: register a wrapper under its own `name` (its RunSpec field)."""
+    """Class decorator: register a wrapper under its own `name`, with its `config_class`."""
+    check_name(WRAPPERS.kind, cls.name)
+    if cls.name in _TAKEN_NAMES:
+        raise RegistrationError(
+            f"student wrapper name '{cls.name}' is a key of every run spec or record; give yours another name"
+        )
+    config_class = getattr(cls, "config_class", None)
+    if not (dataclasses.is_dataclass(config_class) and config_class.__dataclass_params__.frozen):
+        raise RegistrationError(
+            f"student wrapper '{cls.name}' has no config_class, a frozen dataclass of its settings"
+        )
     WRAPPERS.register_module(name=cls.name, module=cls)
     return cls

@@ -1,7 +1,7 @@
 """Virtual Attention Module (VAM), from the description in KDExplainer (Xue et al., IJCAI 2021,
 arXiv 2105.04181, Sec. 5). The authors' public code does not contain VAM; this is kdbench's
 implementation of the paper's description, with kdbench's own default hyper-parameters
-(`kdbench.core.spec.VAMConfig`). `VAM` at the bottom is its student wrapper (kdbench/wrappers/base.py).
+(`VAMConfig`, kdbench/wrappers/vam.py, where `VAM`, its student wrapper, calls the functions here).
 
 A convolution's C_out filters are viewed as G "virtual" blocks (virtual experts) and its
 C_in input channels likewise. A learned attention matrix A = softmax(V / t) (one row per
@@ -22,14 +22,17 @@ is annealed by `VirtualAttention.set_epoch`, which the engine calls like every s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from kdbench.core.errors import ConfigError
-from kdbench.core.spec import VAMConfig
-from kdbench.wrappers.base import StudentWrapper, register_wrapper
+
+if TYPE_CHECKING:
+    from kdbench.wrappers.vam import VAMConfig
 
 
 class VirtualAttention(nn.Module):
@@ -131,31 +134,3 @@ def fold(student: nn.Module, plain: nn.Module) -> nn.Module:
     """
     plain.load_state_dict(folded_state_dict(student), strict=True)
     return plain
-
-
-@register_wrapper
-class VAM(StudentWrapper):
-    """VAM as a student wrapper: configured by `RunSpec.vam`, summarised in the record's "vam"."""
-
-    name = "vam"
-
-    def wrap(self, student: nn.Module) -> None:
-        wrap(student, self.config)
-
-    def parameters(self, student: nn.Module) -> list[nn.Parameter]:
-        return attention_parameters(student)
-
-    def param_groups(self, student: nn.Module, lr: float) -> list[dict]:
-        # attention logits are not weights: no weight decay pulls them to uniform
-        return [
-            {"params": attention_parameters(student), "weight_decay": 0.0, "lr": lr * self.config.lr_scale}
-        ]
-
-    def loss_terms(self, student: nn.Module) -> dict[str, Tensor]:
-        return {"vam_entropy": entropy_loss(student)}
-
-    def export(self, student: nn.Module, plain: nn.Module) -> nn.Module:
-        return fold(student, plain)
-
-    def summary(self, student: nn.Module) -> dict[str, float]:
-        return entropies(student)

@@ -32,11 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.core.errors import KdbenchError, clip, shorten
-
 from kdbench.core.records import SCHEMA_VERSION, RunRecord, record_problem
-
-# the layers above name the record's parts as the store's (store.new_record, store.TrainResult)
-from kdbench.core.records import TrainResult, new_record  # noqa: F401
+from kdbench.core.records import TrainResult as TrainResult  # re-exported: the engine's store.TrainResult
+from kdbench.core.records import new_record as new_record  # re-exported: a record is assembled as the store's
 from kdbench.core.spec import require_sha256
 
 _UMASK = os.umask(0)

@@ -18,6 +18,7 @@ from kdbench.core.spec import Recipe
 from kdbench.methods.base import Method, register_method
 from kdbench.models import build_model
 from kdbench.training.engine import evaluate
+from kdbench.training.measure import measure_costs
 
 
 def fresh_teacher(data):
@@ -65,7 +66,7 @@ def test_measuring_costs_changes_no_model_and_no_random_stream(tiny_data, tmp_pa
     trainer = trainer_for("crd", tiny_data, tmp_path)
     student, method = state_of(trainer.student), state_of(trainer.method)
     rng, generator = torch.get_rng_state(), trainer.generator.get_state()
-    trainer.measure_costs()
+    measure_costs(trainer.member)
     assert_same_state(student, trainer.student)
     assert_same_state(method, trainer.method)
     assert torch.equal(rng, torch.get_rng_state()) and torch.equal(generator, trainer.generator.get_state())

@@ -125,12 +125,17 @@ def _code_words(path: Path) -> set[str]:
 
 
 def test_the_engine_names_no_method_and_no_wrapper():
+    """Every module of the loop (kdbench/training/: the loop, its members, measurement, export,
+    results, cohort planning, teachers) handles methods and wrappers through their interfaces only."""
     import kdbench.methods  # noqa: F401
     from kdbench.core.registries import METHODS, WRAPPERS
 
-    words = _code_words(ROOT / "kdbench" / "training" / "engine.py")
     # "student" is both the baseline method's name and the engine's model: only the others count
     names = {name.lower() for name in [*METHODS.module_dict, *WRAPPERS.module_dict]} - {"student"}
-    named = sorted(name for name in names for word in words if name in word.split(".") or name == word)
-    assert not named, f"kdbench/training/engine.py names {named}"
-    assert not any("vam" in word for word in words), "kdbench/training/engine.py names VAM"
+    modules = sorted((ROOT / "kdbench" / "training").glob("*.py"))
+    assert {"engine.py", "member.py"} <= {path.name for path in modules}
+    for path in modules:
+        words = _code_words(path)
+        named = sorted(name for name in names for word in words if name in word.split(".") or name == word)
+        assert not named, f"kdbench/training/{path.name} names {named}"
+        assert not any("vam" in word for word in words), f"kdbench/training/{path.name} names VAM"

@@ -30,9 +30,9 @@ from kdbench.data import (
 )
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
-from kdbench.training import engine, teachers
-from kdbench.training.cohort import Cohort
-from kdbench.training.engine import Trainer, source_seeds
+from kdbench.training import teachers
+from kdbench.training.engine import Cohort, Trainer
+from kdbench.training.seeds import RANDOM_SOURCES, source_seeds
 from kdbench.wrappers.vam import VAMConfig
 
 # crd caps nce_k at what 128 samples allow, and says so
@@ -355,7 +355,7 @@ def test_cohort_members_draw_their_own_streams_as_their_solo_runs(data, teacher,
         torch.manual_seed(next(_elsewhere))
         specs = [make_spec("crd", seed, hp={"feat_dim": 64}), make_spec("crd", seed)]
         trained = Cohort(specs, data, teacher=teacher, device=torch.device("cpu"), out=tmp_path / f"c{seed}")
-        member = trained.members[1].trainer
+        member = trained.members[1]
         weights = _random_module_weights(member)
         negatives = negatives_drawn(member, trained.run)
         assert all(m.error is None for m in trained.members)
@@ -379,7 +379,7 @@ def test_the_trainer_seeds_its_streams_from_the_recorded_seeds(data, teacher, tm
         assert trainer.generator.initial_seed() == seeds["batch_order"] == seeds["augmentation"] == seed
         views = trainer.view_generator
         assert (views.initial_seed() if views else None) == seeds["extra_views"]
-        assert seeds.keys() == engine.RANDOM_SOURCES.keys()
+        assert seeds.keys() == RANDOM_SOURCES.keys()
     views = [source_seeds(seed, extra_views=True)["extra_views"] for seed in range(4)]
     assert len(set(views)) == 4 and not set(views) & {0, 1, 2, 3, None}  # apart from the batch stream
 

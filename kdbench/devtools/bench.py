@@ -1,6 +1,7 @@
 """`kdbench bench`: speed ratios measured in one run on this machine (never asserted in tests).
 
-- engine overhead: the shared Trainer's epoch vs a bare PyTorch loop (same model, data, steps);
+- engine overhead: the one loop's epoch of a run alone (a cohort of one) vs a bare PyTorch loop
+  (same model, data, steps);
 - loader share: time to produce an epoch's augmented batches vs the bare training epoch;
 - VAM training overhead: the same student with and without VAM;
 - method step cost: each chosen method's epoch vs the student baseline's;
@@ -32,8 +33,7 @@ from kdbench.data import MEMORY_FORMAT, PreparedData, iterate_batches, load_data
 from kdbench.devtools.reference_loops import bare_epoch, bare_kd_epoch, classic_kd_epoch
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
-from kdbench.training.cohort import Cohort
-from kdbench.training.engine import Trainer
+from kdbench.training.engine import Cohort, Trainer
 from kdbench.wrappers.vam import VAMConfig
 
 

@@ -28,13 +28,13 @@ from kdbench.core.store import atomic_write_bytes
 from kdbench.data import prepare_data
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
-from kdbench.training.engine import Trainer
+from kdbench.training.member import Member
 from kdbench.wrappers.vam import VAMConfig
 
 STEPS = 4
 RECIPE = Recipe(epochs=1, batch_size=32, lr=0.01, lr_decay_epochs=(), train_subset=256)
 DATASET, TEACHER, STUDENT = "synthetic", "resnet14", "resnet8"
-DEFAULT_FILE = Path(__file__).resolve().parents[1] / "results" / "baselines" / "step-losses.json"
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "results" / "baselines" / "step-losses.json"
 # Never tighter than this, whatever the measured spread (another CPU may round differently).
 RTOL_FLOOR = 1e-4
 
@@ -63,20 +63,19 @@ def step_losses(method: str, vam: bool) -> list[dict[str, float]]:
         recipe=RECIPE,
     )
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(
+        member = Member(
             spec,
             data,
             teacher=teacher if method_cls.needs_teacher else None,
             device=torch.device("cpu"),
             out=Path(out),
             progress=lambda line: None,
-            progress_bar=False,
         )
-        trainer.run_init_stage()
-        trainer.begin_epoch(1)
+        member.run_init_stage()
+        member.begin_epoch(1)
         losses = []
-        for step, (images, labels, indices) in zip(range(STEPS), trainer.batches(), strict=False):
-            loss, terms = trainer.step(images, labels, indices, f"pinned step {step}")
+        for step, (images, labels, indices) in zip(range(STEPS), member.batches(), strict=False):
+            loss, terms = member.step(images, labels, indices, f"pinned step {step}")
             losses.append({"loss": loss, **terms})
     return losses
 

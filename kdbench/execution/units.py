@@ -8,7 +8,7 @@ pair its method cannot serve) is recorded as failed with its reason, never raise
 record carries its teacher's test accuracy (`record["teacher"]`, measured once per teacher and dataset).
 
 `stage_student_init` checks a `--student-init` checkpoint and copies it into the store under its SHA-256,
-the specs' `student_init_sha256`, where every worker's Trainer finds it.
+the specs' `student_init_sha256`, where every worker's members find it (kdbench/training/member.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,8 @@ from kdbench.core.trackers import RunLogs
 from kdbench.data import DatasetInfo, PreparedData, check_data, prepare_data, split_sizes
 from kdbench.execution import plugins
 from kdbench.execution.worker_settings import WorkerSettings
-from kdbench.methods.base import PairNotSupportedError
 from kdbench.training import teachers
-from kdbench.training.cohort import Cohort
-from kdbench.training.engine import NonFiniteLossError, train
+from kdbench.training.engine import Cohort
 
 
 @dataclass(frozen=True)
@@ -46,8 +44,8 @@ class TeacherUnit:
 
 @dataclass(frozen=True)
 class RunUnit:
-    """Runs trained together: one spec alone, or a cohort (one seed, recipe and teacher; see
-    kdbench/training/cohort.py) over one data stream and one teacher forward."""
+    """Runs trained together, as the members of one cohort (one seed, recipe and teacher: a spec
+    alone is a cohort of one) over one data stream and one teacher forward (kdbench/training/engine.py)."""
 
     specs: tuple[RunSpec, ...]
     teacher_path: str | None = None  # the checkpoint whose SHA-256 is the specs' `teacher_sha256`
@@ -167,7 +165,7 @@ class Worker:
         return Outcome(spec.run_id, "teacher", str(path), digest)
 
     def train_runs(self, specs: list[RunSpec], teacher_path: Path | None) -> list[Outcome]:
-        """Train the specs (alone, or as one cohort) and write a record for each, logging each run to
+        """Train the specs as one cohort and write a record for each, logging each run to
         `logs/<run_id>.txt` and to the chosen trackers (kdbench/core/trackers.py)."""
         with RunLogs(self.out, specs, self.settings.trackers, self.progress) as logs:
             return self._train_runs(specs, teacher_path, logs)
@@ -182,21 +180,6 @@ class Worker:
         if teacher is not None and taught is not None:  # the unit's specs share their teacher
             self.teacher_accuracy(taught, teacher, data)
         environment = {**self.environment, "cohort_size": len(specs)}
-        if len(specs) == 1:
-            try:
-                result, final_state = train(
-                    specs[0],
-                    data,
-                    teacher=teacher,
-                    device=self.device,
-                    out=self.out,
-                    progress=logs.progress,
-                    progress_bar=self.progress_bar,
-                    on_epoch=logs.on_epoch,
-                )
-            except (NonFiniteLossError, PairNotSupportedError) as err:
-                return [self.record(specs[0], environment, error=err)]
-            return [self.record(specs[0], environment, result, final_state)]
         cohort = Cohort(
             specs,
             data,
@@ -204,13 +187,14 @@ class Worker:
             device=self.device,
             out=self.out,
             progress=logs.progress,
+            progress_bar=self.progress_bar,
             on_epoch=logs.on_epoch,
         )
         return [
-            self.record(member.spec, environment, member.result, error=member.error)
-            if member.error or member.result is None
-            else self.record(member.spec, environment, member.result, member.result.pop("final_state"))
-            for member in cohort.run()
+            self.record(trained.spec, environment, error=trained.error)
+            if trained.error or trained.result is None
+            else self.record(trained.spec, environment, trained.result, trained.result.pop("final_state"))
+            for trained in cohort.run()
         ]
 
     def record(

@@ -10,15 +10,22 @@ allocator keeps no such statistic, so on CPU kdbench reports what one training s
 hold at its peak: parameters + gradients + optimizer momentum of everything trained, the
 frozen teacher's parameters, and the activations autograd saves for backward (counted with
 saved-tensor hooks, each storage once). The record says which method gave the number.
+
+`measure_costs` measures a member (kdbench/training/member.py) before its first epoch, on copies
+of its modules and with generators of its own: no state of the run changes, and no random stream.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from kdbench.data import iterate_batches
+from kdbench.training.member import Member
 
 
 def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
@@ -84,3 +91,45 @@ def measure_train_step(
         "peak_memory_bytes": int(peak_bytes),
         "peak_memory_method": method,
     }
+
+
+def measure_costs(member: Member) -> dict:
+    """One counted training step of `member` on copies (no state of the real run changes) + the
+    teacher's inference FLOPs and the extra parameters the method and the wrappers train."""
+    data, device = member.data, member.device
+    info = data.info
+    rng_state = torch.get_rng_state()
+    student, method = copy.deepcopy(member.student), copy.deepcopy(member.method)
+    measure_generator = torch.Generator().manual_seed(0)
+    images, labels, indices = next(
+        iter(
+            iterate_batches(
+                data.train,
+                info,
+                member.spec.recipe.batch_size,
+                shuffle=True,
+                augment=True,
+                device=device,
+                generator=measure_generator,
+            )
+        )
+    )
+    trained = [p for p in student.parameters()] + [p for p in method.parameters() if p.requires_grad]
+
+    views = torch.Generator().manual_seed(0)  # the run's own view stream stays untouched
+
+    def step():
+        with member.precision.autocast():
+            terms = member.loss_terms(images, labels, indices, student, method, view_generator=views)
+            return sum(terms.values())
+
+    teacher = member.teacher
+    frozen = [teacher] if teacher is not None else []
+    costs = measure_train_step(step, trained, frozen, len(labels), device)
+    torch.set_rng_state(rng_state)
+    example = torch.zeros(1, info.in_chans, *info.image_size, device=device)
+    costs["teacher_flops_per_image"] = inference_flops(teacher, example) if teacher else 0
+    costs["extra_trainable_params"] = parameter_count(method, trainable_only=True) + sum(
+        p.numel() for wrapper in member.wrappers for p in wrapper.parameters(member.student)
+    )
+    return costs

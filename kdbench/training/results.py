@@ -1,0 +1,51 @@
+"""A trained member's measured results: the record's part the loop produces (kdbench/core/store.py
+`new_record` assembles the rest)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kdbench.core.registries import WRAPPERS
+from kdbench.core.store import TrainResult
+from kdbench.training.export import deployed_student
+from kdbench.training.measure import inference_flops, parameter_count
+from kdbench.training.member import Member
+
+
+def train_result(member: Member) -> TrainResult:
+    """The record's measured part, once every epoch is done: metrics of the history, costs, the
+    deployed student's cost and export check, each wrapper's summary, the seeds, the deployed weights."""
+    history, info = member.history, member.data.info
+    deployed, export_error = deployed_student(member)
+    example = torch.zeros(1, info.in_chans, *info.image_size, device=member.device)
+    best = max((h for h in history if "test_top1" in h), key=lambda h: h["test_top1"])
+    last = history[-1]
+    images = sum(h["images"] for h in history)
+    return {
+        "history": history,
+        "metrics": {
+            "last_top1": last["test_top1"],
+            "last_top5": last["test_top5"],
+            "best_top1": best["test_top1"],
+            "best_top5": best["test_top5"],
+            "best_epoch": best["epoch"],
+        },
+        "throughput_img_s": images / member.train_seconds if member.train_seconds else math.nan,
+        "overhead": {
+            **member.costs,
+            "epoch_seconds": member.train_seconds / len(history),
+            "time_ratio_vs_student": None,
+            "deploy_params": parameter_count(deployed),
+            "deploy_flops_per_image": inference_flops(deployed, example),
+            "export_max_abs_error": export_error,
+        },
+        # each registered wrapper's summary under its name: None where the run did not use it
+        **dict.fromkeys(WRAPPERS.module_dict),
+        **{wrapper.name: wrapper.summary(member.student) for wrapper in member.wrappers},
+        # a student model's own JSON-able findings, where it defines `analysis()`
+        "analysis": member.student.analysis() if hasattr(member.student, "analysis") else None,
+        "seeds": member.seeds,  # which seed drove which random source
+        "final_state": deployed.state_dict(),
+    }

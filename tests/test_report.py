@@ -117,8 +117,17 @@ def records():
 def test_records_frame_flattens_one_row_per_record(records):
     frame = reporting.records_frame(records)
     assert len(frame) == len(records)
-    assert {"method", "label", "teacher", "vam", "status", "last_top1", "deploy_params"} <= set(frame.columns)
+    assert {"method", "label", "teacher", "wrappers", "status", "last_top1", "deploy_params"} <= set(
+        frame.columns
+    )
     assert set(frame["label"]) == {"student", "kd", "student +VAM", "kd +VAM", "crd"}
+    assert set(zip(frame["label"], frame["wrappers"], strict=True)) == {
+        ("student", ""),
+        ("kd", ""),
+        ("student +VAM", "vam"),
+        ("kd +VAM", "vam"),
+        ("crd", ""),
+    }
     assert frame.loc[frame["status"] == "failed", "last_top1"].isna().all()
     student_teacher = frame.loc[frame["method"] == "student", "teacher"].iloc[0]
     assert (
@@ -362,11 +371,11 @@ def test_plots_write_png_files(records, tmp_path):
 
 
 def test_vam_entropy_table_compares_kd_with_no_kd(records):
-    table = reporting.vam_entropy_table(records)
+    table = reporting.wrapper_summary_table(records, "vam")
     assert list(table["method"]) == ["student", "kd"]
     kd = table.set_index("method").loc["kd"]
     assert kd["n"] == 3 and kd["layer3.2.conv1"] == pytest.approx(0.8) and kd["mean"] == pytest.approx(0.7)
-    assert reporting.vam_entropy_table(seeds(KD)).empty
+    assert reporting.wrapper_summary_table(seeds(KD), "vam").empty
 
 
 def test_regression_gate_flags_significant_drops_only(records, tmp_path):

@@ -5,14 +5,16 @@ What a number means (README.md and docs/DESIGN.md, "Protocol"): a leaderboard ce
 record but is never shown next to it, and published numbers are separate rows marked "(published)", never
 averaged in. Failed runs are never averaged either: they are listed in the notes with their error.
 
-Modules: `frame` (records as a pandas frame, labels, the published numbers), `board` (the `Leaderboard`
-and its statistics), `renderers` (text formats), `plots` (figures), `vam` (VAM's attention entropies) and
-`check` (the regression baseline). A cell is one configuration (the full spec but the seed), the same
-in the leaderboard and the regression gate; its statistics are in `Leaderboard.stats` (`STATS_COLUMNS`) and
-`--format csv|json` writes them as tidy rows (`TIDY_COLUMNS`).
+Modules: `frame` (records as a pandas frame, labels, the published numbers), `board` (the `Leaderboard`),
+`stats` (the statistics of its cells), `reference_rows` (teacher and published rows), `renderers` (text
+formats), `html` (the page), `plots` (figures), `summaries` (a student wrapper's findings, e.g. VAM's
+attention entropies) and `check` (the regression baseline). A cell is one configuration (the full spec but
+the seed), the same in the leaderboard and the regression gate; its statistics are in `Leaderboard.stats`
+(`STATS_COLUMNS`, then each wrapper's: applied, its Δ and p) and `--format csv|json` writes them as tidy
+rows (`tidy_columns`).
 """
 
-from kdbench.reporting.board import OVERHEAD_COLUMNS, STATS_COLUMNS, Leaderboard, holm, leaderboard
+from kdbench.reporting.board import OVERHEAD_COLUMNS, Leaderboard, leaderboard
 from kdbench.reporting.check import check_regression, read_baseline, write_baseline
 from kdbench.reporting.frame import (
     BASELINE_METHOD,
@@ -26,8 +28,10 @@ from kdbench.reporting.frame import (
     row_label,
 )
 from kdbench.reporting.plots import plot_accuracy_vs_overhead, plot_learning_curves
-from kdbench.reporting.renderers import FORMATS, TIDY_COLUMNS, latex_escape, render
-from kdbench.reporting.vam import vam_entropy_table
+from kdbench.reporting.reference_rows import STATS_COLUMNS
+from kdbench.reporting.renderers import FORMATS, latex_escape, render, tidy_columns
+from kdbench.reporting.stats import holm
+from kdbench.reporting.summaries import wrapper_summary_table
 
 __all__ = [
     "BASELINE_METHOD",
@@ -38,7 +42,6 @@ __all__ = [
     "OVERHEAD_COLUMNS",
     "OVERHEAD_KEYS",
     "STATS_COLUMNS",
-    "TIDY_COLUMNS",
     "Leaderboard",
     "check_regression",
     "holm",
@@ -52,6 +55,7 @@ __all__ = [
     "records_frame",
     "render",
     "row_label",
-    "vam_entropy_table",
+    "tidy_columns",
+    "wrapper_summary_table",
     "write_baseline",
 ]

@@ -1,32 +1,31 @@
 """The leaderboard of one dataset: statistics per (row, pair), the table of display strings, caption, notes.
 
 Rows are configurations (docs/DESIGN.md, "Statistics"): the runs of a cell share every resolved setting but
-the seed (the regression gate's cells, check.py), n = distinct seeds. Configurations of one method (±VAM)
-that differ within a pair get a row each, labelled by what differs: `kd (temperature=2)`,
-`kd [teacher 3f2a1c]`. Measured rows come first, published after; columns are teacher→student pairs, each
-with its Δ and ΔVAM where there is one, then the overhead (or, with several pairs, a second table of costs).
-
-Per cell: mean, sample std, n and a 95 % t-interval; Δ vs the student baseline of the same pair and
-configuration (VAM settings, recipe, precision) with a two-sided Welch p-value, Holm-corrected across the
-cells of the pair; "best" is every cell not significantly below the pair's top mean (one-sided Welch).
+the seed (the regression gate's cells, check.py), n = distinct seeds. A row's label is the method and the
+student wrappers it applies (`kd +VAM`); configurations of one such row that differ within a pair get a row
+each, labelled by what differs: `kd (temperature=2)`, `kd [teacher 3f2a1c]`. Measured rows come first,
+published after; columns are teacher→student pairs, each with its Δ and the Δ of each wrapper (ΔVAM) where
+there is one, then the overhead (or, with several pairs, a second table of costs). The statistics of each
+cell (kdbench/reporting/stats.py) are in `Leaderboard.stats`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from kdbench.core.errors import ConfigError
+from kdbench.core.spec import wrapper_label
 from kdbench.core.store import RunRecord
 from kdbench.reporting.frame import (
     BASELINE_METHOD,
     OVERHEAD_KEYS,
+    SPEC_FIELDS,
     _count,
     _pair_column,
     _pair_runs,
@@ -34,34 +33,14 @@ from kdbench.reporting.frame import (
     pair_label,
     records_frame,
     row_label,
+    wrapper_names,
 )
-
-ALPHA = 0.05  # significance level of Δ (after Holm) and of "best"
-CONFIDENCE = 0.95  # the t-interval of a cell's mean
-
-STATS_COLUMNS = (
-    "row",
-    "method",
-    "vam",
-    "pair",
-    "config",  # the cell's configuration: its spec minus the seed, canonical JSON ("" for published rows)
-    "published",
-    "mean",
-    "std",
-    "n",
-    "ci_low",
-    "ci_high",
-    "delta",
-    "p_raw",  # two-sided Welch p of Δ, uncorrected
-    "p_value",  # the same, Holm-corrected across the cells of the pair
-    "significant",  # p_value < ALPHA (either sign; the table marks gains only)
-    "best",
-    "vam_delta",
-    "vam_p_value",  # two-sided Welch p of ΔVAM (VAM on vs off, same configuration), Holm across the pair
-) + OVERHEAD_KEYS  # mean over the cell's runs, plain units (counts, FLOPs, seconds, bytes, ratio)
+from kdbench.reporting.reference_rows import bool_columns, published_rows, stats_columns, teacher_rows
+from kdbench.reporting.stats import ALPHA, CONFIDENCE, cell_numbers, compare, wrapper_columns
 
 # (header, records_frame column, formatter): the overhead shown beside accuracy. Deploy params/FLOPs are
-# measured on the exported student, so equal values with and without VAM show that its fold adds nothing.
+# measured on the exported student, so equal values with and without a wrapper (VAM: its fold) show that
+# exporting it adds nothing.
 OVERHEAD_COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("extra params", "extra_trainable_params", _count),
     ("train GFLOPs/img", "train_flops_per_image", lambda v: f"{v / 1e9:.3g}"),
@@ -81,41 +60,42 @@ class Leaderboard:
     notes: list[str]
     best: set[tuple[str, str]] = field(default_factory=set)  # (row, pair): not significantly below the top
     published_rows: list[str] = field(default_factory=list)
-    stats: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (row, pair): STATS_COLUMNS
+    stats: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (row, pair): stats_columns
     # With several pairs, costs differ per pair: they go in a second table, one row per (method, pair).
     costs: Leaderboard | None = None
     significant: set[tuple[str, str]] = field(default_factory=set)  # (row, "pair Δ"): significant gains
     dataset: str = ""
+    wrappers: list[str] = field(default_factory=list)  # every wrapper the records name: its stats columns
 
 
 def leaderboard(
     records: Iterable[RunRecord], published: dict | None = None, dataset: str | None = None
 ) -> Leaderboard:
-    """Rows = configurations of methods (±VAM), columns = teacher→student pairs (+ Δ, ΔVAM) and overhead."""
-    records = list(records)  # read twice: the frame, and the teachers' accuracy (_teacher_stats)
+    """Rows = configurations of methods (with their wrappers), columns = teacher→student pairs (+ Δ, the Δ of
+    each wrapper) and overhead."""
+    records = list(records)  # read twice: the frame, and the teachers' accuracy (teacher_rows)
     frame = records_frame(records)
     dataset = _pick_dataset(frame, dataset)
     frame = frame[frame["dataset"] == dataset]
     pairs = _pairs(frame)
+    wrappers = wrapper_names(frame["config"])
     done, duplicate_notes = _drop_duplicate_seeds(frame[frame["status"] == "done"])
     differing = _differing_settings(done, pairs)
     done = done.assign(row=[_config_label(run, differing) for run in done.itertuples()])
-    stats, sources = _stats(done, pairs, published, dataset)
-    if not (teacher_stats := _teacher_stats(records, dataset)).empty:
-        stats = pd.concat([teacher_stats, stats], ignore_index=True)
+    stats, sources = _stats(records, done, pairs, published, dataset, wrappers)
     labels = _row_order(stats)
     published_labels = [label for label in labels if label.endswith("(published)")]
 
     several_pairs = len(pairs) > 1
     overhead_beside = not done.empty and not several_pairs
-    table = _accuracy_table(stats, labels, _columns(stats, pairs, overhead_beside))
+    table = _accuracy_table(stats, labels, _columns(stats, pairs, overhead_beside, wrappers), wrappers)
     if overhead_beside:
         cost = _cost_table(done, ["row"])
         table.loc[cost.index, cost.columns] = cost
     costs = _costs_board(done, dataset) if several_pairs and not done.empty else None
 
     measured = stats[~stats["published"] & (stats["method"] != "teacher")]  # the teacher row is no method
-    caption = _caption(dataset, measured, bool(published_labels))
+    caption = _caption(dataset, measured, bool(published_labels), _shown_wrappers(stats, wrappers))
     notes = _notes(
         frame[frame["status"] != "done"],
         duplicate_notes + _split_notes(done, differing),
@@ -137,6 +117,7 @@ def leaderboard(
         costs=costs,
         significant=significant,
         dataset=dataset,
+        wrappers=wrappers,
     )
 
 
@@ -167,12 +148,14 @@ def _drop_duplicate_seeds(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return done[~done.duplicated(["config", "seed"], keep="first")], notes
 
 
-# Settings a row label never needs: the pair and dataset are the column and board, VAM on/off is in the label.
+# Settings a row label never needs: the pair and dataset are the column and board; the wrappers a row applies
+# are in its label (`+VAM`), one it does not apply (null) is no setting.
 _UNLABELLED = {"method", "teacher", "student", "dataset", "seed"}
 
 
 def _flat_settings(config: dict[str, Any]) -> dict[str, str]:
-    """A configuration as {dotted path: canonical JSON value}: hp.temperature, recipe.epochs, vam.groups."""
+    """A configuration as {dotted path: canonical JSON value}: hp.temperature, recipe.epochs, vam.groups
+    (a wrapper not applied, null, is left out)."""
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -183,23 +166,23 @@ def _flat_settings(config: dict[str, Any]) -> dict[str, str]:
             flat[prefix] = json.dumps(value, sort_keys=True, default=str)
 
     for key, value in config.items():
-        if key not in _UNLABELLED and not (key == "vam" and not value):
+        if key not in _UNLABELLED and (key in SPEC_FIELDS or value is not None):
             walk(key, value)
     return flat
 
 
 def _differing_settings(done: pd.DataFrame, pairs: list[tuple[str | None, str]]) -> dict[tuple, list[str]]:
-    """Per (method, vam): the settings in which its configurations differ within some pair."""
+    """Per (method, wrappers): the settings in which its configurations differ within some pair."""
     flat = {config: _flat_settings(json.loads(config)) for config in done["config"].unique()}
     differing: dict[tuple, set[str]] = {}
     for teacher, student in pairs:
         runs = _pair_runs(done, teacher, student)
-        for (method, vam), group in runs.groupby(["method", "vam"], sort=False):
+        for (method, wrappers), group in runs.groupby(["method", "wrappers"], sort=False):
             configs = [flat[config] for config in group["config"].unique()]
             if len(configs) < 2:
                 continue
             paths = set().union(*configs)
-            differing.setdefault((method, bool(vam)), set()).update(
+            differing.setdefault((method, wrappers), set()).update(
                 path for path in paths if len({settings.get(path) for settings in configs}) > 1
             )
     return {key: sorted(paths) for key, paths in differing.items()}
@@ -213,8 +196,8 @@ def _setting_text(path: str, value: str) -> str:
 
 def _config_label(run: Any, differing: dict[tuple, list[str]]) -> str:
     """The row of a run: `kd`, or `kd (temperature=2)`, `kd [teacher 3f2a1c]` where configurations differ."""
-    label = row_label(run.method, bool(run.vam))
-    paths = differing.get((run.method, bool(run.vam)))
+    label = row_label(run.method, run.wrappers)
+    paths = differing.get((run.method, run.wrappers))
     if not paths:
         return label
     settings = _flat_settings(json.loads(run.config))
@@ -235,243 +218,92 @@ def _is_digest(path: str) -> bool:
 
 def _split_notes(done: pd.DataFrame, differing: dict[tuple, list[str]]) -> list[str]:
     notes = []
-    for (method, vam), paths in differing.items():
-        runs = done[(done["method"] == method) & (done["vam"] == vam)]
+    for (method, wrappers), paths in differing.items():
+        runs = done[(done["method"] == method) & (done["wrappers"] == wrappers)]
         notes.append(
-            f"{row_label(method, vam)}: {runs['config'].nunique()} configurations, one row each, never "
+            f"{row_label(method, wrappers)}: {runs['config'].nunique()} configurations, one row each, never "
             f"averaged together; they differ in {', '.join(paths)}"
         )
     return notes
 
 
 def _stats(
-    done: pd.DataFrame, pairs: list[tuple[str | None, str]], published: dict | None, dataset: str
+    records: list[RunRecord],
+    done: pd.DataFrame,
+    pairs: list[tuple[str | None, str]],
+    published: dict | None,
+    dataset: str,
+    wrappers: list[str],
 ) -> tuple[pd.DataFrame, set[str]]:
-    """One row per (row, pair), measured then published (if any), and the published sources used."""
-    rows = _measured_stats(done, pairs)
+    """One row per (row, pair): each pair's teacher, the measured cells, then the published (if any); and
+    the published sources used."""
+    rows = teacher_rows(records, dataset, wrappers) + _measured_stats(done, pairs, wrappers)
     sources: set[str] = set()
     if published:
-        published_rows, sources = _published_stats(published, dataset, pairs, set(done["method"]))
-        rows += published_rows
-    # explicit dtypes: an empty object column would make `stats[~stats["published"]]` select columns
-    stats = pd.DataFrame(rows, columns=list(STATS_COLUMNS)).astype(
-        {"vam": bool, "published": bool, "significant": bool, "best": bool}
-    )
+        found, sources = published_rows(published, dataset, pairs, set(done["method"]), wrappers)
+        rows += found
+    stats = pd.DataFrame(rows, columns=stats_columns(wrappers)).astype(bool_columns(wrappers))
     return stats, sources
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values, in the input order; a NaN (no test) stays NaN and is not counted."""
-    order = sorted((p, index) for index, p in enumerate(p_values) if not math.isnan(p))
-    adjusted = [math.nan] * len(p_values)
-    running = 0.0
-    for rank, (p, index) in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p))
-        adjusted[index] = running
-    return adjusted
-
-
-def _welch(cell: dict, other: dict, alternative: str = "two-sided") -> float:
-    """Welch's t-test of cell vs other from their mean/std/n; NaN where impossible (n < 2, no variance)."""
-    if cell["n"] < 2 or other["n"] < 2 or not (cell["std"] > 0 or other["std"] > 0):
-        return math.nan
-    result = scipy_stats.ttest_ind_from_stats(
-        cell["mean"], cell["std"], cell["n"], other["mean"], other["std"], other["n"],
-        equal_var=False, alternative=alternative,
-    )  # fmt: skip
-    return float(result.pvalue)
-
-
-def _t_interval(mean: float, std: float, n: int) -> tuple[float, float]:
-    if n < 2:
-        return math.nan, math.nan
-    if std == 0:
-        return mean, mean
-    low, high = scipy_stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=std / math.sqrt(n))
-    return float(low), float(high)
-
-
-def _teacher_stats(records: list[RunRecord], dataset: str) -> pd.DataFrame:
-    """Measured "teacher" rows: each pair's teacher on the test split, as its distillation records carry
-    it (`record["teacher"]`, measured once per teacher checkpoint, loaded or trained); one row per
-    checkpoint, labelled by its SHA-256 where a pair has several."""
-    found: dict[tuple[str, str], dict] = {}  # (pair, teacher sha256) -> accuracy
-    for record in records:
-        spec, teacher = record.get("spec") or {}, record.get("teacher")
-        if (
-            record.get("status") == "done"
-            and teacher
-            and spec.get("teacher")
-            and spec.get("dataset") == dataset
-        ):
-            found.setdefault((pair_label(spec["teacher"], spec["student"]), teacher["sha256"]), teacher)
-    pairs = [pair for pair, _ in found]
-    several = len(pairs) > len(set(pairs))
-    rows = [
-        {
-            **dict.fromkeys(STATS_COLUMNS, math.nan),
-            **{"row": f"teacher [{sha[:6]}]" if several else "teacher", "method": "teacher", "vam": False},
-            **{"pair": pair, "config": "", "published": False, "significant": False, "best": False},
-            **{"mean": float(teacher["test_top1"]), "n": 1},
-        }
-        for (pair, sha), teacher in found.items()
-    ]
-    return pd.DataFrame(rows, columns=list(STATS_COLUMNS)).astype(
-        {"vam": bool, "published": bool, "significant": bool, "best": bool}
-    )
-
-
-def _without(config: dict, keys: tuple[str, ...]) -> str:
-    return json.dumps({k: v for k, v in config.items() if k not in keys}, sort_keys=True, default=str)
-
-
-# A student baseline is the same experiment but the distillation: these settings may differ from it.
-_BASELINE_FREE = ("method", "teacher", "teacher_sha256", "hp", "kind")
-
-
-def _measured_stats(done: pd.DataFrame, pairs: list[tuple[str | None, str]]) -> list[dict]:
+def _measured_stats(
+    done: pd.DataFrame, pairs: list[tuple[str | None, str]], wrappers: list[str]
+) -> list[dict]:
     rows = []
     for teacher, student in pairs:
         pair_rows = []
         for config, group in _pair_runs(done, teacher, student).groupby("config", sort=False):
-            values = group["last_top1"].astype(float)
-            mean, std, n = (
-                float(values.mean()),
-                float(values.std(ddof=1)) if len(values) > 1 else math.nan,
-                len(values),
-            )
-            ci_low, ci_high = _t_interval(mean, std, n)
             first = group.iloc[0]
+            applied = first["wrappers"].split("+")
             pair_rows.append(
                 {
                     "row": first["row"],
                     "method": first["method"],
-                    "vam": bool(first["vam"]),
+                    "wrappers": first["wrappers"],
                     "pair": pair_label(teacher, student),
                     "config": config,
                     "published": False,
-                    "mean": mean,
-                    "std": std,
-                    "n": n,
-                    "ci_low": ci_low,
-                    "ci_high": ci_high,
+                    **cell_numbers(group["last_top1"]),
                     **{key: float(group[key].mean()) for key in OVERHEAD_KEYS},
+                    **{wrapper_columns(wrapper)[0]: wrapper in applied for wrapper in wrappers},
                 }
             )
-        _compare(pair_rows)
+        compare(pair_rows, wrappers)
         rows += pair_rows
     return rows
 
 
-def _compare(cells: list[dict]) -> None:
-    """Δ, ΔVAM, Welch and Holm p-values, significance and "best" of the measured cells of one pair."""
-    parsed = [json.loads(cell["config"]) for cell in cells]
-    baselines = {
-        _without(config, _BASELINE_FREE): cell
-        for cell, config in zip(cells, parsed, strict=True)
-        if cell["method"] == BASELINE_METHOD
-    }
-    vam_off = {
-        _without(config, ("vam",)): cell
-        for cell, config in zip(cells, parsed, strict=True)
-        if not cell["vam"]
-    }
-    for cell, config in zip(cells, parsed, strict=True):
-        baseline = (
-            baselines.get(_without(config, _BASELINE_FREE)) if cell["method"] != BASELINE_METHOD else None
-        )
-        cell["delta"] = cell["mean"] - baseline["mean"] if baseline else math.nan
-        cell["p_raw"] = _welch(cell, baseline) if baseline else math.nan
-        off = vam_off.get(_without(config, ("vam",))) if cell["vam"] else None
-        cell["vam_delta"] = cell["mean"] - off["mean"] if off else math.nan
-        cell["vam_p_raw"] = _welch(cell, off) if off else math.nan
-    for cell, p_value in zip(cells, holm([cell.pop("vam_p_raw") for cell in cells]), strict=True):
-        cell["vam_p_value"] = p_value
-    for cell, p_value in zip(cells, holm([cell["p_raw"] for cell in cells]), strict=True):
-        cell["p_value"] = p_value
-        cell["significant"] = p_value < ALPHA  # False for NaN
-    if cells:
-        top = max(cells, key=lambda cell: cell["mean"])
-        for cell in cells:
-            # where no test is possible, only the top mean (and its ties) is best
-            cell["best"] = cell["mean"] >= top["mean"] - 1e-9 or _welch(cell, top, "less") >= ALPHA
-
-
-def _published_stats(
-    published: dict, dataset: str, pairs: list[tuple[str | None, str]], methods: set[str]
-) -> tuple[list[dict], set[str]]:
-    """Published rows for the measured pairs and methods (plus teacher and student), and the sources used."""
-    teacher_top1 = {t["model"]: t for t in published.get("teachers", []) if t["dataset"] == dataset}
-    rows, sources = [], set()
-
-    def add(method: str, pair: str, top1: float, delta: float, source: str) -> None:
-        rows.append(
-            {
-                "row": f"{method} (published)",
-                "method": method,
-                "vam": False,
-                "pair": pair,
-                "published": True,
-                "mean": top1,
-                "config": "",
-                "std": math.nan,
-                "n": math.nan,
-                "ci_low": math.nan,
-                "ci_high": math.nan,
-                "delta": delta,
-                "p_raw": math.nan,
-                "p_value": math.nan,
-                "significant": False,
-                "best": False,
-                "vam_delta": math.nan,
-                "vam_p_value": math.nan,
-                **dict.fromkeys(OVERHEAD_KEYS, math.nan),
-            }
-        )
-        sources.add(source)
-
-    for teacher, student in pairs:
-        if teacher is None:
-            continue
-        pair = pair_label(teacher, student)
-        if teacher in teacher_top1:
-            add("teacher", pair, teacher_top1[teacher]["top1"], math.nan, teacher_top1[teacher]["source"])
-        entries = {
-            e["method"]: e
-            for e in published["entries"]
-            if (e["dataset"], e["teacher"], e["student"]) == (dataset, teacher, student)
-        }
-        student_entry = entries.get(BASELINE_METHOD)
-        for method, entry in entries.items():
-            if method in methods or method == BASELINE_METHOD:
-                # Δ of a published row is against the *published* student: the two kinds never mix.
-                delta = (
-                    entry["top1"] - student_entry["top1"]
-                    if student_entry and method != BASELINE_METHOD
-                    else math.nan
-                )
-                add(method, pair, entry["top1"], delta, entry["source"])
-    return rows, sources
-
-
 def _row_order(stats: pd.DataFrame) -> list[str]:
     rows = stats.drop_duplicates("row").to_dict("records")
-    # measured before published; teacher, then the student baseline, then methods by name; +VAM after off
+    # measured before published; teacher, then the student baseline, then methods by name; a method without
+    # wrappers before it with them (kd, kd +VAM)
     rows.sort(
         key=lambda r: (
             r["published"],
             r["method"] != "teacher",
             r["method"] != BASELINE_METHOD,
             r["method"],
-            r["vam"],
+            r["wrappers"],
             r["row"],
         )
     )
     return [r["row"] for r in rows]
 
 
-def _columns(stats: pd.DataFrame, pairs: list[tuple[str | None, str]], overhead: bool) -> list[str]:
-    """Each pair, then its Δ and ΔVAM where any row has one; the overhead headers if `overhead`."""
+def wrapper_delta_header(pair: str, wrapper: str) -> str:
+    """The column of a wrapper's Δ on a pair: `resnet56→resnet20 ΔVAM`."""
+    return f"{pair} Δ{wrapper_label(wrapper)}"
+
+
+def _shown_wrappers(stats: pd.DataFrame, wrappers: list[str]) -> list[str]:
+    """The wrappers whose Δ some cell has."""
+    return [wrapper for wrapper in wrappers if stats[wrapper_columns(wrapper)[1]].notna().any()]
+
+
+def _columns(
+    stats: pd.DataFrame, pairs: list[tuple[str | None, str]], overhead: bool, wrappers: list[str]
+) -> list[str]:
+    """Each pair, then its Δ and each wrapper's Δ where any row has one; the overhead headers if `overhead`."""
     columns = []
     for teacher, student in pairs:
         pair = pair_label(teacher, student)
@@ -479,8 +311,7 @@ def _columns(stats: pd.DataFrame, pairs: list[tuple[str | None, str]], overhead:
         columns.append(pair)
         if in_pair["delta"].notna().any():
             columns.append(f"{pair} Δ")
-        if in_pair["vam_delta"].notna().any():
-            columns.append(f"{pair} ΔVAM")
+        columns += [wrapper_delta_header(pair, wrapper) for wrapper in _shown_wrappers(in_pair, wrappers)]
     if overhead:
         columns += [header for header, _, _ in OVERHEAD_COLUMNS]
     return columns
@@ -493,15 +324,19 @@ def _cell_text(mean: float, std: float, n: float, published: bool) -> str:
     return f"{mean:.2f}{spread} (n={int(n)})"
 
 
-def _accuracy_table(stats: pd.DataFrame, labels: list[str], columns: list[str]) -> pd.DataFrame:
+def _accuracy_table(
+    stats: pd.DataFrame, labels: list[str], columns: list[str], wrappers: list[str]
+) -> pd.DataFrame:
     """The display strings of the accuracy cells and their deltas; "" where a row has no value."""
     table = pd.DataFrame("", index=pd.Index(labels, name="method"), columns=columns)
-    for cell in stats.itertuples():
-        table.loc[cell.row, cell.pair] = _cell_text(cell.mean, cell.std, cell.n, cell.published)
-        if not math.isnan(cell.delta):
-            table.loc[cell.row, f"{cell.pair} Δ"] = f"{cell.delta:+.2f}"
-        if not math.isnan(cell.vam_delta):
-            table.loc[cell.row, f"{cell.pair} ΔVAM"] = f"{cell.vam_delta:+.2f}"
+    for cell in stats.to_dict("records"):
+        row, pair = cell["row"], cell["pair"]
+        table.loc[row, pair] = _cell_text(cell["mean"], cell["std"], cell["n"], cell["published"])
+        if not math.isnan(cell["delta"]):
+            table.loc[row, f"{pair} Δ"] = f"{cell['delta']:+.2f}"
+        for wrapper in wrappers:
+            if not math.isnan(delta := cell[wrapper_columns(wrapper)[1]]):
+                table.loc[row, wrapper_delta_header(pair, wrapper)] = f"{delta:+.2f}"
     return table
 
 
@@ -534,18 +369,23 @@ def _seed_count_text(counts: pd.Series) -> str:
     return str(low) if low == high else f"{low}–{high} (n per cell)"
 
 
-def _caption(dataset: str, measured: pd.DataFrame, has_published: bool) -> str:
+def _caption(dataset: str, measured: pd.DataFrame, has_published: bool, shown_wrappers: list[str]) -> str:
     seeds = _seed_count_text(measured["n"]) if not measured.empty else "0"
+    wrapper_deltas = "".join(
+        f" Δ{wrapper_label(wrapper)}: with {wrapper_label(wrapper)} − without it, same configuration (its "
+        f"two-sided Welch p, Holm-corrected likewise: {wrapper_columns(wrapper)[2]} in csv and json)."
+        for wrapper in shown_wrappers
+    )
     caption = (
         f"{dataset}: top-1 (%) of the last epoch on the test split, mean ± std over {seeds} seeds; "
         "best-epoch accuracy recorded, not shown. A row is one configuration (every resolved setting but the "
         "seed; n = distinct seeds); configurations of one method that differ get a row each, labelled by what "
-        "differs. Δ: vs the student baseline of the same pair and configuration (VAM setting, recipe); "
+        "differs. Δ: vs the student baseline of the same pair and configuration (wrappers, recipe); "
         f"† = significant gain (two-sided Welch t-test, Holm-corrected across the methods of the pair, "
-        f"α = {ALPHA}). ΔVAM: VAM on − off (its two-sided Welch p, Holm-corrected likewise: vam_p_value in csv and json). Best: every measured method not significantly below the top mean "
+        f"α = {ALPHA}).{wrapper_deltas} Best: every measured method not significantly below the top mean "
         f"of its pair (one-sided Welch, α = {ALPHA}; where untestable, n < 2 or no variance, the top mean "
         f"only). {CONFIDENCE:.0%} t-intervals and p-values: --format csv or json. Overhead: mean over the "
-        "row's runs; deploy params/FLOPs are those of the exported student (after VAM's fold)."
+        "row's runs; deploy params/FLOPs are those of the exported student (its wrappers exported)."
     )
     if has_published:
         caption += " '(published)': reference numbers from the literature, never averaged with measured runs."
@@ -581,14 +421,14 @@ def _missing_baseline_notes(measured: pd.DataFrame) -> list[str]:
     notes = []
     for pair in measured["pair"].unique():
         in_pair = measured[measured["pair"] == pair]
-        for vam in sorted(set(in_pair["vam"])):
-            setting = in_pair[in_pair["vam"] == vam]
+        for wrappers in sorted(set(in_pair["wrappers"])):
+            setting = in_pair[in_pair["wrappers"] == wrappers]
             if BASELINE_METHOD not in set(setting["method"]):
-                notes.append(f"{pair}: no {row_label(BASELINE_METHOD, vam)} baseline, so no Δ for it")
+                notes.append(f"{pair}: no {row_label(BASELINE_METHOD, wrappers)} baseline, so no Δ for it")
                 continue
             unmatched = setting[(setting["method"] != BASELINE_METHOD) & setting["delta"].isna()]
             notes += [
-                f"{row} on {pair}: no student baseline of the same configuration (recipe, VAM settings, "
+                f"{row} on {pair}: no student baseline of the same configuration (recipe, wrapper settings, "
                 "precision), so no Δ"
                 for row in unmatched["row"]
             ]

@@ -1,6 +1,6 @@
 """The CI regression gate: each baseline cell against the store's runs of the same configuration.
 
-A cell is one configuration: the full resolved spec except the seed (teacher SHA-256, VAM settings,
+A cell is one configuration: the full resolved spec except the seed (teacher SHA-256, wrapper settings,
 every hyper-parameter, recipe, precision, ...). The baseline holds per cell the mean, std and n of the
 last-epoch top-1 over n >= 3 seeds, and the configuration itself. A cell regresses when its runs are
 significantly below the baseline (one-sided Welch t-test; the p-values of a check's cells are Holm-
@@ -23,7 +23,7 @@ from scipy import stats
 
 from kdbench.core.errors import ConfigError, file_problem
 from kdbench.core.store import RunRecord, atomic_write_bytes
-from kdbench.reporting.frame import pair_label, row_label
+from kdbench.reporting.frame import applied_wrappers, pair_label, row_label
 
 BASELINE_FORMAT = "kdbench-baseline/2"
 DEFAULT_ALPHA = 0.01
@@ -43,7 +43,7 @@ def _key(config: dict[str, Any]) -> str:
 
 def _label(config: dict[str, Any]) -> str:
     pair = pair_label(config.get("teacher"), config["student"])
-    return f"{row_label(config['method'], bool(config.get('vam')))} on {config['dataset']} {pair}"
+    return f"{row_label(config['method'], applied_wrappers(config))} on {config['dataset']} {pair}"
 
 
 def _cells(records: Iterable[RunRecord]) -> dict[str, dict]:

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from kdbench.core.errors import ConfigError
+from kdbench.core.spec import RunSpec, wrapper_label
 from kdbench.core.store import RunRecord
 
 BASELINE_METHOD = "student"
@@ -26,12 +27,14 @@ OVERHEAD_KEYS = (
     "deploy_flops_per_image",
 )
 FRAME_COLUMNS = (
-    ("run_id", "method", "label", "teacher", "student", "dataset", "seed", "vam", "epochs", "config")
+    # wrappers: the student wrappers the run applies, by name, joined by "+" ("" for none)
+    ("run_id", "method", "label", "teacher", "student", "dataset", "seed", "wrappers", "epochs", "config")
     + ("status", "error")
     + METRIC_KEYS
     + ("wall_seconds", "throughput_img_s")
     + OVERHEAD_KEYS
 )
+SPEC_FIELDS = set(RunSpec.__dataclass_fields__) - {"wrappers"}  # a record's spec holds each wrapper by name
 NUMERIC_COLUMNS = METRIC_KEYS + ("wall_seconds", "throughput_img_s") + OVERHEAD_KEYS
 
 
@@ -42,8 +45,23 @@ def _count(value: float) -> str:
     return f"{value:.0f}"
 
 
-def row_label(method: str, vam: bool) -> str:
-    return f"{method} +VAM" if vam else method
+def row_label(method: str, wrappers: str) -> str:
+    """A row's label: the method, then each wrapper it applies (`kd +VAM`)."""
+    return method + "".join(f" +{wrapper_label(name)}" for name in wrappers.split("+") if name)
+
+
+def applied_wrappers(spec: dict[str, Any]) -> str:
+    """The wrappers a record's spec applies (its keys that are no RunSpec field and not null), by name,
+    joined by "+" ("" for none)."""
+    return "+".join(
+        sorted(key for key, value in spec.items() if key not in SPEC_FIELDS and value is not None)
+    )
+
+
+def wrapper_names(configs: Iterable[str]) -> list[str]:
+    """Every wrapper the configurations (`records_frame`'s "config") name, applied or not (VAM's key is in
+    every spec, null where it is not applied)."""
+    return sorted({key for config in configs for key in json.loads(config)} - SPEC_FIELDS)
 
 
 def pair_label(teacher: str | None, student: str) -> str:
@@ -68,16 +86,16 @@ def _frame_row(record: RunRecord) -> dict[str, Any]:
     spec = record["spec"]
     metrics = record.get("metrics") or {}
     overhead = record.get("overhead") or {}
-    vam = bool(spec.get("vam"))
+    wrappers = applied_wrappers(spec)
     return {
         "run_id": record.get("run_id"),
         "method": spec["method"],
-        "label": row_label(spec["method"], vam),
+        "label": row_label(spec["method"], wrappers),
         "teacher": spec.get("teacher"),
         "student": spec["student"],
         "dataset": spec["dataset"],
         "seed": spec["seed"],
-        "vam": vam,
+        "wrappers": wrappers,
         "epochs": (spec.get("recipe") or {}).get("epochs"),
         "config": _config_key(spec),
         "status": record["status"],

@@ -4,7 +4,7 @@ One file, no network (inline CSS, JS and SVG; a Content-Security-Policy forbids 
 row per (dataset, pair, configuration), its cells the board's own display strings and marks (bold = best,
 † = significant gain, as in the markdown and LaTeX boards) plus the board's p-values, t-intervals and
 overhead; sortable columns (numbers sort by value, empty cells last); filters for dataset, pair, method and
-VAM; and the accuracy-vs-overhead chart of each board as inline SVG. Nothing is recomputed: every number is
+the student wrappers a row applies (VAM); and the accuracy-vs-overhead chart of each board as inline SVG. Nothing is recomputed: every number is
 a `Leaderboard.stats` cell. The table is plain HTML, not pandas' Styler: a row's label is its header cell and
 published rows have the class "published", as in the HTML table before it. Sort keys and filter fields
 travel beside it as JSON. Every user string (labels, hyper-parameter values, errors in notes) is escaped.
@@ -22,12 +22,15 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
+from kdbench.core.spec import wrapper_label
 from kdbench.reporting.board import OVERHEAD_COLUMNS, Leaderboard
+from kdbench.reporting.stats import wrapper_columns
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 # Columns that sort as text; the others sort by the stats number behind the cell (empty cells last).
-_TEXT_COLUMNS = ("method", "dataset", "pair", "VAM")
-_FILTERS = (("dataset", "dataset"), ("pair", "pair"), ("method", "method"), ("vam", "VAM"))
+_TEXT_COLUMNS = ("method", "dataset", "pair", "wrappers")
+_FILTERS = (("dataset", "dataset"), ("pair", "pair"), ("method", "method"), ("wrappers", "wrappers"))
+_NO_WRAPPER = "none"  # the wrappers cell of a row that applies none
 
 
 def leaderboard_page(boards: Sequence[Leaderboard], significant_mark: str = "†") -> str:
@@ -36,10 +39,14 @@ def leaderboard_page(boards: Sequence[Leaderboard], significant_mark: str = "†
     if not boards:
         raise ValueError("leaderboard_page needs at least one board")
     names = [_dataset(board) for board in boards]
+    wrappers = sorted({wrapper for board in boards for wrapper in board.wrappers})
     rows = [
-        row for board, name in zip(boards, names, strict=True) for row in _rows(board, name, significant_mark)
+        row
+        for board, name in zip(boards, names, strict=True)
+        for row in _rows(board, name, significant_mark, wrappers)
     ]
-    headers = [*_TEXT_COLUMNS, "top-1 (%)", "Δ", "p (Holm)", "ΔVAM", "95 % CI"]
+    deltas = [f"Δ{wrapper_label(wrapper)}" for wrapper in wrappers]
+    headers = [*_TEXT_COLUMNS, "top-1 (%)", "Δ", "p (Holm)", *deltas, "95 % CI"]
     headers += [header for header, _, _ in OVERHEAD_COLUMNS]
     escape = html.escape
     several = len(boards) > 1
@@ -55,7 +62,9 @@ def leaderboard_page(boards: Sequence[Leaderboard], significant_mark: str = "†
     )
     data = {
         "numeric": [header not in _TEXT_COLUMNS for header in headers],
-        "rows": [{key: row[key] for key in ("dataset", "pair", "method", "vam", "values")} for row in rows],
+        "rows": [
+            {key: row[key] for key in ("dataset", "pair", "method", "wrappers", "values")} for row in rows
+        ],
     }
     title = escape(f"kdbench leaderboard: {', '.join(names)}")
     return f"""<!DOCTYPE html>
@@ -94,9 +103,10 @@ def _number(value: object) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def _rows(board: Leaderboard, dataset: str, significant_mark: str) -> list[dict]:
+def _rows(board: Leaderboard, dataset: str, significant_mark: str, wrappers: list[str]) -> list[dict]:
     """One dict per (row, pair) cell of the board, in the board's row order: its cells as (escaped HTML, CSS
-    class), its sort keys (text, or the stats number; None where empty) and its filter fields."""
+    class), its sort keys (text, or the stats number; None where empty) and its filter fields; a Δ column for
+    each of `wrappers` (those of every board on the page)."""
     display = board.table.copy()  # the board's strings, marked as the text formats mark them
     for row, column in board.significant:
         display.loc[row, column] = f"{display.loc[row, column]}{significant_mark}"
@@ -105,26 +115,28 @@ def _rows(board: Leaderboard, dataset: str, significant_mark: str) -> list[dict]
     escape = html.escape
     rows = []
     for cell in stats.to_dict("records"):
-        label, pair, vam = cell["row"], cell["pair"], "on" if cell["vam"] else "off"
+        label, pair = cell["row"], cell["pair"]
+        applied = " ".join(wrapper_label(name) for name in cell["wrappers"].split("+") if name) or _NO_WRAPPER
         best = (label, pair) in board.best
         significant = (label, f"{pair} Δ") in board.significant
         interval = "" if pd.isna(cell["ci_low"]) else f"{cell['ci_low']:.2f}–{cell['ci_high']:.2f}"
         top1 = escape(_shown(display, label, pair))
-        cells = [(escape(text), "text") for text in (label, dataset, pair, vam)] + [
+        deltas = [wrapper_columns(wrapper)[1] for wrapper in wrappers]
+        cells = [(escape(text), "text") for text in (label, dataset, pair, applied)] + [
             (f"<b>{top1}</b>" if best else top1, "best" if best else ""),
             (escape(_shown(display, label, f"{pair} Δ")), "significant" if significant else ""),
             ("" if pd.isna(cell["p_value"]) else f"{cell['p_value']:.3g}", ""),
-            (escape(_shown(display, label, f"{pair} ΔVAM")), ""),
+            *((escape(_shown(display, label, f"{pair} Δ{wrapper_label(w)}")), "") for w in wrappers),
             (interval, ""),
         ]
-        values = [label, dataset, pair, vam] + [
-            _number(cell[key]) for key in ("mean", "delta", "p_value", "vam_delta", "ci_low")
+        values = [label, dataset, pair, applied] + [
+            _number(cell.get(key)) for key in ("mean", "delta", "p_value", *deltas, "ci_low")
         ]
         for _, column, fmt in OVERHEAD_COLUMNS:  # the board's overhead means, formatted as its table does
             value = _number(cell[column])
             cells.append(("" if value is None else escape(fmt(value)), ""))
             values.append(value)
-        fields = {"dataset": dataset, "pair": pair, "method": cell["method"], "vam": vam}
+        fields = {"dataset": dataset, "pair": pair, "method": cell["method"], "wrappers": applied}
         rows.append({**fields, "values": values, "cells": cells, "published": bool(cell["published"])})
     return rows
 
@@ -191,7 +203,7 @@ def _chart(board: Leaderboard, dataset: str, index: int) -> str:
                 if pd.isna(x):
                     continue
                 spread = 0 if math.isnan(cell.std) else cell.std
-                axis.errorbar(x / scale, cell.mean, yerr=spread, fmt="^" if cell.vam else "o", capsize=3)
+                axis.errorbar(x / scale, cell.mean, yerr=spread, fmt="^" if cell.wrappers else "o", capsize=3)
                 axis.annotate(
                     f"{cell.row} ({cell.pair})" if several_pairs else cell.row,
                     (x / scale, cell.mean),
@@ -203,7 +215,10 @@ def _chart(board: Leaderboard, dataset: str, index: int) -> str:
             axis.set_xlabel(x_title)
             axis.grid(alpha=0.3)
         axes[0].set_ylabel("last-epoch top-1 (%)")
-        figure.suptitle(f"{dataset}: accuracy vs overhead (mean ± std over seeds; ▲ = VAM)", parse_math=False)
+        figure.suptitle(
+            f"{dataset}: accuracy vs overhead (mean ± std over seeds; ▲ = with a student wrapper)",
+            parse_math=False,
+        )
         buffer = io.StringIO()
         figure.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue()

@@ -16,7 +16,7 @@ from kdbench.reporting.frame import _done_frame, _pair_column, _pair_runs, _pair
 
 def plot_accuracy_vs_overhead(records: Iterable[RunRecord], path: Path) -> Path:
     """Last-epoch top-1 (mean ± std over seeds) against train GFLOPs/image and epoch time; one point per
-    (dataset, pair, method ±VAM); triangles are VAM runs."""
+    (dataset, pair, method and its student wrappers); triangles are runs with a wrapper (VAM)."""
     done = _done_frame(records)
     several_datasets = done["dataset"].nunique() > 1
     several_pairs = done[["dataset", "teacher", "student"]].astype(str).drop_duplicates().shape[0] > 1
@@ -25,14 +25,16 @@ def plot_accuracy_vs_overhead(records: Iterable[RunRecord], path: Path) -> Path:
     points = done.assign(
         pair=_pair_column(done),
         train_gflops=done["train_flops_per_image"] / 1e9,
-    ).groupby(["dataset", "pair", "label", "vam"])
+    ).groupby(["dataset", "pair", "label", "wrappers"])
     for axis, x_column, x_title in (
         (axes[0], "train_gflops", "train GFLOPs / image"),
         (axes[1], "epoch_seconds", "seconds / epoch"),
     ):
-        for (dataset, pair, label, vam), group in points:
+        for (dataset, pair, label, wrappers), group in points:
             x, y, spread = group[x_column].mean(), group["last_top1"].mean(), group["last_top1"].std(ddof=1)
-            axis.errorbar(x, y, yerr=0 if math.isnan(spread) else spread, fmt="^" if vam else "o", capsize=3)
+            axis.errorbar(
+                x, y, yerr=0 if math.isnan(spread) else spread, fmt="^" if wrappers else "o", capsize=3
+            )
             where = f"{dataset}: {pair}" if several_datasets else pair
             axis.annotate(
                 f"{label} ({where})" if several_pairs else label,
@@ -44,7 +46,7 @@ def plot_accuracy_vs_overhead(records: Iterable[RunRecord], path: Path) -> Path:
         axis.set_xlabel(x_title)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("last-epoch top-1 (%)")
-    figure.suptitle("accuracy vs overhead (mean ± std over seeds; ▲ = VAM)")
+    figure.suptitle("accuracy vs overhead (mean ± std over seeds; ▲ = with a student wrapper)")
     return _save(figure, path)
 
 
@@ -77,8 +79,8 @@ def plot_learning_curves(records: Iterable[RunRecord], path: Path) -> Path:
 def _plot_curves(
     axis: Axes, runs: pd.DataFrame, curves_by_run: dict[str | None, pd.Series], title: str
 ) -> None:
-    """One panel: the mean test curve of each row label among `runs` (dashed with VAM)."""
-    for label, group in runs.groupby("label"):
+    """One panel: the mean test curve of each row label among `runs` (dashed with a student wrapper)."""
+    for (label, wrappers), group in runs.groupby(["label", "wrappers"]):
         curves = [curves_by_run[run_id] for run_id in group["run_id"] if run_id in curves_by_run]
         if not curves:
             continue
@@ -87,7 +89,7 @@ def _plot_curves(
             mean_curve.index,
             mean_curve.values,
             label=f"{label} (n={len(curves)})",
-            linestyle="--" if label.endswith("+VAM") else "-",
+            linestyle="--" if wrappers else "-",
         )
     axis.set_title(title)
     axis.set_xlabel("epoch")

@@ -1,5 +1,5 @@
 """A leaderboard as text: terminal, markdown or LaTeX (booktabs) tables with caption and notes, an HTML page
-(html.py), or tidy CSV / JSON with one row per cell and numeric columns (`TIDY_COLUMNS`), for pandas and scripts."""
+(html.py), or tidy CSV / JSON with one row per cell and numeric columns (`tidy_columns`), for pandas and scripts."""
 
 from __future__ import annotations
 
@@ -12,18 +12,29 @@ import pandas as pd
 from tabulate import tabulate
 
 from kdbench.core.errors import ConfigError
-from kdbench.reporting.board import ALPHA, OVERHEAD_COLUMNS, Leaderboard
+from kdbench.core.spec import wrapper_label
+from kdbench.reporting.board import OVERHEAD_COLUMNS, Leaderboard
 from kdbench.reporting.frame import OVERHEAD_KEYS
 from kdbench.reporting.html import leaderboard_page
+from kdbench.reporting.stats import ALPHA, wrapper_columns
 
 FORMATS = ("terminal", "markdown", "csv", "latex", "html", "json")
-# One row per (row, pair) cell of a tidy export; numbers are plain (percent points, counts, FLOPs, seconds,
-# bytes), NaN/empty where a cell has none; booleans are True/False.
-TIDY_COLUMNS = (
-    ("method", "vam", "pair", "row", "config", "mean", "std", "n", "ci_low", "ci_high", "delta")
-    + ("p_raw", "p_value", "significant", "best", "vam_delta", "vam_p_value", "published")
-    + OVERHEAD_KEYS
-)
+
+
+def tidy_columns(wrappers: list[str]) -> list[str]:
+    """The columns of a tidy export, one row per (row, pair) cell: after the method, whether it applies each
+    wrapper (`vam`), and after "best" each wrapper's Δ and its Holm-corrected p (`vam_delta`, `vam_p_value`).
+    Numbers are plain (percent points, counts, FLOPs, seconds, bytes), NaN/empty where a cell has none;
+    booleans are True/False."""
+    applied = [wrapper_columns(wrapper)[0] for wrapper in wrappers]
+    deltas = [column for wrapper in wrappers for column in wrapper_columns(wrapper)[1:]]
+    return [
+        *("method", *applied, "pair", "row", "config", "mean", "std", "n", "ci_low", "ci_high", "delta"),
+        *("p_raw", "p_value", "significant", "best", *deltas, "published"),
+        *OVERHEAD_KEYS,
+    ]
+
+
 SIGNIFICANT_MARK = "†"
 
 
@@ -80,7 +91,7 @@ def _render_markdown(board: Leaderboard) -> str:
 
 
 def _tidy(board: Leaderboard) -> pd.DataFrame:
-    return board.stats.reindex(columns=list(TIDY_COLUMNS))
+    return board.stats.reindex(columns=tidy_columns(board.wrappers))
 
 
 # What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection"): a text cell that starts with one
@@ -161,11 +172,12 @@ def _latex_cell(text: str, bold: bool, uniform_seeds: bool) -> str:
     return rf"\textbf{{{text}}}" if bold and text else text
 
 
-def _latex_columns(columns: list[str]) -> pd.MultiIndex:
+def _latex_columns(columns: list[str], wrappers: list[str]) -> pd.MultiIndex:
     """(pair, top-1 | Δ | ΔVAM) headers, the pair spanning its columns: narrower than 'pair Δ' each."""
+    deltas = (" Δ", *(f" Δ{wrapper_label(wrapper)}" for wrapper in wrappers))
     pairs = []
     for column in columns:
-        pair, _, kind = column.rpartition(" ") if column.endswith((" Δ", " ΔVAM")) else (column, "", "top-1")
+        pair, _, kind = column.rpartition(" ") if column.endswith(deltas) else (column, "", "top-1")
         pairs.append((latex_escape(pair), latex_escape(kind)))
     return pd.MultiIndex.from_tuples(pairs)
 
@@ -213,7 +225,7 @@ def _render_latex(board: Leaderboard) -> str:
             for row in accuracy.index
         ],
         index=pd.Index([latex_escape(row) for row in accuracy.index], name=None),
-        columns=_latex_columns(list(accuracy.columns)),
+        columns=_latex_columns(list(accuracy.columns), board.wrappers),
     )
     caption = (
         rf"Top-1 accuracy (\%) on {latex_escape(dataset)}, mean $\pm$ std {seeds}. "

@@ -14,7 +14,7 @@ A method only writes `method_terms`; CE and the KD term are shared here.
 Two optional hooks, each called by the engine for every method alike (docs/DESIGN.md, "Method"):
 
     extra_views = ("strong",)   more augmented views of each training batch: the engine draws them
-                                (kdbench/data/__init__.py, `augment_views`, from a generator of the run's own),
+                                (kdbench/data/views.py, `augment_views`, from a generator of the run's own),
                                 runs the student and the teacher on each and passes
                                 `views={name: (student Features, teacher Features)}` to `losses` and
                                 `method_terms`; a method that declares none never receives `views`
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from kdbench.core.errors import ConfigError, KdbenchError
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS, RegistrationError, UnknownNameError, lookup
-from kdbench.methods.logit_std import standardize_logits
+from kdbench.methods._shared import standardized_pair
 
 
 class PairNotSupportedError(KdbenchError, ValueError):
@@ -144,7 +144,7 @@ class Method(nn.Module):
         "method_weight": 0.0,
         "temperature": 4.0,
         "label_smoothing": 0.0,
-        "logit_std": False,  # z-score logits before the KD softmax (Sun et al., CVPR 2024; logit_std.py)
+        "logit_std": False,  # z-score logits before the KD softmax (Sun et al., CVPR 2024; methods/_shared.py)
     }
 
     def __init__(self, hp: dict, context: MethodContext):
@@ -211,10 +211,9 @@ class Method(nn.Module):
                 student.logits, labels, label_smoothing=hp["label_smoothing"]
             )
         if hp["kd_weight"]:
-            student_logits, teacher_logits = student.logits, teacher.logits
-            if hp["logit_std"]:
-                student_logits = standardize_logits(student_logits)
-                teacher_logits = standardize_logits(teacher_logits)
+            student_logits, teacher_logits = standardized_pair(
+                student.logits, teacher.logits, hp["logit_std"]
+            )
             terms["kd"] = hp["kd_weight"] * kd_kl_div(student_logits, teacher_logits, hp["temperature"])
         extra = {"views": views} if self.extra_views else {}
         for term_name, value in self.method_terms(student, teacher, labels, indices, **extra).items():
@@ -225,17 +224,31 @@ class Method(nn.Module):
         """Called by the engine at the start of each epoch (1-based), e.g. for DKD's warm-up."""
 
 
+# The `check_pair` preambles methods share: each refuses a pair with a message naming the method.
+
+
+def require_stages(method: str, student: FeatureShapes, teacher: FeatureShapes | None) -> None:
+    """Refuse a pair without stage outputs on both sides (feature-level methods)."""
+    if teacher is None or not student.stages or not teacher.stages:
+        raise PairNotSupportedError(f"{method} needs stage outputs from both the student and the teacher")
+
+
+def require_spatial_stages(method: str, student: FeatureShapes, teacher: FeatureShapes | None) -> None:
+    """Refuse a pair whose stage outputs are not (C, H, W) maps on both sides."""
+    require_stages(method, student, teacher)
+    if any(len(shape) != 3 for shape in student.stages + teacher.stages):
+        raise PairNotSupportedError(f"{method} needs (C, H, W) stage outputs on both sides")
+
+
 def require_paired_stages(method: str, student: FeatureShapes, teacher: FeatureShapes | None) -> None:
     """Refuse a pair whose stage outputs cannot be paired one to one as (C, H, W) maps."""
-    if teacher is None or not student.stages:
-        raise PairNotSupportedError(f"{method} needs stage outputs from both the student and the teacher")
+    require_stages(method, student, teacher)
     if len(student.stages) != len(teacher.stages):
         raise PairNotSupportedError(
             f"{method} pairs stages one to one: the student has {len(student.stages)} stages, "
             f"the teacher {len(teacher.stages)}"
         )
-    if any(len(shape) != 3 for shape in student.stages + teacher.stages):
-        raise PairNotSupportedError(f"{method} needs (C, H, W) stage outputs on both sides")
+    require_spatial_stages(method, student, teacher)
 
 
 def require_same_classes(method: str, student: FeatureShapes, teacher: FeatureShapes | None) -> None:
@@ -311,6 +324,8 @@ __all__ = [
     "register_method",
     "require_paired_stages",
     "require_same_classes",
+    "require_spatial_stages",
+    "require_stages",
 ]
 
 

@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._shared import standardized_pair
 from .base import (
     FeatureShapes,
     Method,
@@ -34,7 +35,6 @@ from .base import (
     require_same_classes,
     scale_schedule,
 )
-from .logit_std import standardize_logits
 
 
 class GradientReversal(torch.autograd.Function):
@@ -108,8 +108,7 @@ class CTKD(Method):
         return (self.hp["t_start"] + self.hp["t_range"] * torch.sigmoid(reversed_theta)).squeeze(0)
 
     def method_terms(self, student, teacher, labels, indices) -> dict[str, Tensor]:
-        student_logits, teacher_logits = student.logits, teacher.logits
-        if self.hp["logit_std"]:
-            student_logits = standardize_logits(student_logits)
-            teacher_logits = standardize_logits(teacher_logits)
+        student_logits, teacher_logits = standardized_pair(
+            student.logits, teacher.logits, self.hp["logit_std"]
+        )
         return {"ctkd": kd_kl_div(student_logits, teacher_logits, self.temperature())}

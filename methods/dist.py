@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from kdbench.methods._shared import standardized_pair
 from kdbench.methods.base import FeatureShapes, Method, register_method, require_same_classes
-from kdbench.methods.logit_std import standardize_logits
 
 EPS = 1e-8
 
@@ -49,7 +49,7 @@ class DIST(Method):
     applied inside the terms, so `method_weight` stays 1.
 
     `logit_std=true` z-scores both logit vectors before the softmax (Sun et al., CVPR 2024,
-    methods/logit_std.py); `temperature` then acts as the paper's base temperature.
+    methods/_shared.py); `temperature` then acts as the paper's base temperature.
     """
 
     name = "dist"
@@ -67,10 +67,9 @@ class DIST(Method):
         require_same_classes("dist", student_shapes, teacher_shapes)
 
     def method_terms(self, student, teacher, labels, indices) -> dict[str, Tensor]:
-        student_logits, teacher_logits = student.logits, teacher.logits
-        if self.hp["logit_std"]:
-            student_logits = standardize_logits(student_logits)
-            teacher_logits = standardize_logits(teacher_logits)
+        student_logits, teacher_logits = standardized_pair(
+            student.logits, teacher.logits, self.hp["logit_std"]
+        )
         tau = self.hp["temperature"]
         y_student = (student_logits / tau).softmax(dim=1)
         y_teacher = (teacher_logits / tau).softmax(dim=1)

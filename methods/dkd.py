@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdbench.methods._shared import standardized_pair
 from kdbench.methods.base import (
     FeatureShapes,
     Method,
@@ -29,7 +30,6 @@ from kdbench.methods.base import (
     require_same_classes,
     scale_schedule,
 )
-from kdbench.methods.logit_std import standardize_logits
 
 
 def binary_log_probs(logits: Tensor, target_mask: Tensor, temperature: float) -> Tensor:
@@ -87,7 +87,7 @@ class DKD(Method):
     E < 240 epochs kdbench ramps over 20 * E / 240 epochs (same fraction of training); runs of
     240 epochs or more use the published 20. Until the engine calls `set_epoch` the ramp is 1.
 
-    `logit_std=true` z-scores both logit vectors first (Sun et al., CVPR 2024, methods/logit_std.py);
+    `logit_std=true` z-scores both logit vectors first (Sun et al., CVPR 2024, methods/_shared.py);
     `temperature` then acts as the paper's base temperature.
     """
 
@@ -115,10 +115,9 @@ class DKD(Method):
         self.warmup_factor = min(epoch / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0
 
     def method_terms(self, student, teacher, labels, indices) -> dict[str, Tensor]:
-        student_logits, teacher_logits = student.logits, teacher.logits
-        if self.hp["logit_std"]:
-            student_logits = standardize_logits(student_logits)
-            teacher_logits = standardize_logits(teacher_logits)
+        student_logits, teacher_logits = standardized_pair(
+            student.logits, teacher.logits, self.hp["logit_std"]
+        )
         tckd, nckd = decoupled_kd_parts(student_logits, teacher_logits, labels, self.hp["temperature"])
         return {
             "dkd_tckd": self.warmup_factor * self.hp["alpha"] * tckd,

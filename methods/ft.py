@@ -36,8 +36,8 @@ from .base import (
     InitStage,
     Method,
     MethodContext,
-    PairNotSupportedError,
     register_method,
+    require_stages,
 )
 
 
@@ -102,8 +102,7 @@ class FT(Method):
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
-        if not student_shapes.stages or not teacher_shapes.stages:
-            raise PairNotSupportedError("ft: needs stage features from both the student and the teacher")
+        require_stages("ft", student_shapes, teacher_shapes)
 
     def __init__(self, hp: dict, context: MethodContext):
         super().__init__(hp, context)

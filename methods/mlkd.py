@@ -29,7 +29,7 @@ T = 2 and 6 read the weak view's logits (a copy-paste slip in KD_ours.py); kdben
 view at every temperature, as the paper describes.
 
 The strong view is a method-declared extra view (`extra_views = ("strong",)`): the engine draws it
-with kdbench/data/__init__.py's `augment_views` (the standard crop / flip drawn anew, then FixMatch-style
+with kdbench/data/views.py's `augment_views` (the standard crop / flip drawn anew, then FixMatch-style
 RandAugment with 2 ops and Cutout, the strong pipeline of the authors' mdistiller fork), and runs the
 student and the frozen teacher on it.
 """

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.core.errors import ConfigError
+from kdbench.methods._shared import standardized_pair
 from kdbench.methods.base import (
     Features,
     FeatureShapes,
@@ -57,7 +58,6 @@ from kdbench.methods.base import (
     scale_schedule,
 )
 from kdbench.methods.dkd import DKD, decoupled_kd_parts
-from kdbench.methods.logit_std import standardize_logits
 from kdbench.methods.simkd import classifier_of
 
 # How each network's pooled map is read from its Features (the first that reproduces `pooled`).
@@ -103,8 +103,7 @@ def sdd_dkd_parts(
     n, k, r = student_local.shape
     rows_student = student_local.permute(0, 2, 1).reshape(n * r, k)
     rows_teacher = teacher_local.permute(0, 2, 1).reshape(n * r, k)
-    if logit_std:
-        rows_student, rows_teacher = standardize_logits(rows_student), standardize_logits(rows_teacher)
+    rows_student, rows_teacher = standardized_pair(rows_student, rows_teacher, logit_std)
     tckd, nckd = decoupled_kd_parts(
         rows_student, rows_teacher, labels.repeat_interleave(r), temperature, per_row=True
     )

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Features, FeatureShapes, Method, MethodContext, PairNotSupportedError, register_method
+from ._shared import ConvProjector, align_spatially
+from .base import Features, FeatureShapes, Method, MethodContext, register_method, require_spatial_stages
 
 
 class SimilarityEmbed(nn.Module):
@@ -48,20 +49,9 @@ class SimilarityEmbed(nn.Module):
         return F.normalize(self.linear2(F.relu(self.linear1(similarity))), dim=1)
 
 
-class LayerProjector(nn.Sequential):
+def layer_projector(student_channels: int, teacher_channels: int) -> ConvProjector:
     """AAEmbed: conv1x1 (C_s -> 2 C_t) - BN - ReLU - conv3x3 - BN - ReLU - conv1x1 (2 C_t -> C_t)."""
-
-    def __init__(self, student_channels: int, teacher_channels: int):
-        middle = 2 * teacher_channels
-        super().__init__(
-            nn.Conv2d(student_channels, middle, 1, bias=False),
-            nn.BatchNorm2d(middle),
-            nn.ReLU(),
-            nn.Conv2d(middle, middle, 3, padding=1, bias=False),
-            nn.BatchNorm2d(middle),
-            nn.ReLU(),
-            nn.Conv2d(middle, teacher_channels, 1, bias=False),
-        )
+    return ConvProjector(student_channels, 2 * teacher_channels, teacher_channels, normalized_output=False)
 
 
 def batch_similarity(feature: Tensor) -> Tensor:
@@ -81,13 +71,6 @@ def weighted_layer_loss(per_sample: Tensor, attention: Tensor) -> Tensor:
     """sum_{i, s, t} alpha * MSE_i(s, t) / (b |S|); per_sample and attention are (b, S, T)."""
     batch, num_student, _ = attention.shape
     return (attention * per_sample).sum() / (batch * num_student)
-
-
-def align(student_map: Tensor, teacher_map: Tensor) -> tuple[Tensor, Tensor]:
-    """The larger map of the pair average-pooled to the smaller's size (the authors' rule)."""
-    if student_map.shape[-1] > teacher_map.shape[-1]:
-        return F.adaptive_avg_pool2d(student_map, teacher_map.shape[-2:]), teacher_map
-    return student_map, F.adaptive_avg_pool2d(teacher_map, student_map.shape[-2:])
 
 
 @register_method
@@ -114,10 +97,7 @@ class SemCKD(Method):
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
-        if teacher_shapes is None or not student_shapes.stages or not teacher_shapes.stages:
-            raise PairNotSupportedError("semckd needs stage outputs from both the student and the teacher")
-        if any(len(shape) != 3 for shape in student_shapes.stages + teacher_shapes.stages):
-            raise PairNotSupportedError("semckd needs (C, H, W) stage outputs on both sides")
+        require_spatial_stages("semckd", student_shapes, teacher_shapes)
 
     def __init__(self, hp: dict, context: MethodContext):
         super().__init__(hp, context)
@@ -126,7 +106,7 @@ class SemCKD(Method):
         self.queries = nn.ModuleList(SimilarityEmbed(self.batch_size, hp["factor"]) for _ in student)
         self.keys = nn.ModuleList(SimilarityEmbed(self.batch_size, hp["factor"]) for _ in teacher)
         self.projectors = nn.ModuleList(
-            nn.ModuleList(LayerProjector(s[0], t[0]) for t in teacher) for s in student
+            nn.ModuleList(layer_projector(s[0], t[0]) for t in teacher) for s in student
         )
 
     def method_terms(
@@ -154,5 +134,5 @@ class SemCKD(Method):
 
 
 def _per_sample_mse(projector: nn.Module, student_map: Tensor, teacher_map: Tensor) -> Tensor:
-    source, target = align(student_map, teacher_map)
+    source, target = align_spatially(student_map, teacher_map)
     return (projector(source) - target).pow(2).flatten(1).mean(dim=1)

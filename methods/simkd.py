@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._shared import ConvProjector, align_spatially
 from .base import (
     Features,
     FeatureShapes,
@@ -38,6 +39,7 @@ from .base import (
     PairNotSupportedError,
     probe_features,
     register_method,
+    require_stages,
 )
 
 
@@ -63,31 +65,11 @@ def classifier_of(model: nn.Module, shapes: FeatureShapes, image_shape) -> tuple
     return found[0] if found else None
 
 
-class Projector(nn.Sequential):
+def simkd_projector(student_channels: int, teacher_channels: int, factor: int) -> ConvProjector:
     """The authors' bottleneck: 1x1, 3x3, 1x1 convolutions, each followed by BN and ReLU."""
-
-    def __init__(self, student_channels: int, teacher_channels: int, factor: int):
-        middle = teacher_channels // factor
-        super().__init__(
-            nn.Conv2d(student_channels, middle, 1, bias=False),
-            nn.BatchNorm2d(middle),
-            nn.ReLU(),
-            nn.Conv2d(middle, middle, 3, padding=1, bias=False),
-            nn.BatchNorm2d(middle),
-            nn.ReLU(),
-            nn.Conv2d(middle, teacher_channels, 1, bias=False),
-            nn.BatchNorm2d(teacher_channels),
-            nn.ReLU(),
-        )
-
-
-def align_spatially(student_map: Tensor, teacher_map: Tensor) -> tuple[Tensor, Tensor]:
-    """The larger of the two maps average-pooled to the smaller's size (the authors' rule)."""
-    if student_map.shape[-1] > teacher_map.shape[-1]:
-        return F.adaptive_avg_pool2d(student_map, teacher_map.shape[-2:]), teacher_map
-    if student_map.shape[-2:] != teacher_map.shape[-2:]:
-        return student_map, F.adaptive_avg_pool2d(teacher_map, student_map.shape[-2:])
-    return student_map, teacher_map
+    return ConvProjector(
+        student_channels, teacher_channels // factor, teacher_channels, normalized_output=True
+    )
 
 
 class ReusedClassifierStudent(nn.Module):
@@ -139,8 +121,7 @@ class SimKD(Method):
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
-        if teacher_shapes is None or not student_shapes.stages or not teacher_shapes.stages:
-            raise PairNotSupportedError("simkd needs stage outputs from both the student and the teacher")
+        require_stages("simkd", student_shapes, teacher_shapes)
         if any(len(shapes.stages[-1]) != 3 for shapes in (student_shapes, teacher_shapes)):
             raise PairNotSupportedError("simkd needs a (C, H, W) last stage on both sides")
         if tuple(teacher_shapes.pooled) != tuple(teacher_shapes.stages[-1][:1]):
@@ -165,7 +146,7 @@ class SimKD(Method):
         self.classifier = copy.deepcopy(found[1]).requires_grad_(False)
         if hp["factor"] < 1 or teacher.stages[-1][0] // hp["factor"] < 1:
             raise PairNotSupportedError(f"simkd: factor {hp['factor']} leaves no projector channels")
-        self.projector = Projector(student.stages[-1][0], teacher.stages[-1][0], hp["factor"])
+        self.projector = simkd_projector(student.stages[-1][0], teacher.stages[-1][0], hp["factor"])
         student_size, teacher_size = tuple(student.stages[-1][1:]), tuple(teacher.stages[-1][1:])
         self.size = teacher_size if student_size[-1] > teacher_size[-1] else None
 

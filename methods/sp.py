@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.methods.base import FeatureShapes, Method, PairNotSupportedError, register_method
+from kdbench.methods.base import FeatureShapes, Method, register_method, require_stages
 
 
 def normalized_gram(features: Tensor) -> Tensor:
@@ -48,8 +48,7 @@ class SP(Method):
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
-        if not student_shapes.stages or teacher_shapes is None or not teacher_shapes.stages:
-            raise PairNotSupportedError("sp needs stage outputs from both the student and the teacher")
+        require_stages("sp", student_shapes, teacher_shapes)
 
     def method_terms(self, student, teacher, labels, indices) -> dict[str, Tensor]:
         return {"sp": similarity_preserving_loss(student.stages[-1], teacher.stages[-1])}

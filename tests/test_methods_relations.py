@@ -14,7 +14,7 @@ import torch
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
 from kdbench.methods.base import Method, MethodContext, PairNotSupportedError, kd_kl_div
-from kdbench.methods.logit_std import standardize_logits
+from kdbench.methods._shared import standardize_logits
 
 NUM_CLASSES = 5
 METHOD_NAMES = ("sp", "cc", "vid", "rkd", "pkt", "nst", "dkd", "dist")

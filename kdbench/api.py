@@ -4,20 +4,22 @@
     records = kdbench.run(methods=["student", "kd"], seeds=3, recipe={"epochs": 6}, out="store")
     print(kdbench.report("store", format="markdown"))
 
-`run` takes the keys of a sweep file (kdbench/execution/config.py, README "Sweep files") as keyword
+`run` takes the keys of a sweep file (kdbench/execution/settings.py, README "Sweep files") as keyword
 arguments, over a sweep file or dict given as `config` and a preset, exactly like
 `kdbench run --config FILE --preset NAME` with flags; it trains what is not in the store yet and
-returns the sweep's records.
+returns the sweep's records. Its signature lists those keys, read from the settings schema.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
 from kdbench.core import store
 from kdbench.core.store import RunRecord
 from kdbench.execution import config as sweep_config
+from kdbench.execution import settings
 
 
 def run(
@@ -37,16 +39,29 @@ def run(
     return [store.find_record(request.out, run_id) for run_id in wanted]
 
 
-def load_records(
-    out: str | Path = sweep_config.RUN_DEFAULTS["out"], kind: str | None = "distill"
-) -> list[RunRecord]:
+def _run_signature() -> inspect.Signature:
+    """`run`'s own parameters, then every other sweep key as a keyword (what notebooks complete)."""
+    own = list(inspect.signature(run).parameters.values())[:-1]  # **keys stands for the sweep keys
+    named = {parameter.name for parameter in own}
+    keys = [
+        inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None)
+        for key in settings.sweep_settings()
+        if key not in named
+    ]
+    return inspect.Signature([*own, *keys], return_annotation=list[RunRecord])
+
+
+run.__signature__ = _run_signature()
+
+
+def load_records(out: str | Path = settings.DEFAULT_STORE, kind: str | None = "distill") -> list[RunRecord]:
     """The run records of a store: distillation runs (the baseline's included), or `kind="teacher"`,
     or every record with `kind=None`."""
     return store.load_records(Path(out), kind)
 
 
 def report(
-    records: str | Path | list[RunRecord] = sweep_config.RUN_DEFAULTS["out"],
+    records: str | Path | list[RunRecord] = settings.DEFAULT_STORE,
     format: str = "markdown",
     dataset: str | None = None,
     published: bool = True,

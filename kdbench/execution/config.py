@@ -30,61 +30,34 @@ from kdbench.core import catalog
 from kdbench.core.errors import ConfigError, clip, file_problem, shorten
 from kdbench.core.spec import Recipe, grid_points
 from kdbench.core.store import unique_json_keys
-from kdbench.core.trackers import check_trackers
-from kdbench.execution import plugins
+from kdbench.execution import plugins, settings
+from kdbench.execution.setting_values import names
+from kdbench.wrappers import wrapper_configs
 from kdbench.wrappers.vam import VAMConfig
 
-# every key a sweep file (or a preset) may hold
-KEYS = {
-    "description": "one line saying what the sweep is for",
-    "preset": "the preset whose values fill the keys this file leaves out (default quick)",
-    "dataset": "dataset name (kdbench list datasets)",
-    "data_root": "dataset folder",
-    "pairs": "teacher:student list, or a pair group (kdbench list pairs)",
-    "methods": "method names, or 'all'",
-    "vam": "on, off or both",
-    "vam_config": "VAM settings (groups, last_stages, entropy_weight, t0, t_min, lr_scale); lists are grids",
-    "seeds": "a number of seeds (0..N-1) or a list of seeds",
-    "recipe": "student recipe fields (kdbench.core.spec.Recipe); epochs alone rescales the lr decay points",
-    "teacher_recipe": "recipe of teachers kdbench trains",
-    "student_lr": "per-student learning rate, {student: lr}",
-    "hp": "method hyper-parameters, {method.key: value} or {method: {key: value}}; lists are grids",
-    "teacher": "teacher checkpoint path (default: train and cache)",
-    "device": "torch device",
-    "force": "re-run specs that already have a record",
-    "cohort": "train runs sharing a seed and recipe in lockstep (true, false, or N: at most N runs each)",
-    "max_runs": "refuse a sweep that plans more runs than this (default 10000)",
-    "precision": "fp32, bf16 or fp16",
-    "compile": "torch.compile the training forwards",
-    "threads": "torch threads per run",
-    "jobs": "runs trained at once",
-    "backend": "local, ray, slurm or submitit-local",
-    "ray_address": "Ray cluster to join",
-    "slurm": "SLURM options: partition, gpus_per_task, time_min, array_parallelism",
-    "custom_imports": "plugins to load first: {imports: [module or file.py, ...]} (mmengine's key)",
-    "out": "results store folder",
-    "log": "trackers of per-epoch scalars: tensorboard, mlflow, wandb, aim (a list)",
-    "student_init": "checkpoint every student starts from (its SHA-256 goes into each spec)",
-}
+# every key a sweep file (or a preset) may hold, and what it holds (kdbench/execution/settings.py)
+KEYS = {key: setting.help for key, setting in settings.sweep_settings().items()}
 VAM_MODES = {"on": [True], "off": [False], "both": [False, True]}
-
-
 # keys whose value is a mapping (merged field by field)
-MAPPING_KEYS = ("recipe", "teacher_recipe", "hp", "vam_config", "slurm", "student_lr", "custom_imports")
+MAPPING_KEYS = tuple(key for key, setting in settings.sweep_settings().items() if setting.mapping)
 
 
-def _checked_keys(config: dict, source: str) -> dict:
-    unknown = sorted(clip(str(key)) for key in set(config) - set(KEYS))
+def _checked_keys(config: dict, source: str, valid: set[str] | None = None) -> dict:
+    """`config` with every key one of `valid` (default: the sweep keys), no mapping key holding
+    anything else and no key empty."""
+    valid = set(KEYS) if valid is None else valid
+    unknown = sorted(clip(str(key)) for key in set(config) - valid)
     if unknown:
         shown = ", ".join(unknown[:8])
         more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
-        raise ConfigError(f"{source}: unknown key(s) {shown}{more}; valid: {', '.join(sorted(KEYS))}")
+        raise ConfigError(f"{source}: unknown key(s) {shown}{more}; valid: {', '.join(sorted(valid))}")
     for key, value in config.items():
         named = f"--{key.replace('_', '-')}" if source == "flags" else f"{source}: {key}"
+        what = KEYS[key] if key in KEYS else settings.SETTINGS[key].help
         if key in MAPPING_KEYS and value is not None and not isinstance(value, dict):
-            raise ConfigError(f"{named} takes a mapping ({KEYS[key]}), got {shorten(value)}")
+            raise ConfigError(f"{named} takes a mapping ({what}), got {shorten(value)}")
         if key != "description" and _is_empty(key, value):
-            raise ConfigError(f"{named} is empty; give it a value ({KEYS[key]}) or leave it out")
+            raise ConfigError(f"{named} is empty; give it a value ({what}) or leave it out")
     return config
 
 
@@ -233,15 +206,16 @@ def merge(*layers: dict) -> dict:
     return merged
 
 
-# what a run uses where neither the flags, the sweep file nor the preset says
-RUN_DEFAULTS = {"device": "cpu", "cohort": True, "threads": 1, "backend": "local", "out": "kdbench-results"}
-
-
 def resolve(
-    sweep_file: str | Path | dict | None = None, flags: dict | None = None, preset: str | None = None
+    sweep_file: str | Path | dict | None = None,
+    flags: dict | None = None,
+    preset: str | None = None,
+    command: str = "run",
 ) -> dict:
-    """defaults < preset < sweep file (a path, or its dict) < flags. The preset is `preset`, else the
-    file's `preset:`, else quick; `jobs` defaults to what the device and thread count allow."""
+    """The configuration of `command` (run, teacher, explain, bench): the schema's defaults < the preset
+    (the keys the command takes from one, settings.PRESET_KEYS) < sweep file (a path, or its dict) <
+    flags. The preset is `preset`, else the file's `preset:`, else quick; `jobs` defaults to what the
+    device and thread count allow."""
     from kdbench.core.environment import default_jobs
 
     if isinstance(sweep_file, dict):
@@ -252,11 +226,17 @@ def resolve(
             }
     else:
         file_layer = load_sweep_file(sweep_file) if sweep_file else {}
-    flag_layer = _checked_keys(dict(flags or {}), "flags")
-    name = preset or file_layer.get("preset") or "quick"
-    preset_layer = {key: value for key, value in catalog.preset(name).items() if key in KEYS}
-    resolved = merge(RUN_DEFAULTS, preset_layer, {"preset": name}, file_layer, flag_layer)
-    resolved.setdefault("jobs", default_jobs(resolved["device"], resolved["threads"]))
+    flag_layer = _checked_keys(dict(flags or {}), "flags", settings.keys_of(command))
+    wanted = settings.PRESET_KEYS[command]
+    preset_layer = {}
+    if wanted != ():
+        name = preset or file_layer.get("preset") or "quick"
+        chosen = catalog.preset(name).items()
+        preset_layer = {key: value for key, value in chosen if key in KEYS and key in (wanted or KEYS)}
+        preset_layer["preset"] = name
+    resolved = merge(settings.defaults(command), preset_layer, file_layer, flag_layer)
+    if command in settings.SETTINGS["jobs"].commands:
+        resolved.setdefault("jobs", default_jobs(resolved["device"], resolved["threads"]))
     return resolved
 
 
@@ -308,20 +288,10 @@ def _seeds(value) -> list[int]:
     return seeds
 
 
-def _names(value, what: str) -> str | list[str]:
-    if isinstance(value, str):
-        return value if value == "all" else [item.strip() for item in value.split(",") if item.strip()]
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return value
-    raise ConfigError(f"{what} takes a comma list or a list of names, got {shorten(value)}")
-
-
 def _max_runs(config: dict) -> int | None:
     """The run limit a grid is held to while the request is built (a malformed one is refused later,
     by name, in `sweep.check_size`)."""
-    from kdbench.execution.sweep import MAX_RUNS
-
-    limit = config.get("max_runs", MAX_RUNS)
+    limit = config.get("max_runs", settings.MAX_RUNS)
     return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
@@ -332,16 +302,14 @@ def build_request(config: dict):
 
     imports = config.get("custom_imports", {}).get("imports", [])
     plugins.load(imports)
-    methods = _names(config["methods"], "methods")
+    methods = names(config["methods"], "methods")
     if methods == "all":
         methods = sorted(name for name in METHODS.module_dict if "+" not in name)
     pairs = config["pairs"]
-    pairs = catalog.parse_pairs(pairs if isinstance(pairs, str) else ",".join(_names(pairs, "pairs")))
+    pairs = catalog.parse_pairs(pairs if isinstance(pairs, str) else ",".join(names(pairs, "pairs")))
     vam = {True: "on", False: "off"}.get(config["vam"], config["vam"])  # YAML reads on/off as booleans
     if vam not in VAM_MODES:
         raise ConfigError(f"vam takes on, off or both, got {shorten(config['vam'])}")
-    optional = ("data_root", "device", "force", "cohort", "precision", "compile", "threads", "jobs")
-    optional += ("backend", "ray_address", "slurm", "max_runs")
     return SweepRequest(
         methods=methods,
         pairs=pairs,
@@ -353,11 +321,9 @@ def build_request(config: dict):
         vam_configs=vam_configs(config.get("vam_config", {}), _max_runs(config)),
         student_lr=config.get("student_lr", {}),
         hp_overrides=config.get("hp", {}),
+        wrappers=wrapper_configs(config.get("wrappers", {})),
         teacher_path=config.get("teacher"),
-        out=Path(config.get("out", RUN_DEFAULTS["out"])),
-        plugins=tuple(imports),
-        trackers=check_trackers(_names(config.get("log", []), "log")),
-        **{key: config[key] for key in optional if key in config},
+        **settings.request_values(config, SweepRequest),
     )
 
 

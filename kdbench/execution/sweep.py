@@ -3,8 +3,9 @@ a back-end. Teachers are resolved first (given, cached or to be trained); runs t
 teacher start beside a teacher being trained; finished records are skipped.
 
 Before anything trains, the size of the grid is counted without building it (`count_runs`: methods x
-hyper-parameter points x VAM configurations x seeds x pairs) and a sweep over `max_runs` (default
-MAX_RUNS, `--max-runs`) is refused; the number of runs planned (and cached) is printed.
+hyper-parameter points x VAM configurations x seeds x pairs) and a sweep over `max_runs` (`--max-runs`,
+default kdbench/execution/settings.py MAX_RUNS) is refused; the number of runs planned (and cached) is
+printed.
 
 A failing run (non-finite loss, a pair the method cannot serve) is recorded as failed with its
 reason and the sweep goes on. Records are plain files, so sweeps run on several machines merge by
@@ -29,7 +30,7 @@ from kdbench.core.errors import ConfigError
 from kdbench.core.progress import bar, to_stderr
 from kdbench.core.spec import Recipe, RunSpec, grid_points
 from kdbench.data import DatasetInfo, fit_train_subset, prepare_data
-from kdbench.execution import plugins
+from kdbench.execution import plugins, settings
 from kdbench.execution.backends import Backend, open_backend
 from kdbench.execution.units import RunUnit, TeacherUnit, WorkerSettings
 from kdbench.methods.base import BASELINE_METHOD, method_class
@@ -39,13 +40,14 @@ from kdbench.training.cohort import MAX_COHORT_MEMBERS, plan_cohorts
 from kdbench.training.engine import probe_shapes
 from kdbench.wrappers.vam import VAMConfig
 
-# a sweep planning more runs than this is refused unless `max_runs` allows it: a grid that large is more
-# often a typo (one more value list) than a plan, and its specs alone take minutes to build
-MAX_RUNS = 10_000
-
 
 @dataclass
+@settings.with_settings(*settings.SWEEP_REQUEST)
 class SweepRequest:
+    """What a sweep trains (the resolved forms of the settings `methods`, `pairs`, `recipe`, `seeds`,
+    `vam`, `vam_config`, `hp` and `teacher`), and how: the settings of kdbench/execution/settings.py
+    `SWEEP_REQUEST` as fields after these (device, jobs, cohort, max_runs, precision, out, ...)."""
+
     methods: list[str]
     pairs: list[Pair]
     dataset: str
@@ -54,33 +56,15 @@ class SweepRequest:
     seeds: list[int] = field(default_factory=lambda: [0])
     vam_modes: list[bool] = field(default_factory=lambda: [False])
     vam_configs: list[VAMConfig] = field(default_factory=lambda: [VAMConfig()])  # a grid: each is a config
+    # {wrapper name: config} every run applies beside VAM's variants (`wrappers`, `--wrapper`: a plugin's)
+    wrappers: dict = field(default_factory=dict)
     student_lr: dict[str, float] = field(default_factory=dict)  # per-student lr (paper preset)
     # {method: {key: value or [values]}}: a list is a grid, each method trains its own keys' product
     hp_overrides: dict[str, dict] = field(default_factory=dict)
-    data_root: str | None = None
-    teacher_path: str | None = None
-    out: Path = Path("kdbench-results")
-    device: str = "cpu"
-    force: bool = False
-    jobs: int = 1  # units trained at once, each in its own process
-    # train runs sharing a seed and recipe as cohorts (kdbench/training/cohort.py) of at most MAX_COHORT_MEMBERS
-    # runs; a whole number N: cohorts of at most N runs
-    cohort: bool | int = True
-    max_runs: int = MAX_RUNS  # refuse a sweep planning more runs (count_runs) than this
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (kdbench/training/precision.py)
-    compile: bool = False  # torch.compile the training forwards
-    threads: int | None = None  # torch threads per run (None: leave torch's setting)
-    backend: str = "local"  # local (this process for jobs 1, else a pool) | ray | slurm | submitit-local
-    ray_address: str | None = None  # None: a local Ray; "auto" or HOST:PORT: join that cluster
-    slurm: dict = field(default_factory=dict)  # SlurmBackend options: partition, gpus_per_task, time_min
-    plugins: tuple[
-        str, ...
-    ] = ()  # plugin files and modules every worker loads (kdbench/execution/plugins.py)
-    trackers: tuple[str, ...] = ()  # per-epoch scalars to these back-ends (kdbench/core/trackers.py)
+    teacher_path: str | None = None  # the `teacher` checkpoint (None: trained, or found in the store)
     student_init_sha256: str | None = None  # every student starts from these weights (--student-init)
-    data_sha256: str | None = (
-        None  # the data's identity, set by `Sweep.run` (kdbench/data/__init__.py `data_digest`)
-    )
+    # the data's identity, set by `Sweep.run` (kdbench/data/__init__.py `data_digest`)
+    data_sha256: str | None = None
 
 
 @dataclass
@@ -172,7 +156,7 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
             continue
         teacher = pair.teacher if method_cls.needs_teacher else None
         # the code of the plugins that registered the method, the models or the dataset is part of the run
-        plugin_sha256 = plugins.sha256_for(method, (pair.student, teacher), request.dataset)
+        plugin_sha256 = plugins.sha256_for(method, (pair.student, teacher), request.dataset, request.wrappers)
         points = hp_points(request, method)
         for point, vam, seed in itertools.product(points, _vam_options(request), request.seeds):
             spec = RunSpec(
@@ -182,7 +166,7 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
                 teacher=teacher,
                 teacher_sha256=teacher_sha,
                 seed=seed,
-                wrappers={"vam": vam},  # None: without VAM
+                wrappers={**request.wrappers, "vam": vam} if vam else request.wrappers,
                 hp=method_cls.resolve_hp({**pair.hp.get(method, {}), **point}),
                 recipe=recipe,
                 precision=request.precision,
@@ -258,19 +242,10 @@ class Sweep:
     def backend(self) -> Backend:
         """The request's back-end by name (kdbench/execution/backends/__init__.py)."""
         request = self.request
-        settings = WorkerSettings(
-            out=self.out,
-            data_root=request.data_root,
-            device=request.device,
-            threads=request.threads,
-            concurrent_runs=request.jobs,
-            force=request.force,
-            plugins=request.plugins,
-            trackers=request.trackers,
-        )
+        worker = WorkerSettings(**settings.carried(request, WorkerSettings), concurrent_runs=request.jobs)
         return open_backend(
             request.backend,
-            settings,
+            worker,
             request.jobs,
             ray_address=request.ray_address,
             slurm=request.slurm,
@@ -374,7 +349,8 @@ class Sweep:
         if distributed.is_main():  # the store keeps the code of the plugins the runs use (rerun loads it)
             models = {model for pair in request.pairs for model in (pair.student, pair.teacher)}
             for method in request.methods:
-                plugins.save_sources(self.out, plugins.sha256_for(method, models, request.dataset))
+                used = plugins.sha256_for(method, models, request.dataset, request.wrappers)
+                plugins.save_sources(self.out, used)
         ready = []  # (pair, its specs that can start now)
         for pair in request.pairs:  # with a known teacher, the baseline rides in its cohorts
             specs = self.pending(pair, None)

@@ -19,6 +19,7 @@ from kdbench.core.catalog import Pair
 from kdbench.core.errors import ConfigError, shorten
 from kdbench.core.spec import Recipe
 from kdbench.data import prepare_data
+from kdbench.execution import settings
 from kdbench.execution.sweep import Sweep, SweepRequest
 from kdbench.models import build_model
 from kdbench.models.hme import HME
@@ -33,12 +34,12 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("KD", "kd", {}),
 )
 
-# The default (short) schedule: hme_small (a quarter of the authors' width, kdbench/models/hme.py),
-# 4 epochs (2 soft, 2 hard) on a 6,000-image training subset, 2 seeds.
-DEFAULT_STUDENT = "hme_small"
-DEFAULT_EPOCHS = 4
-DEFAULT_SEEDS = 2
-DEFAULT_TRAIN_SUBSET = 6000
+# The default (short) schedule, kdbench/execution/settings.py: hme_small (a quarter of the authors' width,
+# kdbench/models/hme.py), 4 epochs (2 soft, 2 hard) on a 6,000-image training subset, 2 seeds.
+DEFAULT_STUDENT = settings.SETTINGS["student"].get("default", "explain")
+DEFAULT_EPOCHS = settings.SETTINGS["epochs"].get("default", "explain")
+DEFAULT_SEEDS = settings.SETTINGS["seeds"].get("default", "explain")
+DEFAULT_TRAIN_SUBSET = settings.SETTINGS["train_subset"].get("default", "explain")
 
 
 def explain_recipe(epochs: int = DEFAULT_EPOCHS, train_subset: int | None = DEFAULT_TRAIN_SUBSET) -> Recipe:
@@ -58,7 +59,11 @@ def explain_recipe(epochs: int = DEFAULT_EPOCHS, train_subset: int | None = DEFA
 
 
 @dataclass
+@settings.with_settings(*settings.EXECUTION)
 class ExplainRequest:
+    """The HME analysis to run, and the settings of kdbench/execution/settings.py `EXECUTION` (device,
+    jobs, out, ...) as fields after these, passed on to its sweeps as they are."""
+
     teacher: str  # a zoo name (trained with `teacher_recipe` and cached) or a checkpoint path
     dataset: str
     teacher_recipe: Recipe
@@ -66,15 +71,22 @@ class ExplainRequest:
     student: str = DEFAULT_STUDENT
     seeds: int = DEFAULT_SEEDS
     teacher_arch: str | None = None  # architecture of a checkpoint that does not record it
-    data_root: str | None = None
-    out: Path = Path("kdbench-results")
-    device: str = "cpu"
-    force: bool = False
-    jobs: int = 1  # runs at once (kdbench.execution.sweep.Sweep)
-    threads: int | None = None  # torch threads per run
-    backend: str = "local"  # where the HME runs train (kdbench.execution.sweep.SweepRequest.backend)
-    ray_address: str | None = None
-    slurm: dict = field(default_factory=dict)
+
+
+def build_request(config: dict) -> ExplainRequest:
+    """The ExplainRequest of a resolved `explain` configuration (kdbench/execution/config.py `resolve`):
+    the HME's recipe from its epochs and training subset, the teacher's from the preset."""
+    recipe = config["recipe"]
+    return ExplainRequest(
+        teacher=config["teacher"],
+        dataset=config["dataset"],
+        teacher_recipe=Recipe.from_dict(config["teacher_recipe"]),
+        recipe=explain_recipe(recipe["epochs"], recipe.get("train_subset")),
+        student=config["student"],
+        seeds=config["seeds"],
+        teacher_arch=config.get("teacher_arch"),
+        **settings.request_values(config, ExplainRequest),
+    )
 
 
 @dataclass
@@ -133,16 +145,8 @@ def run_explain(request: ExplainRequest, progress: Callable[[str], None] | None 
                 teacher_recipe=request.teacher_recipe,
                 seeds=list(range(request.seeds)),
                 hp_overrides={method: hp},
-                data_root=request.data_root,
                 teacher_path=str(teacher_path),
-                out=request.out,
-                device=request.device,
-                force=request.force,
-                jobs=request.jobs,
-                threads=request.threads,
-                backend=request.backend,
-                ray_address=request.ray_address,
-                slurm=request.slurm,
+                **settings.carried(request, SweepRequest),
             ),
             progress=progress,
         )

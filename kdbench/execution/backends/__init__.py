@@ -12,9 +12,8 @@ from kdbench.core.errors import ConfigError
 from kdbench.execution.backends.base import Backend
 from kdbench.execution.backends.inprocess import InProcessBackend
 from kdbench.execution.backends.pool import PoolBackend, WorkerStartupError
+from kdbench.execution.settings import BACKENDS
 from kdbench.execution.units import WorkerSettings
-
-BACKENDS = ("local", "ray", "slurm", "submitit-local")
 
 
 def open_backend(

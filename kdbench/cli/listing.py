@@ -1,0 +1,75 @@
+"""`kdbench list`: the registered names (methods, models, datasets, pairs, presets)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kdbench.cli import common
+
+HELP = "list registered names"
+EXAMPLES = """examples:
+  kdbench list methods --verbose                         # hyper-parameters, defaults, citations
+  kdbench list presets
+"""
+
+
+def add(commands) -> None:
+    common.command_parser(commands, "list", HELP, EXAMPLES)
+
+
+def _methods(verbose: bool) -> None:
+    from kdbench.core.registries import METHODS
+    from kdbench.execution import plugins
+
+    for name in sorted(name for name in METHODS.module_dict if "+" not in name):
+        cls = METHODS.get(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        source = plugins.owner("method", name)
+        print(f"{name:12s} {summary}" + (f" (plugin {source})" if source else ""))
+        if verbose:
+            citation = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[:1]
+            print(f"{'':12s} paper: {citation[0] if citation else '(none)'}")
+            hp = ", ".join(f"{key}={value}" for key, value in cls.resolve_hp().items())
+            print(f"{'':12s} hyper-parameters (--hp {name}.KEY=VALUE): {hp}")
+    print(
+        f"{'NAME+kd':12s} Any teacher method plus vanilla KD (kd_weight 1), e.g. crd+kd as in the CRD paper."
+    )
+
+
+def _models() -> None:
+    from kdbench.models import list_models
+
+    print("\n".join(list_models() + ["timm:<any timm model name>"]))
+
+
+def _datasets() -> None:
+    from kdbench.data import list_datasets
+
+    print("\n".join(list_datasets()))
+
+
+def _pairs() -> None:
+    from kdbench.core.catalog import pair_groups, registered_pairs
+
+    for group in pair_groups():
+        print(f"{group}: " + ", ".join(str(p) for p in registered_pairs(group)))
+
+
+def _presets() -> None:
+    from kdbench.core.catalog import presets
+
+    for name, body in presets().items():
+        print(f"{name:8s} {body['description']}")
+
+
+def execute(args) -> int:
+    from kdbench.execution import plugins
+
+    # installed plugins' entry points register their names too
+    plugins.load(plugins.resolve(args.plugins, Path.cwd()))
+    if args.what == "methods":
+        _methods(args.verbose)
+    else:
+        {"models": _models, "datasets": _datasets, "pairs": _pairs, "presets": _presets}[args.what]()
+    return 0

@@ -1,4 +1,4 @@
-"""SDD (Wei, Luo & Luo, CVPR 2024) as SD-DKD: its multi-scale local logits, region weights and loss
+"""SDD (Wei, Luo & Luo, CVPR 2024, methods/sdd.py) as SD-DKD: its multi-scale local logits, region weights and loss
 against the paper's equations written out independently here (plain Python loops and math on small
 hand-made tensors); its defaults, pair refusals and warm-up; and `MethodContext.student`, through
 which it calls the student's own classifier without owning any parameter."""
@@ -21,9 +21,6 @@ from kdbench.models import build_model
 from kdbench.wrappers.vam import VAMConfig
 
 NUM_CLASSES = 3
-
-
-# -- helpers: plain-Python formulas -------------------------------------------------------------
 
 
 def softmax(values, temperature=1.0):
@@ -94,7 +91,27 @@ def build_sdd(context, **overrides):
     return cls(cls.resolve_hp(overrides), context)
 
 
-# -- the pieces, against the paper --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sdd_models():
+    torch.manual_seed(3)
+    student = build_model("resnet8", num_classes=NUM_CLASSES)
+    teacher = build_model("resnet14", num_classes=NUM_CLASSES).eval().requires_grad_(False)
+    image = torch.zeros(2, 3, 16, 16)
+    shapes = [FeatureShapes.of(model(image, features=True)) for model in (student, teacher)]
+    return student, teacher, *shapes
+
+
+def sdd_context(models, **fields):
+    student, teacher, student_shapes, teacher_shapes = models
+    return MethodContext(
+        student_shapes,
+        teacher_shapes,
+        NUM_CLASSES,
+        8,
+        torch.zeros(8, dtype=torch.long),
+        image_shape=(3, 16, 16),
+        **{"teacher": teacher, "student": student, **fields},
+    )
 
 
 def test_local_logits_are_the_classifier_on_every_cell_of_the_1_2_4_pyramid():
@@ -163,9 +180,6 @@ def test_the_sdd_dkd_loss_is_the_weighted_per_region_dkd_over_n_times_r():
     )
 
 
-# -- the method ---------------------------------------------------------------------------------
-
-
 def test_sdd_is_registered_with_the_authors_defaults():
     hp = METHODS.get("sdd").resolve_hp()
     expected = {
@@ -180,29 +194,6 @@ def test_sdd_is_registered_with_the_authors_defaults():
         "complementary_weight": 2.0,
     }
     assert {key: hp[key] for key in expected} == expected
-
-
-@pytest.fixture(scope="module")
-def sdd_models():
-    torch.manual_seed(3)
-    student = build_model("resnet8", num_classes=NUM_CLASSES)
-    teacher = build_model("resnet14", num_classes=NUM_CLASSES).eval().requires_grad_(False)
-    image = torch.zeros(2, 3, 16, 16)
-    shapes = [FeatureShapes.of(model(image, features=True)) for model in (student, teacher)]
-    return student, teacher, *shapes
-
-
-def sdd_context(models, **fields):
-    student, teacher, student_shapes, teacher_shapes = models
-    return MethodContext(
-        student_shapes,
-        teacher_shapes,
-        NUM_CLASSES,
-        8,
-        torch.zeros(8, dtype=torch.long),
-        image_shape=(3, 16, 16),
-        **{"teacher": teacher, "student": student, **fields},
-    )
 
 
 def test_sdd_calls_each_networks_own_classifier_on_its_last_map_and_owns_no_parameter(sdd_models):

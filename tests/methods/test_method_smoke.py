@@ -40,7 +40,7 @@ def test_the_cuda_battery_trains_every_method():
     import sys
     from pathlib import Path
 
-    tests = Path(__file__).parent
+    tests = Path(__file__).parents[1]  # tests/, where test_cuda.py is
     code = "import test_cuda; print(','.join(test_cuda.CUDA_METHODS))"
     printed = subprocess.run(
         [sys.executable, "-c", code], cwd=tests, capture_output=True, text=True, check=True

@@ -1,0 +1,51 @@
+"""the baseline (methods/student.py): plain cross-entropy, no teacher.
+
+Each loss is checked against the paper's formula written out here independently of the method's
+code (plain Python or numpy on small hand-made tensors)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kdbench.methods  # noqa: F401  (registers every method)
+from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.registries import METHODS, lookup
+from kdbench.methods.base import Method, MethodContext
+
+
+def feature_shapes(stages, stem=(2, 4, 4), pooled=(3,), logits=(3,)) -> FeatureShapes:
+    return FeatureShapes(stem=stem, stages=tuple(stages), preact=tuple(stages), pooled=pooled, logits=logits)
+
+
+def method_context(student_shapes, teacher_shapes, train_labels=(0, 0, 1, 1, 2, 2)) -> MethodContext:
+    labels = torch.tensor(train_labels)
+    return MethodContext(student_shapes, teacher_shapes, int(labels.max()) + 1, len(labels), labels)
+
+
+def build(name: str, context: MethodContext, **overrides) -> Method:
+    method_class = lookup(METHODS, "method", name)
+    return method_class(method_class.resolve_hp(overrides), context)
+
+
+STUDENT_LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
+LABELS = torch.tensor([2, 0])
+
+
+def cross_entropy_by_hand(logits, labels):
+    return sum(
+        -(row[label] - math.log(sum(math.exp(v) for v in row)))
+        for row, label in zip(logits.tolist(), labels, strict=True)
+    ) / len(labels)
+
+
+def test_student_is_plain_cross_entropy_without_teacher():
+    shapes = feature_shapes([(2, 4, 4)])
+    method = build("student", method_context(shapes, None))
+    assert method.needs_teacher is False
+    student = Features(logits=STUDENT_LOGITS, pooled=torch.zeros(2, 3))
+    terms = method.losses(student, None, LABELS, torch.tensor([0, 1]))
+    assert terms.keys() == {"ce"}
+    assert terms["ce"].item() == pytest.approx(cross_entropy_by_hand(STUDENT_LOGITS, LABELS.tolist()))

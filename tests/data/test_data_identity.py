@@ -1,7 +1,8 @@
 """The identity of the data is part of every run (issue 22, defect 2): two image folders trained into
 one store are two sets of runs and two teachers, never "cached" across folders nor compared on one
 board; a `--train-subset` larger than the data is recorded as what was trained; a record is not rerun
-on other data. Also the digests themselves (kdbench/data/__init__.py `data_digest`)."""
+on other data. Also the digests themselves (kdbench/data/identity.py; `data_digest` in
+kdbench/data/preparation.py)."""
 
 import json
 

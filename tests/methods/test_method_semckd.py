@@ -10,10 +10,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
 from kdbench.methods.base import MethodContext
+from kdbench.methods.semckd import layer_projector
 
 NUM_CLASSES = 3
 
@@ -81,3 +83,24 @@ def test_semckd_loss_is_the_attention_weighted_cross_layer_mse():
         method.method_terms(short, short_teacher, torch.zeros(3, dtype=torch.long), None)["semckd"].item()
         == 0.0
     )
+
+
+def test_semckds_projector_is_aaembed_with_its_checkpoint_keys():
+    """DefangChen/SemCKD models/util.py `AAEmbed`: conv1x1 (C_s -> 2 C_t)-BN-ReLU, conv3x3-BN-ReLU, conv1x1
+    (-> C_t), no norm after the last conv; its state_dict keys are those of checkpoints written before."""
+    projector = layer_projector(8, 4)
+    assert [type(layer) for layer in projector] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] * 2 + [nn.Conv2d]
+    convs = [layer for layer in projector if isinstance(layer, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.bias) for c in convs] == [
+        (8, 8, (1, 1), None),
+        (8, 8, (3, 3), None),
+        (8, 4, (1, 1), None),
+    ]
+    norm = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert list(projector.state_dict()) == [
+        "0.weight",
+        *(f"1.{key}" for key in norm),
+        "3.weight",
+        *(f"4.{key}" for key in norm),
+        "6.weight",
+    ]

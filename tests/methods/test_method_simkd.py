@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_trainer
+from torch import nn
 
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
 from kdbench.methods.base import MethodContext, PairNotSupportedError
-from kdbench.methods.simkd import ReusedClassifierStudent
+from kdbench.methods.simkd import ReusedClassifierStudent, simkd_projector
 from kdbench.models import build_model
 from kdbench.training import engine
 from kdbench.training.measure import parameter_count
@@ -177,3 +178,25 @@ def test_simkds_deployed_student_counts_projector_and_teacher_classifier_and_is_
             deployed.eval()(tiny_data.test.images[:4].float()), method.classifier(projected), atol=1e-5
         )
     assert set(result["final_state"]) >= {"projector.0.weight", "classifier.weight"}
+
+
+def test_simkds_projector_is_the_authors_bottleneck_with_its_checkpoint_keys():
+    """DefangChen/SimKD models/util.py: conv1x1 (C_s -> C_t / f)-BN-ReLU, conv3x3-BN-ReLU, conv1x1 (-> C_t)-BN-ReLU;
+    its state_dict keys are those of checkpoints written before (resume reads them)."""
+    projector = simkd_projector(8, 16, 2)
+    assert [type(layer) for layer in projector] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] * 3
+    convs = [layer for layer in projector if isinstance(layer, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.bias) for c in convs] == [
+        (8, 8, (1, 1), None),
+        (8, 8, (3, 3), None),
+        (8, 16, (1, 1), None),
+    ]
+    norm = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert list(projector.state_dict()) == [
+        "0.weight",
+        *(f"1.{key}" for key in norm),
+        "3.weight",
+        *(f"4.{key}" for key in norm),
+        "6.weight",
+        *(f"7.{key}" for key in norm),
+    ]

@@ -126,3 +126,42 @@ def test_cohorts_group_by_seed_and_recipe_and_feed_every_worker():
     three_seeds = [RunSpec(m, "resnet8", "synthetic", seed=s, recipe=TINY) for s in (0, 1, 2) for m in "abcd"]
     assert len(plan_cohorts(three_seeds, jobs=2)) == 6  # 3 rounds of half cohorts beat 2 rounds of whole ones
     assert plan_cohorts(specs, jobs=2, enabled=False) == [[s] for s in specs]
+
+
+def test_the_loop_records_each_members_failure_and_trains_the_others_as_alone(tmp_path):
+    """One loop for a cohort and a run alone: a member refused at construction (a pair its method
+    cannot serve) or failing in a step (non-finite loss) is recorded with its error, in its place,
+    and the member beside it trains exactly as alone; a run alone raises the same failures."""
+    import torch
+
+    from kdbench.core.spec import RunSpec
+    from kdbench.data import PreparedData, load_dataset
+    from kdbench.methods.base import PairNotSupportedError, method_class
+    from kdbench.models import build_model
+    from kdbench.training.engine import Cohort, NonFiniteLossError, train
+
+    info, train_split, test = load_dataset("synthetic", num_train=64, num_test=32, image_size=16)
+    data = PreparedData(info, train_split, test, None)
+    torch.manual_seed(1)
+    teacher = build_model("vgg8", num_classes=info.num_classes, in_chans=info.in_chans)  # 4 stages, resnet8 3
+
+    def spec(method, **hp):
+        cls = method_class(method)
+        recipe = Recipe(epochs=2, batch_size=32, lr_decay_epochs=())
+        return RunSpec(method, "resnet8", "synthetic", teacher="vgg8", hp=cls.resolve_hp(hp), recipe=recipe)
+
+    refused, diverging, healthy = spec("at"), spec("kd", temperature=0.0), spec("kd")
+    options = dict(teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
+    trained = Cohort([refused, diverging, healthy], data, out=tmp_path / "cohort", **options).run()
+    assert [t.spec for t in trained] == [refused, diverging, healthy]
+    assert isinstance(trained[0].error, PairNotSupportedError) and trained[0].result is None
+    assert isinstance(trained[1].error, NonFiniteLossError) and trained[1].result is None
+    alone, alone_state = train(healthy, data, out=tmp_path / "alone", **options)
+    assert trained[2].error is None
+    assert without_timing(trained[2].result["history"]) == without_timing(alone["history"])
+    state = trained[2].result["final_state"]
+    assert state.keys() == alone_state.keys() and all(torch.equal(state[k], alone_state[k]) for k in state)
+    with pytest.raises(PairNotSupportedError):
+        train(refused, data, out=tmp_path / "refused", **options)
+    with pytest.raises(NonFiniteLossError):
+        train(diverging, data, out=tmp_path / "diverging", **options)

@@ -134,3 +134,16 @@ def test_reading_a_spec_with_vam_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["80da56ac47e7", "['vam']", "False"]
+
+
+def test_a_plugin_wrapper_not_loaded_here_is_read_as_its_mapping_in_a_spec_that_uses_plugins():
+    """A report reads records without running plugins: the wrapper of a plugin the spec names stays data,
+    with the same run id; a spec that uses no plugin may name only registered wrappers."""
+    with_plugin = dict(
+        RunSpec("kd", "resnet8", "synthetic", **KD, plugin_sha256={"toy.py": "c" * 64}).to_dict()
+    )
+    spec = RunSpec.from_dict(dict(with_plugin, toy={"scale": 2.0, "sizes": [1, 2]}))
+    assert spec.wrappers == {"toy": {"scale": 2.0, "sizes": [1, 2]}} and spec.label.startswith("kd +TOY ")
+    assert RunSpec.from_dict(spec.to_dict()).run_id == spec.run_id
+    with pytest.raises(ConfigError, match=r"unknown spec field\(s\) \['toy'\]"):
+        RunSpec.from_dict(dict(with_plugin, toy={"nested": {"a": 1}}))

@@ -240,7 +240,8 @@ class RunSpec:
         if not isinstance(data, dict):
             raise ConfigError(f"spec must be a mapping of its fields, got a {type(data).__name__}")
         names = [name for name in cls.__dataclass_fields__ if name != "wrappers"]
-        wrappers = _wrapper_configs({key: value for key, value in data.items() if key not in names})
+        named = {key: value for key, value in data.items() if key not in names}
+        wrappers = _wrapper_configs(named, uses_plugins=bool(data.get("plugin_sha256")))
         required = tuple(name for name in names if name not in HASH_OMITS_AT_DEFAULT)
         data = _checked_fields(cls, {key: data[key] for key in names if key in data}, "spec", required)
         require_number(data["seed"], "spec seed", whole=True, low=0, below=2**64)  # torch.manual_seed's range
@@ -310,11 +311,19 @@ def wrapper_config(config_class: type, data, what: str):
     )
 
 
-def _wrapper_configs(named: dict) -> dict:
+def _wrapper_configs(named: dict, uses_plugins: bool) -> dict:
     """{wrapper name: config} of a spec's keys that are not fields: each names a registered wrapper (None:
-    not applied); a ConfigError naming those that do not."""
+    not applied), its config read through the wrapper's config class; a ConfigError naming those that do
+    not. In a spec that uses plugins, a wrapper not registered in this process may be a plugin's not loaded
+    here (a report reads records without running plugins): its config stays a mapping of JSON values, read
+    through its class when the plugin is loaded (`kdbench.wrappers.build_wrappers`)."""
     registered = registered_wrappers()
-    unknown = sorted((key for key in named if key not in registered), key=str)
+    unloaded = {
+        key: value
+        for key, value in named.items()
+        if uses_plugins and key not in registered and _is_config(value)
+    }
+    unknown = sorted((key for key in named if key not in registered and key not in unloaded), key=str)
     if unknown:
         fields = sorted(name for name in RunSpec.__dataclass_fields__ if name != "wrappers")
         raise ConfigError(
@@ -322,11 +331,24 @@ def _wrapper_configs(named: dict) -> dict:
             f"wrapper (a plugin's is known once --plugin loads it); valid: {fields}, wrappers "
             f"{sorted(registered)}"
         )
-    return {
+    return unloaded | {
         name: wrapper_config(registered[name].config_class, value, name)
         for name, value in named.items()
-        if value is not None
+        if value is not None and name in registered
     }
+
+
+def _is_config(value) -> bool:
+    """A wrapper's config as JSON: a mapping of names to numbers, strings, booleans, null or lists of them."""
+    scalars = (int, float, str, bool, type(None))
+    return isinstance(value, dict) and all(
+        isinstance(key, str)
+        and (
+            isinstance(item, scalars)
+            or (isinstance(item, list) and all(isinstance(x, scalars) for x in item))
+        )
+        for key, item in value.items()
+    )
 
 
 def grid_points(grid: dict[str, list]) -> list[dict]:

@@ -2,7 +2,7 @@
 
 A plugin is a Python file (`--plugin my_method.py`), an importable module (`custom_imports` in a
 sweep file, mmengine's key), or a distribution's `kdbench.execution.plugins` entry point. Loading one imports
-it, and its `@register_method` / `@register_model` decorators fill the registries. Every process
+it, and its `@register_method` / `@register_model` / `@register_wrapper` decorators fill the registries. Every process
 that trains loads the same plugins (the worker pool's, Ray's and SLURM's workers included): their
 names travel with the sweep's worker settings. A plugin is code the user chose to run; nothing
 else kdbench loads from disk runs code.
@@ -249,13 +249,17 @@ def load(imports: list[str] | tuple[str, ...] = ()) -> None:
 
 
 def sha256_for(
-    method: str | None = None, models: Iterable[str | None] = (), dataset: str | None = None
+    method: str | None = None,
+    models: Iterable[str | None] = (),
+    dataset: str | None = None,
+    wrappers: Iterable[str] = (),
 ) -> dict:
-    """{plugin key: SHA-256} of the plugins that registered the method (NAME+kd: NAME), the models and
-    the dataset a run uses: its `RunSpec.plugin_sha256` (empty when all are built-ins)."""
+    """{plugin key: SHA-256} of the plugins that registered the method (NAME+kd: NAME), the models, the
+    dataset and the student wrappers a run uses: its `RunSpec.plugin_sha256` (empty when all are built-ins)."""
     used = [("method", method.partition("+")[0])] if method else []
     used += [("model", canonical_model_name(m)) for m in models if m and not m.startswith("timm:")]
     used += [("dataset", dataset)] if dataset else []
+    used += [("student wrapper", name) for name in wrappers]
     keys = {_owners[entry] for entry in used if entry in _owners}
     return {key: _plugins[key].sha256 for key in sorted(keys)}
 

@@ -236,7 +236,7 @@ def check_plugins(spec: RunSpec) -> None:
     edited after the sweep planned its runs is loaded anew by a worker started later (kdbench/execution/plugins.py)."""
     models = (spec.student,) if spec.kind == "teacher" else (spec.student, spec.teacher)
     method = None if spec.kind == "teacher" else spec.method
-    loaded = plugins.sha256_for(method, models, spec.dataset)
+    loaded = plugins.sha256_for(method, models, spec.dataset, spec.wrappers)
     if loaded != spec.plugin_sha256:
         changed = ", ".join(
             f"{key} ({str(spec.plugin_sha256.get(key))[:12]} -> {str(loaded.get(key))[:12]})"

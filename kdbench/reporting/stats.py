@@ -107,16 +107,21 @@ def compare(cells: list[dict], wrappers: Sequence[str]) -> None:
 
 
 def _compare_wrapper(cells: list[dict], parsed: list[dict], wrapper: str) -> None:
-    """The Δ of `wrapper` in each cell that applies it: the cell minus the same configuration without it."""
+    """The Δ of `wrapper` in each cell that applies it: the cell minus the same configuration without it.
+    A plugin's wrapper adds its plugin to the run's `plugin_sha256`, so the configuration without it may
+    use a subset of the cell's plugins, at the same versions."""
     applied, delta, p_value = wrapper_columns(wrapper)
-    without = {
-        _without(config, (wrapper,)): cell
-        for cell, config in zip(cells, parsed, strict=True)
-        if not cell[applied]
-    }
+    without: dict[str, list[tuple[dict, dict]]] = {}
+    for cell, config in zip(cells, parsed, strict=True):
+        if not cell[applied]:
+            without.setdefault(_without(config, (wrapper, "plugin_sha256")), []).append((cell, config))
     p_raw = []
     for cell, config in zip(cells, parsed, strict=True):
-        off = without.get(_without(config, (wrapper,))) if cell[applied] else None
+        candidates = without.get(_without(config, (wrapper, "plugin_sha256")), []) if cell[applied] else []
+        plugins = config.get("plugin_sha256", {}).items()
+        off = next(
+            (other for other, found in candidates if found.get("plugin_sha256", {}).items() <= plugins), None
+        )
         cell[delta] = cell["mean"] - off["mean"] if off else math.nan
         p_raw.append(welch(cell, off) if off else math.nan)
     for cell, adjusted in zip(cells, holm(p_raw), strict=True):

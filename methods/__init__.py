@@ -1,4 +1,5 @@
-"""KD methods, one module per method; importing this package registers them all in METHODS."""
+"""KD methods, one module per method (base.py is the contract, _shared.py the loss code several methods
+share); importing this package registers them all in METHODS."""
 
 import importlib
 import pkgutil

@@ -375,6 +375,8 @@ def with_settings(*setting_names: str):
     def add(cls):
         annotations = dict(cls.__dict__.get("__annotations__", {}))
         for name in setting_names:
+            if name in annotations:  # declared by hand beside the schema
+                raise TypeError(f"{cls.__name__}.{name} is a setting: declare it in the schema only")
             annotations[name] = SETTINGS[name].annotation
             setattr(cls, name, SETTINGS[name].dataclass_field())
         cls.__annotations__ = annotations

@@ -22,7 +22,7 @@ is annealed by `VirtualAttention.set_epoch`, which the engine calls like every s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +31,15 @@ from torch.nn.utils import parametrize
 
 from kdbench.core.errors import ConfigError
 
-if TYPE_CHECKING:
-    from kdbench.wrappers.vam import VAMConfig
+# the settings are a `VAMConfig` (kdbench/wrappers/vam.py, which imports this module where a student is
+# wrapped; importing it back would make a cycle)
+VAMSettings = Any
 
 
 class VirtualAttention(nn.Module):
     """Parametrisation W -> W * G * expand(A) of one conv weight of shape (C_out, C_in, k, k)."""
 
-    def __init__(self, out_channels: int, in_channels: int, config: VAMConfig):
+    def __init__(self, out_channels: int, in_channels: int, config: VAMSettings):
         super().__init__()
         groups = config.groups
         self.groups = groups
@@ -72,7 +73,7 @@ def _wrappable(conv: nn.Conv2d, groups: int) -> bool:
     return conv.groups == 1 and conv.out_channels % groups == 0 and conv.in_channels % groups == 0
 
 
-def wrap(student: nn.Module, config: VAMConfig) -> list[str]:
+def wrap(student: nn.Module, config: VAMSettings) -> list[str]:
     """Put VAM on the convs of the student's last `config.last_stages` stages; returns their names."""
     stages = student.stage_modules()[-config.last_stages :]
     wrapped_ids = {id(m) for stage in stages for m in stage.modules() if isinstance(m, nn.Conv2d)}

@@ -198,3 +198,21 @@ def test_a_bad_wrapper_flag_is_one_line_naming_it(capsys, tmp_path, plugin, flag
     )
     assert_one_line_error(code, err, *fragments)
     assert not (out / "runs").exists()
+
+
+def test_a_sweep_file_names_a_plugin_wrapper_by_the_wrappers_key(tmp_path, plugin):
+    """The sweep file's `wrappers` key is what `--wrapper` sets: each config read through its class."""
+    from kdbench.execution import config
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"custom_imports: {{imports: [{plugin}]}}\nwrappers: {{toy: {{scale: 3}}}}\n"
+        "dataset: synthetic\npairs: resnet14:resnet8\nmethods: kd\n"
+    )
+    built = config.build_request(config.resolve(sweep))
+    assert built.wrappers == wrapper_configs({"toy": {"scale": 3.0}})
+    assert type(built.wrappers["toy"]).__name__ == "ToyConfig" and built.wrappers["toy"].scale == 3
+    flags = config.resolve(
+        flags={"wrappers": {"toy": {"scale": 3}}, "custom_imports": {"imports": [str(plugin)]}}
+    )
+    assert config.build_request(flags).wrappers == built.wrappers

@@ -147,3 +147,13 @@ def test_a_plugin_wrapper_not_loaded_here_is_read_as_its_mapping_in_a_spec_that_
     assert RunSpec.from_dict(spec.to_dict()).run_id == spec.run_id
     with pytest.raises(ConfigError, match=r"unknown spec field\(s\) \['toy'\]"):
         RunSpec.from_dict(dict(with_plugin, toy={"nested": {"a": 1}}))
+
+
+def test_a_wrapper_outside_kdbench_cannot_put_its_key_in_every_spec():
+    """in_every_spec would add a null key to every spec, so every run id would change while it is loaded."""
+    cls = type("Everywhere", (StudentWrapper,), {"name": "everywhere", "config_class": _Settings})
+    cls.in_every_spec = True
+    with pytest.raises(RegistrationError, match="in_every_spec"):
+        register_wrapper(cls)
+    assert "everywhere" not in WRAPPERS.module_dict
+    assert PINNED[0][0].run_id == PINNED[0][1]

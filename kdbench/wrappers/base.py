@@ -79,6 +79,11 @@ def register_wrapper(cls: type[StudentWrapper]) -> type[StudentWrapper]:
         raise RegistrationError(
             f"student wrapper name '{cls.name}' is a key of every run spec or record; give yours another name"
         )
+    if cls.in_every_spec and not cls.__module__.startswith("kdbench.wrappers."):
+        raise RegistrationError(
+            f"student wrapper '{cls.name}' sets in_every_spec, which only VAM's key (older than wrappers as "
+            "data) has: it would change the run id of every run; leave it False"
+        )
     config_class = getattr(cls, "config_class", None)
     if not (dataclasses.is_dataclass(config_class) and config_class.__dataclass_params__.frozen):
         raise RegistrationError(

@@ -23,7 +23,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Features, FeatureShapes, Method, register_method, require_same_classes
+from kdbench.core.errors import ConfigError
+
+from .base import Features, FeatureShapes, Method, MethodContext, register_method, require_same_classes
 
 
 def transformed_teacher(teacher_logits: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
@@ -61,6 +63,13 @@ class WTTM(Method):
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
         require_same_classes(cls.name, student_shapes, teacher_shapes)
+
+    def __init__(self, hp: dict, context: MethodContext):
+        super().__init__(hp, context)
+        if hp["gamma"] <= 0:
+            raise ConfigError(
+                f"{self.name}.gamma={hp['gamma']}: takes a number above 0 (1 / the teacher's temperature)"
+            )
 
     def method_terms(
         self, student: Features, teacher: Features, labels: Tensor, indices: Tensor

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import kdbench.methods  # noqa: F401  (registers every method)
+from kdbench.core.errors import ConfigError
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS, lookup
 from kdbench.methods.base import Method, MethodContext, PairNotSupportedError
@@ -125,3 +126,10 @@ def test_refuses_different_class_counts(name):
         lookup(METHODS, "method", name).check_pair(shapes_of(), shapes_of(logits=(4,)))
     with pytest.raises(PairNotSupportedError, match=name):
         lookup(METHODS, "method", name).check_pair(shapes_of(), None)
+
+
+@pytest.mark.parametrize("name", ["wttm", "ttm"])
+@pytest.mark.parametrize("gamma", [0.0, -0.5])
+def test_refuses_a_power_that_is_not_positive(name, gamma):
+    with pytest.raises(ConfigError, match=f"{name}.gamma={gamma}"):
+        build(name, gamma=gamma)

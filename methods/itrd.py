@@ -28,7 +28,10 @@ self.t_dim`); no KL term. Defaults are the README's command (`-r 1.0 -b 1.0 --la
 --lambda_mutual 1.0 --alpha_it 1.01`, wrn_40_2 -> wrn_16_2); train_student.py's argparse defaults
 differ (lambda_mutual 0.05, alpha_it 1.5).
 
-A batch of one sample has no batch standard deviation; on such a batch both terms are 0.
+A batch of one sample has no batch standard deviation; on such a batch both terms are 0. A
+dimension constant over the batch (a teacher channel that no sample activates) has standard
+deviation 0: the code's division makes the loss NaN; kdbench floors the deviation at 1e-12, so the
+dimension standardises to 0 and adds the constant (|0 - 1|^2)^alpha = 1.
 """
 
 from __future__ import annotations
@@ -41,11 +44,17 @@ from torch import Tensor, nn
 
 from .base import Features, FeatureShapes, Method, MethodContext, PairNotSupportedError, register_method
 
+STD_FLOOR = 1e-12  # a dimension constant over the batch (module docstring)
+
+
+def standardize_columns(features: Tensor) -> Tensor:
+    """Each dimension minus its batch mean, over its unbiased batch std (floored: module docstring)."""
+    return (features - features.mean(dim=0)) / features.std(dim=0).clamp_min(STD_FLOOR)
+
 
 def correlation_loss(student: Tensor, teacher: Tensor, alpha: float) -> Tensor:
     """log2 sum_d (|c_d - 1|^2)^alpha, c_d the batch correlation of dimension d."""
-    student_std = (student - student.mean(dim=0)) / student.std(dim=0)
-    teacher_std = (teacher - teacher.mean(dim=0)) / teacher.std(dim=0)
+    student_std, teacher_std = standardize_columns(student), standardize_columns(teacher)
     correlation = (student_std * teacher_std).sum(dim=0) / len(student)
     return torch.log2((correlation - 1).abs().pow(2).pow(alpha).sum())
 

@@ -124,3 +124,25 @@ def test_itrd_terms_are_zero_on_a_batch_of_one_and_it_refuses_no_teacher():
     with pytest.raises(PairNotSupportedError, match="teacher"):
         METHODS.get("itrd").check_pair(shapes(2), None)
     METHODS.get("itrd").check_pair(shapes(2), FeatureShapes(None, (), (), (7,), (NUM_CLASSES + 2,)))
+
+
+def test_itrd_is_finite_when_a_teacher_dimension_is_constant_over_the_batch():
+    """A dead teacher channel: the code's division by its zero std is NaN; the floor makes the
+    dimension add (|0 - 1|^2)^alpha = 1 inside the log."""
+    method = build()
+    dead = [[row[0], 0.0, row[2]] for row in POOLED_T]
+    terms = method.method_terms(
+        Features(logits=None, pooled=torch.tensor(POOLED_S)),
+        Features(logits=None, pooled=torch.tensor(dead)),
+        torch.tensor([0, 1, 2, 1]),
+        None,
+    )
+    embedded = embedded_by_hand(method, POOLED_S)
+    live = [[row[0], row[2]] for row in dead]
+    s_cols, t_cols = standardised_columns([[r[0], r[2]] for r in embedded]), standardised_columns(live)
+    residuals = sum(
+        ((sum(a * b for a, b in zip(s, t, strict=True)) / 4 - 1) ** 2) ** 1.01
+        for s, t in zip(s_cols, t_cols, strict=True)
+    )
+    assert terms["itrd_correlation"].item() == pytest.approx(2.0 * math.log2(residuals + 1.0), rel=1e-5)
+    assert torch.isfinite(terms["itrd_mutual"])

@@ -212,3 +212,18 @@ def test_wkd_f_refuses_maps_it_cannot_regress_or_summarise():
     tokens = FeatureShapes(None, ((16, 8),), (), (8,), (NUM_CLASSES,))
     with pytest.raises(PairNotSupportedError, match=r"\(C, H, W\)"):
         wkdf.check_pair(student_shapes, tokens)
+
+
+def test_wkd_defaults_are_the_authors_cifar_configs():
+    """configs/cifar100/wkd_l and wkd_f/res32x4_res8x4.yaml of JiamingLv/WKD."""
+    wkd = METHODS.get("wkd").resolve_hp()
+    assert {k: wkd[k] for k in ("ce_weight", "kd_weight", "gamma", "temperature", "sinkhorn_lambda")} == {
+        "ce_weight": 1.0,
+        "kd_weight": 0.0,
+        "gamma": 600.0,
+        "temperature": 8.0,
+        "sinkhorn_lambda": 0.05,
+    }
+    assert (wkd["sinkhorn_iterations"], wkd["sharpen"], wkd["decay_epoch"]) == (10, 1.0, 150)
+    wkdf = METHODS.get("wkdf").resolve_hp()
+    assert (wkdf["method_weight"], wkdf["mean_ratio"], wkdf["grid"], wkdf["eps"]) == (0.08, 4.0, 1, 1e-5)

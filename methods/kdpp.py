@@ -88,8 +88,7 @@ class ClassMeans(nn.Module):
 
 @register_method
 class KDPP(Method):
-    """KD++: KD plus the ND loss, which pulls the student's embedding along the teacher's class-mean
-    direction and lengthens it.
+    """KD++: KD plus the ND loss, the student's embedding pulled along its class's teacher mean direction.
 
     Defaults from the authors' CIFAR-100 scripts (WangYZ1608/Knowledge-Distillation-via-ND at fc6f3f9,
     CIFAR/README.md and CIFAR/train_cifar.sh, resnet56 -> resnet20): CE 1.0, KD 1.0 at T 4

@@ -48,8 +48,7 @@ def normalized_kd(
 
 @register_method
 class NKD(Method):
-    """Normalized KD: the teacher's target probability as the target's weight, and the renormalised
-    non-target distributions matched at temperature lambda.
+    """Normalized KD: the teacher's target probability weights the target, non-targets matched renormalised.
 
     Defaults from the authors' CIFAR-100 config (yzd-v/cls_KD at 1e5d48f,
     configs/distillers/cifar100/res34_distill_res18_cifar.py: `NKDLoss(temp=3.0, gamma=3.5)`, the CE of

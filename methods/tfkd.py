@@ -19,6 +19,16 @@ params.json files rescales it. In kdbench's weights, `ce_weight` is 1 - alpha an
 is alpha * m; the method term is the KL / K alone.
 
 The method needs no teacher: `needs_teacher` is False, as the `student` baseline's (methods/student.py).
+
+`tfkd_self` is the paper's other teacher-free variant, self-training (Tf-KD_self, Sec. 5): the student's
+own architecture, trained alone first, teaches it by KD. As the authors' `loss_kd_self`, with the
+same element-wise mean:
+
+    L_self = (1 - alpha) * CE(z_s, y)  +  alpha * m * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) / K
+
+It is run on a pair whose teacher is the student's model (e.g. resnet8 teaching resnet8), which
+kdbench trains alone as every teacher; it refuses a teacher whose feature shapes differ from the
+student's (equal shapes are necessary, not sufficient, for the same architecture).
 """
 
 from __future__ import annotations
@@ -28,7 +38,15 @@ from torch import Tensor
 
 from kdbench.core.errors import ConfigError
 
-from .base import Features, Method, MethodContext, register_method
+from .base import (
+    Features,
+    FeatureShapes,
+    Method,
+    MethodContext,
+    PairNotSupportedError,
+    register_method,
+    require_same_classes,
+)
 
 
 def virtual_teacher(labels: Tensor, num_classes: int, correct_prob: float, temperature: float) -> Tensor:
@@ -80,3 +98,38 @@ class TfKD(Method):
     ) -> dict[str, Tensor]:
         hp = self.hp
         return {"tfkd": teacher_free_kl(student.logits, labels, hp["correct_prob"], hp["temperature"])}
+
+
+def self_training_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) summed over classes and samples, divided by N * K."""
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    soft_teacher = F.softmax(teacher_logits.detach() / temperature, dim=1)
+    return temperature**2 * F.kl_div(log_student, soft_teacher, reduction="sum") / student_logits.numel()
+
+
+@register_method
+class TfKDSelf(Method):
+    """Tf-KD self-training: the student's own architecture, trained alone first, teaches it by KD.
+
+    Defaults from the authors' CIFAR-100 ResNet18 self-training run (yuanli2333/Teacher-free-Knowledge-
+    Distillation at d000ab3, experiments/kd_experiments/resnet18_distill/resnet18_self_teacher/params.json
+    with `--self_training`): alpha 0.95, temperature 6, multiplier 50, so CE weight 0.05 and method
+    weight 47.5. MobileNetV2's run uses alpha 0.95, T 20, m 1 (mobilenet_self_teacher/params.json).
+    """
+
+    name = "tfkd_self"
+    defaults = {"ce_weight": 0.05, "kd_weight": 0.0, "method_weight": 47.5, "temperature": 6.0}
+
+    @classmethod
+    def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
+        require_same_classes("tfkd_self", student_shapes, teacher_shapes)
+        if teacher_shapes != student_shapes:
+            raise PairNotSupportedError(
+                "tfkd_self is self-training: its teacher is the student's own model, trained alone; this "
+                f"teacher's features {teacher_shapes} differ from the student's {student_shapes}"
+            )
+
+    def method_terms(
+        self, student: Features, teacher: Features, labels: Tensor, indices: Tensor
+    ) -> dict[str, Tensor]:
+        return {"tfkd_self": self_training_kl(student.logits, teacher.logits, self.hp["temperature"])}

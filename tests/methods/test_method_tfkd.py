@@ -14,7 +14,7 @@ import kdbench.methods  # noqa: F401  (registers every method)
 from kdbench.core.errors import ConfigError
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS, lookup
-from kdbench.methods.base import Method, MethodContext
+from kdbench.methods.base import Method, MethodContext, PairNotSupportedError
 
 SHAPES = FeatureShapes(stem=None, stages=((2, 2, 2),), preact=((2, 2, 2),), pooled=(3,), logits=(4,))
 
@@ -92,3 +92,52 @@ def test_tfkd_total_is_the_authors_alpha_mix_with_the_multiplier():
 def test_tfkd_refuses_a_virtual_teacher_it_cannot_build(key, value):
     with pytest.raises(ConfigError, match=f"tfkd.{key}"):
         build(**{key: value})
+
+
+TEACHER_LOGITS = torch.tensor([[3.0, -0.5, 0.2, 1.1], [1.2, 0.4, -0.3, 2.2], [0.0, 2.5, 0.5, -1.0]])
+
+
+def build_self(**overrides) -> Method:
+    labels = torch.arange(8) % 4
+    context = MethodContext(SHAPES, SHAPES, 4, len(labels), labels)
+    method_class = lookup(METHODS, "method", "tfkd_self")
+    return method_class(method_class.resolve_hp(overrides), context)
+
+
+def test_tfkd_self_has_the_authors_resnet18_self_training_defaults():
+    cls = lookup(METHODS, "method", "tfkd_self")
+    assert cls.needs_teacher is True
+    hp = cls.resolve_hp()
+    assert {k: hp[k] for k in ("ce_weight", "kd_weight", "method_weight", "temperature")} == {
+        "ce_weight": 0.05,  # 1 - alpha
+        "kd_weight": 0.0,
+        "method_weight": 47.5,  # alpha * multiplier = 0.95 * 50
+        "temperature": 6.0,
+    }
+
+
+def test_tfkd_self_term_is_the_authors_tempered_kl_element_mean_times_t_squared():
+    method = build_self(temperature=3.0, method_weight=1.0)
+    terms = method.losses(
+        Features(logits=STUDENT_LOGITS, pooled=None),
+        Features(logits=TEACHER_LOGITS, pooled=None),
+        LABELS,
+        LABELS,
+    )
+    assert terms.keys() == {"ce", "tfkd_self"}
+    total, count = 0.0, 0
+    for s_row, t_row in zip(STUDENT_LOGITS.tolist(), TEACHER_LOGITS.tolist(), strict=True):
+        p_s, p_t = softmax_by_hand([v / 3 for v in s_row]), softmax_by_hand([v / 3 for v in t_row])
+        total += sum(q * math.log(q / p) for q, p in zip(p_t, p_s, strict=True))
+        count += len(s_row)
+    assert terms["tfkd_self"].item() == pytest.approx(9 * total / count, rel=1e-5)
+
+
+def test_tfkd_self_refuses_a_teacher_unlike_the_student():
+    cls = lookup(METHODS, "method", "tfkd_self")
+    cls.check_pair(SHAPES, SHAPES)
+    wider = FeatureShapes(stem=None, stages=((4, 2, 2),), preact=((4, 2, 2),), pooled=(5,), logits=(4,))
+    with pytest.raises(PairNotSupportedError, match="tfkd_self is self-training"):
+        cls.check_pair(SHAPES, wider)
+    with pytest.raises(PairNotSupportedError, match="tfkd_self compares class distributions"):
+        cls.check_pair(SHAPES, None)

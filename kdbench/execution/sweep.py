@@ -322,37 +322,53 @@ class Sweep:
         shown = sys.stderr.isatty() if self.progress_bar is None else self.progress_bar
         return bar(total=0, desc="runs", unit="run", disable=not (shown and elsewhere))
 
-    def run(self) -> SweepSummary:
-        """Teachers first where they must be trained; runs needing no teacher start beside them."""
-        request = self.request
-        check_size(request)  # before any grid is built
-        validate_names(request)
-        store.ensure_writable(self.out)
-        distributed.barrier()  # every rank plans from the same store: none has written yet
-        if distributed.backend() is not None:  # under torchrun the ranks train in their own process,
-            self.request = request = replace(request, jobs=1)  # stepping together through one run at a time
-        self.request = request = fit_to_data(request, self.progress)  # a bad dataset fails here
-        info = prepare_data(request.dataset, request.data_root, request.recipe).info
-        check_pairs(request, info)
-        teacher_methods = any(method_class(m).needs_teacher for m in request.methods)
-        known: dict[str, tuple[Path, str]] = {}  # architecture -> (checkpoint, sha256)
-        to_train: dict[str, RunSpec] = {}  # teacher run id -> its spec
-        for pair in request.pairs:
+    def teachers(self, info: DatasetInfo) -> tuple[dict[str, tuple[Path, str]], dict[str, RunSpec]]:
+        """The pairs' teachers: ({architecture: (checkpoint, sha256)} given or cached, {teacher run id:
+        its spec} to train first); none when no method needs one."""
+        known: dict[str, tuple[Path, str]] = {}
+        to_train: dict[str, RunSpec] = {}
+        if not any(method_class(m).needs_teacher for m in self.request.methods):
+            return known, to_train
+        for pair in self.request.pairs:
             training = {spec.student for spec in to_train.values()}
-            if teacher_methods and pair.teacher not in known and pair.teacher not in training:
+            if pair.teacher not in known and pair.teacher not in training:
                 found = self.known_teacher(pair.teacher, info)
                 if found:
                     known[pair.teacher] = found
                 else:
                     spec = self.teacher_spec(pair.teacher)
                     to_train[spec.run_id] = spec
-        if distributed.is_main():  # the store keeps the code of the plugins the runs use (rerun loads it)
-            models = {model for pair in request.pairs for model in (pair.student, pair.teacher)}
-            for method in request.methods:
-                used = plugins.sha256_for(method, models, request.dataset, request.wrappers)
-                plugins.save_sources(self.out, used)
+        return known, to_train
+
+    def save_plugin_sources(self) -> None:
+        """The store keeps the code of the plugins the runs use (rerun loads it)."""
+        request = self.request
+        models = {model for pair in request.pairs for model in (pair.student, pair.teacher)}
+        for method in request.methods:
+            plugins.save_sources(
+                self.out, plugins.sha256_for(method, models, request.dataset, request.wrappers)
+            )
+
+    def prepare(self) -> DatasetInfo:
+        """The request checked, fitted to its data (a bad dataset fails here) and its pairs probed."""
+        check_size(self.request)  # before any grid is built
+        validate_names(self.request)
+        store.ensure_writable(self.out)
+        distributed.barrier()  # every rank plans from the same store: none has written yet
+        if distributed.backend() is not None:  # under torchrun the ranks train in their own process,
+            self.request = replace(self.request, jobs=1)  # stepping together through one run at a time
+        self.request = request = fit_to_data(self.request, self.progress)
+        info = prepare_data(request.dataset, request.data_root, request.recipe).info
+        check_pairs(request, info)
+        return info
+
+    def run(self) -> SweepSummary:
+        """Teachers first where they must be trained; runs needing no teacher start beside them."""
+        known, to_train = self.teachers(self.prepare())
+        if distributed.is_main():
+            self.save_plugin_sources()
         ready = []  # (pair, its specs that can start now)
-        for pair in request.pairs:  # with a known teacher, the baseline rides in its cohorts
+        for pair in self.request.pairs:  # with a known teacher, the baseline rides in its cohorts
             specs = self.pending(pair, None)
             if pair.teacher in known:
                 specs += self.pending(pair, known[pair.teacher])
@@ -367,7 +383,7 @@ class Sweep:
                 if outcome.status == "teacher":
                     architecture = to_train[outcome.run_id].student
                     known[architecture] = (Path(outcome.teacher_path), outcome.teacher_sha256)
-                    for pair in request.pairs:
+                    for pair in self.request.pairs:
                         if pair.teacher == architecture:
                             self.submit(backend, self.pending(pair, known[architecture]), known[architecture])
                 else:

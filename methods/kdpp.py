@@ -26,6 +26,9 @@ before training (CIFAR/emb_fea_distribution.py); a kdbench method sees no data b
 it accumulates the same means from the teacher's embeddings of the batches of the first epoch,
 using the means so far (this batch included) during that epoch and the complete ones after it. A
 class not yet seen when the epoch ends goes on accumulating until it is.
+
+DKD++ (`dkdpp`, the paper's Table 1 and the authors' CIFAR/train_cifar_dkd.py) adds the same ND loss
+to DKD (methods/dkd.py) in place of KD, with the same warm-up on the DKD terms.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from .base import (
     require_same_classes,
     scale_schedule,
 )
+from .dkd import decoupled_kd_parts
 
 
 def embedding_projector(student_width: int, teacher_width: int) -> nn.Sequential:
@@ -116,10 +120,10 @@ class KDPP(Method):
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
-        require_same_classes("kdpp", student_shapes, teacher_shapes)
+        require_same_classes(cls.name, student_shapes, teacher_shapes)
         if len(student_shapes.pooled) != 1 or len(teacher_shapes.pooled) != 1:
             raise PairNotSupportedError(
-                f"kdpp compares embedding vectors: the student's pooled features are {student_shapes.pooled}, "
+                f"{cls.name} compares embedding vectors: the student's pooled features are {student_shapes.pooled}, "
                 f"the teacher's {teacher_shapes.pooled}"
             )
 
@@ -138,13 +142,57 @@ class KDPP(Method):
         self.kd_ramp = min((epoch - 1) / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0
         self.first_epoch = epoch <= 1
 
-    def method_terms(
-        self, student: Features, teacher: Features, labels: Tensor, indices: Tensor
-    ) -> dict[str, Tensor]:
-        hp = self.hp
+    def norm_direction(self, student: Features, teacher: Features, labels: Tensor) -> Tensor:
+        """L_ND of the batch, its teacher embeddings first added to the class means while training."""
         if self.training:
             self.class_means.add(teacher.pooled, labels, every_class=self.first_epoch)
         student_emb = self.projector(student.pooled) if self.projector is not None else student.pooled
-        nd = norm_direction_loss(student_emb, teacher.pooled.detach(), self.class_means.directions(labels))
-        kd = kd_kl_div(*standardized_pair(student.logits, teacher.logits, hp["logit_std"]), hp["temperature"])
-        return {"kdpp_kd": self.kd_ramp * hp["kd_factor"] * kd, "kdpp_nd": hp["nd_factor"] * nd}
+        return norm_direction_loss(student_emb, teacher.pooled.detach(), self.class_means.directions(labels))
+
+    def logit_terms(
+        self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor
+    ) -> dict[str, Tensor]:
+        """The logit distillation the ND loss is added to, before the warm-up: KD's here."""
+        return {
+            "kdpp_kd": self.hp["kd_factor"]
+            * kd_kl_div(student_logits, teacher_logits, self.hp["temperature"])
+        }
+
+    def method_terms(
+        self, student: Features, teacher: Features, labels: Tensor, indices: Tensor
+    ) -> dict[str, Tensor]:
+        nd = self.norm_direction(student, teacher, labels)
+        logits = standardized_pair(student.logits, teacher.logits, self.hp["logit_std"])
+        terms = {name: self.kd_ramp * term for name, term in self.logit_terms(*logits, labels).items()}
+        return {**terms, f"{self.name}_nd": self.hp["nd_factor"] * nd}
+
+
+@register_method
+class DKDPP(KDPP):
+    """DKD++: DKD plus the ND loss, the student's embedding pulled along its class's teacher mean direction.
+
+    DKD's TCKD and NCKD (methods/dkd.py) in place of KD, with KD++'s warm-up (epochs counted from 0)
+    and ND loss. Defaults from the authors' CIFAR-100 script (WangYZ1608/Knowledge-Distillation-via-ND
+    at fc6f3f9, CIFAR/train_cifar.sh, DKD section, resnet56 -> resnet20): CE 1, alpha (TCKD) 2.5,
+    beta (NCKD) 4.0, ND 3.5, T 4, warm-up 20. Their other pairs (alpha, beta, ND): resnet32x4 ->
+    resnet8x4 2.0, 8.0, 0.5; wrn40_2 -> wrn40_1 1.0, 6.0, 1.0; resnet50 -> mobilenetv2 0.5, 8.0, 1.0;
+    resnet32x4 -> shufflenetv1 0.5, 8.0, 4.0; resnet32x4 -> shufflenetv2 0.5, 6.0, 0.5.
+    """
+
+    name = "dkdpp"
+    defaults = {
+        "ce_weight": 1.0,
+        "kd_weight": 0.0,
+        "method_weight": 1.0,
+        "temperature": 4.0,
+        "alpha": 2.5,
+        "beta": 4.0,
+        "nd_factor": 3.5,
+        "warmup_epochs": 20,
+    }
+
+    def logit_terms(
+        self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor
+    ) -> dict[str, Tensor]:
+        tckd, nckd = decoupled_kd_parts(student_logits, teacher_logits, labels, self.hp["temperature"])
+        return {"dkdpp_tckd": self.hp["alpha"] * tckd, "dkdpp_nckd": self.hp["beta"] * nckd}

@@ -198,3 +198,54 @@ def test_kdpp_refuses_pairs_it_cannot_serve():
         kdpp.check_pair(shapes_of(), shapes_of(logits=(4,)))
     with pytest.raises(PairNotSupportedError, match=r"kdpp compares embedding vectors.*\(5, 2\)"):
         kdpp.check_pair(shapes_of(), shapes_of(pooled=(5, 2)))
+
+
+def dkd_parts_by_hand(z_s, z_t, target, temperature):
+    """DKD (Zhao et al., CVPR 2022): KL of the binary [p_t, 1 - p_t] and of the renormalised non-targets."""
+
+    def softmax(values):
+        exps = [math.exp(v / temperature) for v in values]
+        return [e / sum(exps) for e in exps]
+
+    p_s, p_t = softmax(z_s), softmax(z_t)
+    b_s, b_t = [p_s[target], 1 - p_s[target]], [p_t[target], 1 - p_t[target]]
+    rest_s = [p / (1 - p_s[target]) for k, p in enumerate(p_s) if k != target]
+    rest_t = [p / (1 - p_t[target]) for k, p in enumerate(p_t) if k != target]
+    tckd = sum(t * math.log(t / s) for s, t in zip(b_s, b_t, strict=True))
+    nckd = sum(t * math.log(t / s) for s, t in zip(rest_s, rest_t, strict=True))
+    return temperature**2 * tckd, temperature**2 * nckd
+
+
+def test_dkdpp_is_warmed_up_dkd_plus_the_same_nd_loss():
+    cls = lookup(METHODS, "method", "dkdpp")
+    hp = cls.resolve_hp()
+    assert {
+        k: hp[k] for k in ("ce_weight", "alpha", "beta", "nd_factor", "temperature", "warmup_epochs")
+    } == {
+        "ce_weight": 1.0,
+        "alpha": 2.5,
+        "beta": 4.0,
+        "nd_factor": 3.5,
+        "temperature": 4.0,
+        "warmup_epochs": 20,
+    }
+    labels = torch.arange(6) % NUM_CLASSES
+    method = cls(hp, MethodContext(shapes_of(), shapes_of(), NUM_CLASSES, len(labels), labels))
+    student_logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 1.5], [1.0, 1.0, 1.0]])
+    teacher_logits = torch.tensor([[3.0, -0.5, 0.2], [1.2, 0.4, -0.3], [0.0, 2.5, 0.5]])
+    method.set_epoch(11, 240)  # half way through the warm-up
+    terms = method.method_terms(
+        features(STUDENT_EMB, student_logits), features(TEACHER_EMB, teacher_logits), LABELS, LABELS
+    )
+    assert terms.keys() == {"dkdpp_tckd", "dkdpp_nckd", "dkdpp_nd"}
+    parts = [
+        dkd_parts_by_hand(s, t, y, 4.0)
+        for s, t, y in zip(student_logits.tolist(), teacher_logits.tolist(), LABELS.tolist(), strict=True)
+    ]
+    assert terms["dkdpp_tckd"].item() == pytest.approx(0.5 * 2.5 * sum(p[0] for p in parts) / 3, rel=1e-5)
+    assert terms["dkdpp_nckd"].item() == pytest.approx(0.5 * 4.0 * sum(p[1] for p in parts) / 3, rel=1e-5)
+    centers = class_means_by_hand(TEACHER_EMB, LABELS)
+    expected_nd = 3.5 * nd_by_hand(STUDENT_EMB, TEACHER_EMB, LABELS, centers)
+    assert terms["dkdpp_nd"].item() == pytest.approx(expected_nd, rel=1e-6)
+    with pytest.raises(PairNotSupportedError, match="dkdpp compares class distributions"):
+        cls.check_pair(shapes_of(), shapes_of(logits=(4,)))

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
+from kdbench.models.resume import check_stage_index
 
 # Authors' code: `gumbel_softmax(R, 0.5)` before the temperature-t softmax (no Gumbel noise is drawn).
 ROUTING_BASE_TEMPERATURE = 0.5
@@ -214,6 +215,22 @@ class HME(nn.Module):
             return logits
         pooled = torch.cat([hidden for hidden, _ in heads], dim=1)
         return Features(logits=logits, pooled=pooled, stages=stages)
+
+    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+        """Logits from `stages[stage_index]` (level i's expert outputs, concatenated): that level's
+        routing, the later levels and the leaf heads, with the routing weights of now
+        (kdbench/models/resume.py)."""
+        check_stage_index(stage_index, len(self.levels))
+        weights = self.routing_weights()
+        # (N, E*C, H, W) back to the stacked (E, N, C, H, W) the routing mixes
+        outputs = x.unflatten(1, (self.experts[stage_index], -1)).transpose(0, 1).contiguous()
+        inputs = torch.einsum("kp,pnchw->knchw", weights[stage_index], outputs).unbind(0)
+        for experts, level_weights in zip(
+            self.levels[stage_index + 1 :], weights[stage_index + 1 :], strict=True
+        ):
+            outputs = torch.stack([expert(part) for expert, part in zip(experts, inputs, strict=True)])
+            inputs = torch.einsum("kp,pnchw->knchw", level_weights, outputs).unbind(0)
+        return torch.cat([head(part)[1] for head, part in zip(self.heads, inputs, strict=True)], dim=1)
 
     def stage_modules(self) -> list[nn.Module]:
         return list(self.levels)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
+from kdbench.models.resume import check_stage_index
 
 # Expansion t (None: the model's T), output channels c, repeats n, first stride s (RepDistiller's setting).
 INVERTED_RESIDUAL_SETTING = [
@@ -113,6 +114,15 @@ class MobileNetV2(nn.Module):
         if not features:
             return logits
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=list(stages))
+
+    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+        """Logits from `stages[stage_index]`: the later blocks, conv2, pool, classifier
+        (kdbench/models/resume.py)."""
+        check_stage_index(stage_index, len(STAGES))
+        for idx in STAGES[stage_index + 1 :]:
+            for i in idx:
+                x = self.blocks[i](x)
+        return self.classifier(self.avgpool(self.conv2(x)).flatten(1))
 
 
 @MODELS.register_module()

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
+from kdbench.models.resume import check_stage_index
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -118,6 +119,15 @@ class ResNet(nn.Module):
         if not features:
             return logits
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
+
+    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+        """Logits from `stages[stage_index]` (post-ReLU): the later stages, pool, fc
+        (kdbench/models/resume.py)."""
+        stages = self.stage_modules()
+        check_stage_index(stage_index, len(stages))
+        for stage in stages[stage_index + 1 :]:
+            x = stage(x)
+        return self.fc(self.avgpool(x).flatten(1))
 
 
 def _resnet(depth: int, num_filters: list[int], num_classes: int, in_chans: int) -> ResNet:

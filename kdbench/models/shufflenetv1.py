@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
 from kdbench.models.resnet import run_stages
+from kdbench.models.resume import check_stage_index
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -101,6 +102,15 @@ class ShuffleNet(nn.Module):
         if not features:
             return logits
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
+
+    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+        """Logits from `stages[stage_index]` (post-ReLU): the later stages, pool, linear
+        (kdbench/models/resume.py)."""
+        stages = self.stage_modules()
+        check_stage_index(stage_index, len(stages))
+        for stage in stages[stage_index + 1 :]:
+            x = stage(x)
+        return self.linear(self.avgpool(x).flatten(1))
 
 
 @MODELS.register_module()

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
 from kdbench.models.resnet import run_stages
+from kdbench.models.resume import check_stage_index
 from kdbench.models.shufflenetv1 import channel_shuffle
 
 
@@ -118,6 +119,15 @@ class ShuffleNetV2(nn.Module):
         if not features:
             return logits
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
+
+    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+        """Logits from `stages[stage_index]`: the later stages, conv2-bn2-relu, pool, linear
+        (kdbench/models/resume.py)."""
+        stages = self.stage_modules()
+        check_stage_index(stage_index, len(stages))
+        for stage in stages[stage_index + 1 :]:
+            x = stage(x)
+        return self.linear(self.avgpool(F.relu(self.bn2(self.conv2(x)))).flatten(1))
 
 
 @MODELS.register_module()

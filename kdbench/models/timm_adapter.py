@@ -19,11 +19,13 @@ from __future__ import annotations
 import difflib
 
 import timm
+import torch
 from torch import Tensor, nn
 
 from kdbench.core.errors import ConfigError
 from kdbench.core.features import Features
 from kdbench.core.registries import UnknownNameError
+from kdbench.models.resume import check_stage_index
 
 
 def _is_stem_tap(module: nn.Module) -> bool:
@@ -31,14 +33,19 @@ def _is_stem_tap(module: nn.Module) -> bool:
 
 
 class TimmModel(nn.Module):
-    """Wraps a timm model (`self.model`, so its state_dict keys are timm's under the `model.` prefix)."""
+    """Wraps a timm model (`self.model`, so its state_dict keys are timm's under the `model.` prefix).
 
-    def __init__(self, model: nn.Module):
+    image_shape: the (C, H, W) of the images it is built for; `forward_from` checks on it, once,
+    that the model's stages chain."""
+
+    def __init__(self, model: nn.Module, image_shape: tuple[int, int, int]):
         super().__init__()
         self.model = model
+        self.image_shape = tuple(image_shape)
         taps = [model.get_submodule(info["module"]) for info in model.feature_info]
         self.has_stem = bool(taps) and _is_stem_tap(taps[0])
         self._stage_names = [info["module"] for info in model.feature_info[int(self.has_stem) :]]
+        self._stages_chain: bool | None = None  # whether `forward_from` is the model's function; checked once
 
     def stage_modules(self) -> list[nn.Module]:
         """The modules named by timm's `feature_info`, minus the stem tap."""
@@ -53,6 +60,52 @@ class TimmModel(nn.Module):
         stem = taps[0] if self.has_stem else None
         stages = taps[int(self.has_stem) :]
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=list(stages))
+
+    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+        """Logits from `stages[stage_index]`: the later stage modules in order, then timm's
+        `forward_head` (kdbench/models/resume.py).
+
+        That is the model's own function only where its stages chain: each stage module takes the
+        previous one's tap as it is and the head reads the last tap (timm's ResNets, ConvNeXts,
+        RegNets). Where they do not (a ViT's or a Mixer's taps are reshaped tokens; a Swin's
+        are permuted and normed; an EfficientNet has blocks between its taps), ConfigError. Which
+        it is is checked once, on a probe batch of `image_shape` images in eval mode, against
+        `forward` (nothing random is drawn and nothing in the model changes)."""
+        check_stage_index(stage_index, len(self._stage_names))
+        if self._stages_chain is None:
+            self._stages_chain = self._check_stages_chain()
+        if not self._stages_chain:
+            raise ConfigError(
+                f"timm model '{self.model.default_cfg.get('architecture', type(self.model).__name__)}': "
+                "its stages do not chain (a stage does not read the previous stage's tap as it is, or "
+                "the head does not read the last one), so it cannot be run from a stage output"
+            )
+        return self._run_from(stage_index, x)
+
+    def _run_from(self, stage_index: int, x: Tensor) -> Tensor:
+        for stage in self.stage_modules()[stage_index + 1 :]:
+            x = stage(x)
+        return self.model.forward_head(x)
+
+    def _check_stages_chain(self) -> bool:
+        probe = torch.randn(2, *self.image_shape, generator=torch.Generator().manual_seed(0))
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                features = self(probe.to(next(self.parameters()).device), features=True)
+                for index, stage in enumerate(features.stages):
+                    try:
+                        logits = self._run_from(index, stage)
+                    except (RuntimeError, ValueError, AssertionError):  # a token block given a map
+                        return False
+                    if logits.shape != features.logits.shape or not torch.allclose(
+                        logits, features.logits, rtol=1e-4, atol=1e-5
+                    ):
+                        return False
+            return True
+        finally:
+            self.train(was_training)
 
 
 def takes_image_size(name: str) -> bool:
@@ -83,4 +136,6 @@ def build_timm_model(
             f"timm model 'timm:{name}' has no forward_intermediates: kdbench cannot tap its features; "
             "choose another model"
         )
-    return TimmModel(model)
+    size = image_size if image_size is not None else model.pretrained_cfg.get("input_size", (3, 224, 224))[1:]
+    height, width = (size, size) if isinstance(size, int) else size
+    return TimmModel(model, (in_chans, height, width))

@@ -333,8 +333,8 @@ def defaults(command: str) -> dict:
 
 
 def flag_layer(values: dict, command: str) -> dict:
-    """The configuration layer of the flags given to `command` (`values`: by setting name; None, [] and
-    False's absence are flags not given)."""
+    """The configuration layer of the flags given to `command` (`values`: by setting name). None and []
+    are flags not given: a resolving command's flags default to None (kdbench/cli/common.py)."""
     layer: dict = {}
     for setting in for_command(command):
         value = values.get(setting.name)

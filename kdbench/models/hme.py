@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
-from kdbench.models.resume import check_stage_index
+from kdbench.models.resume import check_stage_index, resumed
 
 # Authors' code: `gumbel_softmax(R, 0.5)` before the temperature-t softmax (no Gumbel noise is drawn).
 ROUTING_BASE_TEMPERATURE = 0.5
@@ -216,7 +216,7 @@ class HME(nn.Module):
         pooled = torch.cat([hidden for hidden, _ in heads], dim=1)
         return Features(logits=logits, pooled=pooled, stages=stages)
 
-    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+    def forward_from(self, stage_index: int, x: Tensor, features: bool = False) -> Tensor | Features:
         """Logits from `stages[stage_index]` (level i's expert outputs, concatenated): that level's
         routing, the later levels and the leaf heads, with the routing weights of now
         (kdbench/models/resume.py)."""
@@ -225,12 +225,17 @@ class HME(nn.Module):
         # (N, E*C, H, W) back to the stacked (E, N, C, H, W) the routing mixes
         outputs = x.unflatten(1, (self.experts[stage_index], -1)).transpose(0, 1).contiguous()
         inputs = torch.einsum("kp,pnchw->knchw", weights[stage_index], outputs).unbind(0)
+        later = []
         for experts, level_weights in zip(
             self.levels[stage_index + 1 :], weights[stage_index + 1 :], strict=True
         ):
             outputs = torch.stack([expert(part) for expert, part in zip(experts, inputs, strict=True)])
+            later.append(outputs.transpose(0, 1).flatten(1, 2))
             inputs = torch.einsum("kp,pnchw->knchw", level_weights, outputs).unbind(0)
-        return torch.cat([head(part)[1] for head, part in zip(self.heads, inputs, strict=True)], dim=1)
+        heads = [head(part) for head, part in zip(self.heads, inputs, strict=True)]
+        logits = torch.cat([score for _, score in heads], dim=1)
+        pooled = torch.cat([hidden for hidden, _ in heads], dim=1)
+        return resumed(logits, pooled, later, features)
 
     def stage_modules(self) -> list[nn.Module]:
         return list(self.levels)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
-from kdbench.models.resume import check_stage_index
+from kdbench.models.resume import check_stage_index, resumed
 
 # Expansion t (None: the model's T), output channels c, repeats n, first stride s (RepDistiller's setting).
 INVERTED_RESIDUAL_SETTING = [
@@ -115,14 +115,17 @@ class MobileNetV2(nn.Module):
             return logits
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=list(stages))
 
-    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+    def forward_from(self, stage_index: int, x: Tensor, features: bool = False) -> Tensor | Features:
         """Logits from `stages[stage_index]`: the later blocks, conv2, pool, classifier
         (kdbench/models/resume.py)."""
         check_stage_index(stage_index, len(STAGES))
+        later = []
         for idx in STAGES[stage_index + 1 :]:
             for i in idx:
                 x = self.blocks[i](x)
-        return self.classifier(self.avgpool(self.conv2(x)).flatten(1))
+            later.append(x)
+        pooled = self.avgpool(self.conv2(x)).flatten(1)
+        return resumed(self.classifier(pooled), pooled, later, features)
 
 
 @MODELS.register_module()

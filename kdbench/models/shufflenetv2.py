@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
 from kdbench.models.resnet import run_stages
-from kdbench.models.resume import check_stage_index
+from kdbench.models.resume import check_stage_index, resumed
 from kdbench.models.shufflenetv1 import channel_shuffle
 
 
@@ -120,14 +120,17 @@ class ShuffleNetV2(nn.Module):
             return logits
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
 
-    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+    def forward_from(self, stage_index: int, x: Tensor, features: bool = False) -> Tensor | Features:
         """Logits from `stages[stage_index]`: the later stages, conv2-bn2-relu, pool, linear
         (kdbench/models/resume.py)."""
         stages = self.stage_modules()
         check_stage_index(stage_index, len(stages))
+        later = []
         for stage in stages[stage_index + 1 :]:
             x = stage(x)
-        return self.linear(self.avgpool(F.relu(self.bn2(self.conv2(x)))).flatten(1))
+            later.append(x)
+        pooled = self.avgpool(F.relu(self.bn2(self.conv2(x)))).flatten(1)
+        return resumed(self.linear(pooled), pooled, later, features)
 
 
 @MODELS.register_module()

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from kdbench.core.errors import ConfigError
 from kdbench.core.features import Features
 from kdbench.core.registries import UnknownNameError
-from kdbench.models.resume import check_stage_index
+from kdbench.models.resume import check_stage_index, resumed
 
 
 def _is_stem_tap(module: nn.Module) -> bool:
@@ -61,7 +61,7 @@ class TimmModel(nn.Module):
         stages = taps[int(self.has_stem) :]
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=list(stages))
 
-    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+    def forward_from(self, stage_index: int, x: Tensor, features: bool = False) -> Tensor | Features:
         """Logits from `stages[stage_index]`: the later stage modules in order, then timm's
         `forward_head` (kdbench/models/resume.py).
 
@@ -80,12 +80,17 @@ class TimmModel(nn.Module):
                 "its stages do not chain (a stage does not read the previous stage's tap as it is, or "
                 "the head does not read the last one), so it cannot be run from a stage output"
             )
-        return self._run_from(stage_index, x)
+        later = self._run_stages_from(stage_index, x)
+        final = later[-1] if later else x
+        pooled = self.model.forward_head(final, pre_logits=True)
+        return resumed(self.model.forward_head(final), pooled, later, features)
 
-    def _run_from(self, stage_index: int, x: Tensor) -> Tensor:
+    def _run_stages_from(self, stage_index: int, x: Tensor) -> list[Tensor]:
+        later = []
         for stage in self.stage_modules()[stage_index + 1 :]:
             x = stage(x)
-        return self.model.forward_head(x)
+            later.append(x)
+        return later
 
     def _check_stages_chain(self) -> bool:
         probe = torch.randn(2, *self.image_shape, generator=torch.Generator().manual_seed(0))
@@ -96,7 +101,8 @@ class TimmModel(nn.Module):
                 features = self(probe.to(next(self.parameters()).device), features=True)
                 for index, stage in enumerate(features.stages):
                     try:
-                        logits = self._run_from(index, stage)
+                        later = self._run_stages_from(index, stage)
+                        logits = self.model.forward_head(later[-1] if later else stage)
                     except (RuntimeError, ValueError, AssertionError):  # a token block given a map
                         return False
                     if logits.shape != features.logits.shape or not torch.allclose(

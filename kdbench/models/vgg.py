@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
-from kdbench.models.resume import check_stage_index
+from kdbench.models.resume import check_stage_index, resumed
 
 # Output channels of the 3x3 convs of block0..4 (RepDistiller's cfg 'S', 'A', 'B', 'D', 'E').
 CFGS: dict[str, list[list[int]]] = {
@@ -94,7 +94,7 @@ class VGG(nn.Module):
             return logits
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
 
-    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+    def forward_from(self, stage_index: int, x: Tensor, features: bool = False) -> Tensor | Features:
         """Logits from `stages[stage_index]` (post-ReLU): the pool after it, the later blocks (each
         relu'd, pooled as in `forward`), pool4, classifier (kdbench/models/resume.py).
 
@@ -104,11 +104,14 @@ class VGG(nn.Module):
         check_stage_index(stage_index, len(self.stage_modules()))
         larger_than_32 = x.shape[-2] * 2 ** (stage_index + 1) > 32
         pools = [self.pool1, self.pool2, self.pool3 if larger_than_32 else None]
+        later = []
         for block, pool in zip(self.stage_modules()[stage_index + 1 :], pools[stage_index:], strict=True):
             if pool is not None:
                 x = pool(x)
             x = F.relu(block(x))
-        return self.classifier(self.pool4(x).flatten(1))
+            later.append(x)
+        pooled = self.pool4(x).flatten(1)
+        return resumed(self.classifier(pooled), pooled, later, features)
 
 
 @MODELS.register_module()

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
-from kdbench.models.resume import check_stage_index
+from kdbench.models.resume import check_stage_index, resumed
 
 
 class BasicBlock(nn.Module):
@@ -119,14 +119,17 @@ class WideResNet(nn.Module):
             return logits
         return Features(logits=logits, pooled=pooled, stem=stem, stages=stages, preact=preacts)
 
-    def forward_from(self, stage_index: int, x: Tensor) -> Tensor:
+    def forward_from(self, stage_index: int, x: Tensor, features: bool = False) -> Tensor | Features:
         """Logits from `stages[stage_index]` (a raw residual sum): the later stages, bn1-relu, pool, fc
         (kdbench/models/resume.py)."""
         stages = self.stage_modules()
         check_stage_index(stage_index, len(stages))
+        later = []
         for stage in stages[stage_index + 1 :]:
             x = stage(x)
-        return self.fc(self.avgpool(F.relu(self.bn1(x))).flatten(1))
+            later.append(x)
+        pooled = self.avgpool(F.relu(self.bn1(x))).flatten(1)
+        return resumed(self.fc(pooled), pooled, later, features)
 
 
 @MODELS.register_module()

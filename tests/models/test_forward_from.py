@@ -13,15 +13,22 @@ ZOO = [name for name in list_models() if name not in ("hme", "hme_small")]
 
 
 def resumed_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(model(x), [forward_from(i, stages[i]) for every stage i]), without gradients."""
+    """(model(x), [forward_from(i, stages[i]) for every stage i]), without gradients; checks on the
+    way that `features=True` gives the same logits, the model's pooled vector and its later stages."""
     with torch.no_grad():
         logits = model(x)
-        stages = model(x, features=True).stages
+        features = model(x, features=True)
         resumed = []
-        for index, stage in enumerate(stages):
+        for index, stage in enumerate(features.stages):
             kept = stage.clone()
             resumed.append(model.forward_from(index, stage))
             torch.testing.assert_close(stage, kept, rtol=0, atol=0)  # nothing in place on the input
+            run = model.forward_from(index, stage, features=True)
+            torch.testing.assert_close(run.logits, resumed[-1], rtol=0, atol=0)
+            torch.testing.assert_close(run.pooled, features.pooled, rtol=0, atol=0)
+            assert len(run.stages) == len(features.stages) - index - 1
+            for later, expected in zip(run.stages, features.stages[index + 1 :], strict=True):
+                torch.testing.assert_close(later, expected, rtol=0, atol=0)
     return logits, resumed
 
 

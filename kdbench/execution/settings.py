@@ -59,6 +59,9 @@ _UNSET = object()
 
 @dataclass(frozen=True)
 class Setting:
+    """One setting: its name (sweep key, API keyword, request field, parsed flag), help, kind and
+    commands, how a flag's text is parsed and where its value lands, and its request field's type."""
+
     name: str
     help: str
     kind: str = SWEEP

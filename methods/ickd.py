@@ -44,9 +44,12 @@ def channel_embedding(student_channels: int, teacher_channels: int) -> nn.Sequen
 
 
 def normalized_channel_gram(feature_map: Tensor) -> Tensor:
-    """(N, C, C): each sample's channel Gram matrix F F^T, every row L2-normalised."""
-    flat = feature_map.flatten(2)
-    return F.normalize(torch.bmm(flat, flat.transpose(1, 2)), dim=2)
+    """(N, C, C): each sample's channel Gram matrix F F^T, every row L2-normalised; in float32 even under
+    autocast, where fp16's sums of H x W products overflow."""
+    flat = feature_map.flatten(2).float()
+    with torch.autocast(flat.device.type, enabled=False):
+        gram = torch.bmm(flat, flat.transpose(1, 2))
+    return F.normalize(gram, dim=2)
 
 
 def inter_channel_loss(student_map: Tensor, teacher_map: Tensor) -> Tensor:

@@ -114,3 +114,15 @@ def test_ickd_refuses_pairs_it_cannot_serve():
     tokens = shapes_of([(16, 8), (16, 8)])
     with pytest.raises(PairNotSupportedError, match=r"ickd correlates the channels of \(C, H, W\) maps"):
         ickd.check_pair(STUDENT, tokens)
+
+
+def test_ickd_gram_stays_finite_under_fp16_autocast():
+    # 4 positions of activations near 300: a Gram entry near 4 * 300^2, past fp16's 65504
+    method = build(student=shapes_of([(3, 2, 2)]), teacher=shapes_of([(3, 2, 2)])).eval()
+    student_map, teacher_map = 300 + torch.rand(2, 3, 2, 2), 300 * torch.rand(2, 3, 2, 2)
+    student = Features(logits=None, pooled=None, stages=[student_map])
+    teacher = Features(logits=None, pooled=None, stages=[teacher_map])
+    full = method.method_terms(student, teacher, None, None)["ickd"]
+    with torch.autocast("cpu", dtype=torch.float16):
+        mixed = method.method_terms(student, teacher, None, None)["ickd"]
+    assert torch.isfinite(mixed) and mixed.item() == pytest.approx(full.item(), rel=1e-2, abs=1e-4)

@@ -6,7 +6,7 @@ the logits (less the classifier's bias):
 
     CAM(F)_k  = sum_c W_kc F_c                                 (K x H x W; a 1x1 convolution by W)
 
-CAT-KD transfers the teacher's CAMs, average-pooled to a small R x R grid (paper, Eq. 3-4):
+CAT-KD transfers the teacher's CAMs, average-pooled to a small R x R grid:
 
     L_CAT = MSE( pool_R(CAM_s), pool_R(CAM_t) )                (the mean over N x K x R x R)
 
@@ -103,7 +103,7 @@ class CATKD(Method):
                     f"catkd applies the {side}'s classifier at every position of the map its global pooling "
                     f"reads: its pooled vector has {tuple(shapes.pooled)} features, but neither its last stage "
                     f"{shapes.stages[-1:] or None} nor its last pre-activation {shapes.preact[-1:] or None} is "
-                    "such a map (a head between them and the pooling, as MobileNetV2's, is not exposed)"
+                    "such a map (a head between them and the pooling, as MobileNetV2's or ShuffleNetV2's, is not exposed)"
                 )
 
     def __init__(self, hp: dict, context: MethodContext):

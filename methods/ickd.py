@@ -7,7 +7,7 @@ embedding of the student's map into the teacher's channel count C,
 
     G(F)     = F F^T                                          (C x C Gram matrix of the channels)
     G~(F)    = G(F) with each row L2-normalised
-    L_ICKD   = 1 / (b C) sum_i || G~(F_s,i) - G~(F_t,i) ||_F^2                      (paper, Eq. 3-4)
+    L_ICKD   = 1 / (b C) sum_i || G~(F_s,i) - G~(F_t,i) ||_F^2
 
 As the authors' CIFAR-100 code (ADLab-AutoDrive/ICKD at 403b8d3d7c3aaa429e4708870d2be1d4daf92f07,
 Cifar100/distiller_zoo/ICKD.py `ICKDLoss`, helper/loops.py, train_student.py): the maps are

@@ -4,7 +4,7 @@ Regularizing Feature Norm and Direction", ICCV 2023.
 A student's embedding (the pooled penultimate vector) should point along its class's direction in
 the teacher's embedding space and be long. With e_c the unit vector of the mean teacher embedding
 of class c over the training set, s and t the student's and teacher's embeddings of a sample of
-class c, the norm-and-direction (ND) loss is (paper, Eq. 6)
+class c, the norm-and-direction (ND) loss is
 
     L_ND = 1 - <s, e_c> / max(||s||, ||t||)
 
@@ -27,7 +27,7 @@ it accumulates the same means from the teacher's embeddings of the batches of th
 using the means so far (this batch included) during that epoch and the complete ones after it. A
 class not yet seen when the epoch ends goes on accumulating until it is.
 
-DKD++ (`dkdpp`, the paper's Table 1 and the authors' CIFAR/train_cifar_dkd.py) adds the same ND loss
+DKD++ (`dkdpp`, the authors' CIFAR/train_cifar_dkd.py) adds the same ND loss
 to DKD (methods/dkd.py) in place of KD, with the same warm-up on the DKD terms.
 """
 

@@ -3,7 +3,7 @@ Approach with Normalized Loss and Customized Soft Labels", ICCV 2023.
 
 KD's soft cross-entropy splits into a target part and a non-target part whose probabilities do not
 sum to one; the non-target part's weight then depends on the target's probability. Normalized KD
-(NKD) renormalises the non-target probabilities before matching them (paper, Eq. 8), with t the label,
+(NKD) renormalises the non-target probabilities before matching them, with t the label,
 T / S the teacher's / student's distributions and N(.) the distribution over the K - 1 non-target
 classes:
 

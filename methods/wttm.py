@@ -5,12 +5,12 @@ with p = softmax(z) and gamma = 1 / T. Transformed teacher matching (TTM) applie
 side only and matches the student's plain (T = 1) distribution to it:
 
     p~_t     = p_t^gamma / U_gamma(p_t),        U_gamma(p) = sum_k p_k^gamma      (the power sum)
-    L_TTM    = mean_i KL(p~_t,i || p_s,i)                                          (paper, Eq. 7)
+    L_TTM    = mean_i KL(p~_t,i || p_s,i)
 
 which, the paper shows, is KD plus a Renyi-entropy regulariser of the student. Weighted TTM (WTTM)
 weights each sample by its teacher's power sum, larger for a smoother teacher distribution:
 
-    L_WTTM   = mean_i U_gamma(p_t,i) * KL(p~_t,i || p_s,i)                          (paper, Eq. 12)
+    L_WTTM   = mean_i U_gamma(p_t,i) * KL(p~_t,i || p_s,i)
 
 Neither carries KD's T^2 factor (the student is not scaled). As the authors' code (zkxufo/TTM at
 fe457b33a71ba27536ec04fe3d32c5b04963522f, distiller_zoo/ttm.py and wttm.py), the total loss is

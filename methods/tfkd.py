@@ -123,10 +123,15 @@ class TfKDSelf(Method):
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
         require_same_classes("tfkd_self", student_shapes, teacher_shapes)
-        if teacher_shapes != student_shapes:
+        differing = [
+            f"{field} {getattr(teacher_shapes, field)} (student {getattr(student_shapes, field)})"
+            for field in ("stem", "stages", "preact", "pooled")
+            if getattr(teacher_shapes, field) != getattr(student_shapes, field)
+        ]
+        if differing:
             raise PairNotSupportedError(
                 "tfkd_self is self-training: its teacher is the student's own model, trained alone; this "
-                f"teacher's features {teacher_shapes} differ from the student's {student_shapes}"
+                f"teacher's features differ: {'; '.join(differing)}"
             )
 
     def method_terms(

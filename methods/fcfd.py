@@ -4,8 +4,9 @@ Student and teacher have K stages each; at stage j a bridge B (a conv-BN connect
 stage output into the other's space. Besides matching the teacher's features in appearance, the
 student's features must *function* as the teacher's: fed through the later stages of the teacher
 they should give its outputs, and the teacher's features fed through the student's later stages too
-(paper, Eq. 3-7). With s_j, t_j the stage outputs, T_{>j} / S_{>j} the teacher's / student's stages
-after j and their heads (the model protocol's `forward_from`), p_T the teacher's logits:
+(the paper's L_app and L_func, written here as the authors' code computes them). With s_j, t_j the
+stage outputs (j = 1 .. K), the later stages of a network and its head run by the model protocol's
+`forward_from`, p_T the teacher's logits:
 
     L_app  = sum_j MSE(B_j^{s->t}(s_j), t_j) + MSE(gap(relu(B_K^{s->t}(s_K))), gap(relu(t_K)))
     s->t path switched after stage j: the teacher's later stages on B_j^{s->t}(s_j), giving features

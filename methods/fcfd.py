@@ -20,7 +20,7 @@ gap = global average pool. As in the authors' code (LiuDongyang6/FCFD, commit 2a
 classification/models/meta.py `MetaModel`, classification/cifar/main.py `train_one_epoch`,
 classification/experiments/cifar/*.yaml):
 - paths: every step samples `extra_paths` = 2 of the candidate mixed paths without replacement
-  (`random.sample`); candidates (`extra_type` "bi") are, for each switch point j = 0 .. K-2, the
+  (`random.sample`); candidates (`extra_type` "bi") are, for each switch after stage j = 1 .. K-1, the
   teacher up to stage j then the student (t->s) and the student up to j then the teacher (s->t)
   (their `_create_candidate_path` lists these for 4 and 5 of their stages; kdbench for any K >= 2);
   `extra_type` "s2t" / "t2s" keeps one direction, "nomix" none;

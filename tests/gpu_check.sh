@@ -44,7 +44,7 @@ run timeout 170 "$KDBENCH" bench --device cuda --teacher resnet32x4 --student re
 run timeout 150 "$KDBENCH" bench --device cuda --teacher resnet56 --student resnet20 --batch-size 64 \
   --num-classes 100 --image-size 32 --images 4096 --repeats 2 --methods kd,crd --concurrent 4
 # 3. torchrun with one process on the card: the run joins an NCCL process group (the record says so)
-run timeout 60 "$TORCHRUN" --nproc-per-node 1 -m kdbench.cli run --device cuda --dataset synthetic \
+run timeout 60 "$TORCHRUN" --nproc-per-node 1 -m kdbench run --device cuda --dataset synthetic \
   --pairs resnet14:resnet8 --methods student,kd --vam off --epochs 1 --teacher-epochs 1 --out "$OUT/ddp"
 run $PY -c "import json, glob; r = [json.load(open(p)) for p in glob.glob('$OUT/ddp/runs/*.json')]; print([(x['spec']['method'], x['status'], x['environment']['process_group'], x['environment']['device']) for x in r])"
 # 4. a short sweep on the card, cohorts on, several at once, and its wall time

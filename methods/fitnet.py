@@ -17,11 +17,10 @@ the output of the second stage (16x16 on CIFAR ResNets), for student and teacher
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from ._parts import ConvRegressor, resizing_conv
 from .base import Features, FeatureShapes, Method, MethodContext, PairNotSupportedError, register_method
 
 
@@ -48,40 +47,6 @@ def hint_shapes(
     return hint_feature(student_shapes, hint_layer), hint_feature(teacher_shapes, hint_layer)
 
 
-def resizing_conv(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
-    """ConvReg's convolution: student (C_s, H_s, W_s) -> teacher (C_t, H_t, W_t).
-
-    H_s = 2 H_t: 3x3 conv, stride 2; 2 H_s = H_t: 4x4 transposed conv, stride 2;
-    H_s >= H_t: valid conv with kernel (1 + H_s - H_t, 1 + W_s - W_t), a 1x1 conv at equal sizes.
-    """
-    student_channels, student_h, student_w = student_shape
-    teacher_channels, teacher_h, teacher_w = teacher_shape
-    if (student_h, student_w) == (2 * teacher_h, 2 * teacher_w):
-        return nn.Conv2d(student_channels, teacher_channels, kernel_size=3, stride=2, padding=1)
-    if (2 * student_h, 2 * student_w) == (teacher_h, teacher_w):
-        return nn.ConvTranspose2d(student_channels, teacher_channels, kernel_size=4, stride=2, padding=1)
-    if student_h >= teacher_h and student_w >= teacher_w:
-        kernel_size = (1 + student_h - teacher_h, 1 + student_w - teacher_w)
-        return nn.Conv2d(student_channels, teacher_channels, kernel_size=kernel_size)
-    raise PairNotSupportedError(
-        f"fitnet: cannot regress a {student_h}x{student_w} student hint onto a {teacher_h}x{teacher_w} "
-        "teacher hint (ConvReg handles a student map twice, half, or at least as large as the teacher's)"
-    )
-
-
-class ConvRegressor(nn.Sequential):
-    """RepDistiller's ConvReg (use_relu=True): resizing conv -> BatchNorm -> ReLU."""
-
-    def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]):
-        super().__init__(
-            OrderedDict(
-                conv=resizing_conv(student_shape, teacher_shape),
-                bn=nn.BatchNorm2d(teacher_shape[0]),
-                relu=nn.ReLU(),
-            )
-        )
-
-
 @register_method
 class FitNet(Method):
     """Hint loss: MSE(ConvReg(student hint), teacher hint)."""
@@ -94,13 +59,13 @@ class FitNet(Method):
     def __init__(self, hp: dict, context: MethodContext):
         super().__init__(hp, context)
         self.regressor = ConvRegressor(
-            *hint_shapes(context.student_shapes, context.teacher_shapes, hp["hint_layer"])
+            *hint_shapes(context.student_shapes, context.teacher_shapes, hp["hint_layer"]), "fitnet"
         )
 
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
         # With the default hint_layer; an overridden one is checked the same way when the method is built.
-        resizing_conv(*hint_shapes(student_shapes, teacher_shapes, cls.defaults["hint_layer"]))
+        resizing_conv(*hint_shapes(student_shapes, teacher_shapes, cls.defaults["hint_layer"]), "fitnet")
 
     def method_terms(
         self, student: Features, teacher: Features | None, labels: Tensor, indices: Tensor

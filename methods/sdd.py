@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.core.errors import ConfigError
+from kdbench.methods._parts import classifier_of
 from kdbench.methods._shared import standardized_pair
 from kdbench.methods.base import (
     Features,
@@ -58,7 +59,6 @@ from kdbench.methods.base import (
     scale_schedule,
 )
 from kdbench.methods.dkd import DKD, decoupled_kd_parts
-from kdbench.methods.simkd import classifier_of
 
 # How each network's pooled map is read from its Features (the first that reproduces `pooled`).
 POOLED_MAPS = {

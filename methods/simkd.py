@@ -26,10 +26,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._parts import classifier_of
 from ._shared import ConvProjector, align_spatially
 from .base import (
     Features,
@@ -37,32 +37,9 @@ from .base import (
     Method,
     MethodContext,
     PairNotSupportedError,
-    probe_features,
     register_method,
     require_stages,
 )
-
-
-def classifier_of(model: nn.Module, shapes: FeatureShapes, image_shape) -> tuple[str, nn.Linear] | None:
-    """(name, module) of the `nn.Linear` that maps `model`'s pooled vector to its logits, checked
-    on a probe batch of `image_shape` (C, H, W) images; None when the model has no such layer."""
-    candidates = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and (module.in_features,) == tuple(shapes.pooled)
-        and (module.out_features,) == tuple(shapes.logits)
-    ]
-    if not candidates:
-        return None
-    features = probe_features(model, image_shape)
-    with torch.no_grad():
-        found = [
-            (name, module)
-            for name, module in candidates
-            if torch.allclose(module(features.pooled), features.logits, rtol=1e-3, atol=1e-4)
-        ]
-    return found[0] if found else None
 
 
 def simkd_projector(student_channels: int, teacher_channels: int, factor: int) -> ConvProjector:

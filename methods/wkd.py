@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._parts import ConvRegressor, classifier_of, resizing_conv
 from .base import (
     Features,
     FeatureShapes,
@@ -63,8 +64,6 @@ from .base import (
     require_spatial_stages,
     scale_schedule,
 )
-from .fitnet import ConvRegressor, resizing_conv
-from .simkd import classifier_of
 
 SINKHORN_FLOOR = 1e-8  # the code's guard against a zero division in Sinkhorn's iteration
 
@@ -213,10 +212,7 @@ class WKDF(Method):
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
         require_spatial_stages("wkdf", student_shapes, teacher_shapes)
-        try:
-            resizing_conv(student_shapes.stages[-1], teacher_shapes.stages[-1])
-        except PairNotSupportedError as refusal:
-            raise PairNotSupportedError(f"wkdf: {str(refusal).removeprefix('fitnet: ')}") from None
+        resizing_conv(student_shapes.stages[-1], teacher_shapes.stages[-1], "wkdf")
         cls._require_cells(teacher_shapes.stages[-1], cls.defaults["grid"])
 
     @staticmethod
@@ -235,7 +231,9 @@ class WKDF(Method):
     def __init__(self, hp: dict, context: MethodContext):
         super().__init__(hp, context)
         self._require_cells(context.teacher_shapes.stages[-1], hp["grid"])
-        self.regressor = ConvRegressor(context.student_shapes.stages[-1], context.teacher_shapes.stages[-1])
+        self.regressor = ConvRegressor(
+            context.student_shapes.stages[-1], context.teacher_shapes.stages[-1], "wkdf"
+        )
         self.decay = 1.0
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:

@@ -89,5 +89,5 @@ def test_fitnet_hint_layer_zero_is_the_stem_and_smaller_student_maps_are_refused
     teacher_shapes = feature_shapes([(2, 8, 8), (2, 8, 8)], stem=(5, 4, 4))
     method = build("fitnet", method_context(student_shapes, teacher_shapes), hint_layer=0)
     assert method.regressor(torch.rand(2, 2, 4, 4)).shape == (2, 5, 4, 4)
-    with pytest.raises(PairNotSupportedError, match="3x3 student hint onto a 8x8"):
+    with pytest.raises(PairNotSupportedError, match="fitnet: cannot regress a 3x3 student map onto a 8x8"):
         method.check_pair(student_shapes, teacher_shapes)

@@ -19,7 +19,7 @@ diag(v), K = exp(-C / lambda), every iteration differentiated) and C is clamped 
 1e-8 before use, as in the code.
 
 WKD-F (`wkdf`), feature distillation. The student's last stage map, projected onto the teacher's by
-a ConvReg (methods/fitnet.py), and the teacher's map are each summarised per channel by a diagonal
+a ConvReg (methods/_parts.py), and the teacher's map are each summarised per channel by a diagonal
 Gaussian (mean mu and standard deviation sigma over the spatial positions of a cell of a G x G grid);
 the 2-Wasserstein distance between two diagonal Gaussians is closed-form (paper, Sec. 3.2):
 

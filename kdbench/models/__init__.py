@@ -4,7 +4,9 @@
     build_model("MobileNetV2", num_classes=100)          # mdistiller's name: kdbench's mobile_half
     build_model("timm:resnet18", num_classes=10, in_chans=1)   # any timm architecture, no weights
 
-Every model has `forward(x, features=False) -> Tensor | Features` and `stage_modules()`.
+Every model has `forward(x, features=False) -> Tensor | Features`, `stage_modules()` and
+`forward_from(stage_index, x)`, its logits from a stage output (kdbench/models/resume.py; a timm model
+whose stages do not chain refuses it).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from kdbench.core.errors import ConfigError
 
+from ._parts import classifier_of
 from .base import (
     Features,
     FeatureShapes,
@@ -43,7 +44,6 @@ from .base import (
     require_same_classes,
 )
 from .sdd import POOLED_MAPS, pooled_map_of
-from .simkd import classifier_of
 
 
 def class_activation_maps(feature_map: Tensor, classifier: nn.Linear) -> Tensor:

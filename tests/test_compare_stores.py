@@ -13,6 +13,7 @@ RECORD = {
     "history": [{"epoch": 1, "train_loss": 1.25, "epoch_seconds": 3.0}],
     "wall_seconds": 10.0,
     "created": "2026-12-06T00:00:00+00:00",
+    "environment": {"threads": 1, "git_commit": "0" * 40},
 }
 
 
@@ -38,7 +39,9 @@ def test_stores_differing_only_in_timings_agree(tmp_path, capsys):
 
 
 def test_a_changed_number_run_or_tensor_is_reported(tmp_path, capsys):
-    changed = dict(RECORD, history=[dict(RECORD["history"][0], train_loss=1.2500001)])
+    changed = dict(
+        RECORD, history=[dict(RECORD["history"][0], train_loss=1.2500001)], environment={"threads": 2}
+    )
     a = _store(tmp_path / "a", RECORD, torch.ones(3))
     b = _store(tmp_path / "b", changed, torch.tensor([1.0, 1.0, 1.0 + 1e-6]))
     (b / "runs" / "ffffff012345.json").write_text(json.dumps(RECORD))
@@ -47,4 +50,6 @@ def test_a_changed_number_run_or_tensor_is_reported(tmp_path, capsys):
     assert "runs/abcdef012345.json.history[0].train_loss" in out
     assert "runs/ffffff012345.json: only in B" in out
     assert "teachers/t.pt: tensors differ" in out
-    assert "3 difference(s)" in out
+    assert "environment.threads: 1 != 2" in out
+    assert "environment.git_commit: only in A" not in out
+    assert "4 difference(s)" in out

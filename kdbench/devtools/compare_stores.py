@@ -4,8 +4,8 @@
 
 A refactor that claims to change no number is checked with it: train the same sweep with the old
 and the new code into two stores and compare. Records must be equal in every field except the
-timings (wall time, throughput, epoch seconds, the time ratio derived from them) and their creation
-date; model files (`*.pt`: teachers, checkpoints, exports) must hold equal tensors under the same
+timings (wall time, throughput, epoch seconds, the time ratio derived from them), their creation
+date and the git commit of the code that wrote them (comparing two commits is the point); model files (`*.pt`: teachers, checkpoints, exports) must hold equal tensors under the same
 relative paths. Exit status 0 when the stores agree, 1 with one line per difference otherwise.
 """
 
@@ -23,12 +23,13 @@ import torch
 TIMING_KEYS = frozenset(
     {"wall_seconds", "throughput_img_s", "epoch_seconds", "time_ratio_vs_student", "created"}
 )
+IGNORED_KEYS = TIMING_KEYS | {"git_commit"}  # and which commit wrote the record
 
 
 def without_timings(value: Any) -> Any:
-    """`value` (a record read from JSON) with every timing key removed, at any depth."""
+    """`value` (a record read from JSON) without its timings and its commit, at any depth."""
     if isinstance(value, dict):
-        return {key: without_timings(item) for key, item in value.items() if key not in TIMING_KEYS}
+        return {key: without_timings(item) for key, item in value.items() if key not in IGNORED_KEYS}
     if isinstance(value, list):
         return [without_timings(item) for item in value]
     return value
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     same = not (record_differences or model_differences)
     verdict = "identical" if same else f"{len(record_differences) + len(model_differences)} difference(s)"
-    print(f"{verdict}: {records} records and {models} model files compared (timings excluded)")
+    print(f"{verdict}: {records} records and {models} model files compared (timings and commits excluded)")
     return 0 if same else 1
 
 

@@ -57,3 +57,26 @@ def test_the_temperature_on_the_student_only_is_caught_and_named(monkeypatch):
     pinned = json.loads(pins.DEFAULT_FILE.read_text())
     problems = pins.compare(pinned, {"kd": pins.step_losses("kd", False)})
     assert any(line.startswith("kd step 0 kd:") for line in problems), problems
+
+
+def test_add_pins_a_new_case_and_keeps_the_others_widened_only_by_a_machines_rounding(monkeypatch, tmp_path):
+    """`kdbench pins --add`: a case without a pin is measured and pinned; an existing pin keeps its
+    values, its tolerance covering twice this machine's difference when that is rounding (under
+    MACHINE_CAP), and a larger difference stays a change that `kdbench pins` reports."""
+    monkeypatch.setattr(
+        pins, "cases", lambda: [("kd", "kd", False), ("at", "at", False), ("sp", "sp", False)]
+    )
+    measured = pins.measure(1)
+    rounded = [{term: value * (1 + 1e-3) for term, value in step.items()} for step in measured["at"]]
+    changed = [{term: value * 1.5 for term, value in step.items()} for step in measured["sp"]]
+    old = {"rtol": {"at": 1e-4, "sp": 1e-4}, "losses": {"at": rounded, "sp": changed}}
+    old["measured_spread"] = {"at": {"rerun": 0.0}, "sp": {"rerun": 0.0}}
+    path = tmp_path / "pins.json"
+    path.write_text(json.dumps(old))
+    content = pins.add(path)
+    assert content["losses"]["kd"] == measured["kd"]  # the new case, pinned
+    assert content["losses"]["at"] == rounded and content["losses"]["sp"] == changed  # values kept
+    assert 1.99e-3 <= content["rtol"]["at"] < 3e-3  # twice 1e-3, relative to the larger value
+    assert content["rtol"]["sp"] == pins.RTOL_FLOOR
+    problems = pins.compare(json.loads(path.read_text()), measured)
+    assert problems and all(line.startswith("sp step") for line in problems), problems

@@ -11,7 +11,8 @@ from kdbench.cli.check import pinned_changes
 HELP = "CI's fast tier: every method's first training steps against the pinned losses"
 EXAMPLES = """examples:
   kdbench pins            # exit 1 when a method's first training steps changed
-  kdbench pins --write    # after adding a method
+  kdbench pins --add      # after adding a method: pin it, keep the other pins
+  kdbench pins --write    # after changing a method's maths on purpose: re-pin every case
 """
 
 
@@ -23,8 +24,8 @@ def execute(args) -> int:
     from kdbench.devtools import pins
 
     path = Path(args.file) if args.file else pins.DEFAULT_FILE
-    if args.write:
-        content = pins.write(path)
+    if args.write or args.add:
+        content = pins.add(path) if args.add else pins.write(path)
         loosest = max(content["rtol"], key=content["rtol"].get)
         print(
             f"wrote {path}: {len(content['losses'])} cases, rtol per case up to {content['rtol'][loosest]:.1e} "

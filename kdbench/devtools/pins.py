@@ -10,6 +10,13 @@ statistical gate (`kdbench check`) judges accuracies.
 
     kdbench pins                 # compare with the committed file; exit 1 on a difference
     kdbench pins --write         # re-measure (threads 1 and 2) and rewrite it
+    kdbench pins --add           # pin the cases that have no pin yet; keep every pin there is
+
+`--add` keeps each existing pin and its values, measured on the machine that wrote them. Where this
+machine's values differ from a pin by less than MACHINE_CAP, the difference is recorded as that
+case's spread between machines and its tolerance widened to cover twice it (another CPU rounds
+differently: a pin must hold on the machines that run CI); a larger difference is left as a
+change for `kdbench pins` to report.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ DATASET, TEACHER, STUDENT = "synthetic", "resnet14", "resnet8"
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "results" / "baselines" / "step-losses.json"
 # Never tighter than this, whatever the measured spread (another CPU may round differently).
 RTOL_FLOOR = 1e-4
+# The largest difference from a pin that `--add` reads as another machine's rounding, not a change.
+MACHINE_CAP = 1e-2
 
 
 def cases() -> list[tuple[str, str, bool]]:
@@ -80,11 +89,16 @@ def step_losses(method: str, vam: bool) -> list[dict[str, float]]:
     return losses
 
 
-def measure(threads: int) -> dict[str, list[dict[str, float]]]:
+def measure(threads: int, labels: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
+    """The losses of every case (or of `labels`) at `threads` torch threads."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return {label: step_losses(method, vam) for label, method, vam in cases()}
+        return {
+            label: step_losses(method, vam)
+            for label, method, vam in cases()
+            if labels is None or label in labels
+        }
     finally:
         torch.set_num_threads(previous)
 
@@ -105,11 +119,10 @@ def largest_difference(first: list[dict], second: list[dict]) -> float:
     )
 
 
-def write(path: Path = DEFAULT_FILE) -> dict:
-    """Measure at 1 and 2 threads and twice at 1; pin the 1-thread values, each case with a tolerance of
-    twice the largest relative spread seen in that case (at least RTOL_FLOOR): a method whose math is
-    sensitive to the thread count (an SVD, a median) does not loosen every other method's pin."""
-    pinned, again, two_threads = measure(1), measure(1), measure(2)
+def _spread(labels: list[str]) -> tuple[dict, dict]:
+    """The 1-thread losses of the cases `labels`, and each case's largest relative spread between two
+    1-thread runs and between 1 and 2 threads."""
+    pinned, again, two_threads = measure(1, labels), measure(1, labels), measure(2, labels)
     spread = {
         label: {
             "rerun": largest_difference(pinned[label], again[label]),
@@ -117,8 +130,14 @@ def write(path: Path = DEFAULT_FILE) -> dict:
         }
         for label in pinned
     }
-    rtol = {label: max(RTOL_FLOOR, 2 * max(spread[label].values())) for label in pinned}
-    content = {
+    return pinned, spread
+
+
+def _content(pinned: dict, spread: dict) -> dict:
+    """The pins file: each case's tolerance twice its largest spread seen (at least RTOL_FLOOR), so a
+    method whose math is sensitive to the thread count (an SVD, a median) does not loosen every other
+    method's pin."""
+    return {
         "about": "kdbench pins: weighted loss terms of the first steps of every method (kdbench/devtools/pins.py)",
         "setup": {
             "dataset": DATASET,
@@ -128,10 +147,38 @@ def write(path: Path = DEFAULT_FILE) -> dict:
             "recipe": RECIPE.__dict__,
         },
         "measured_spread": spread,
-        "rtol": rtol,
+        "rtol": {label: max(RTOL_FLOOR, 2 * max(spread[label].values())) for label in pinned},
         "torch": torch.__version__,
         "losses": pinned,
     }
+
+
+def write(path: Path = DEFAULT_FILE) -> dict:
+    """Measure every case at 1 and 2 threads and twice at 1, and pin the 1-thread values."""
+    pinned, spread = _spread([label for label, _, _ in cases()])
+    return _save(path, _content(pinned, spread))
+
+
+def add(path: Path = DEFAULT_FILE) -> dict:
+    """Pin the cases without a pin (measured as `write` does); keep every existing pin, its spread
+    widened by this machine's difference from it where that is under MACHINE_CAP (module docstring)."""
+    previous = read_pins(path)
+    labels = [label for label, _, _ in cases()]
+    pinned, spread = _spread([label for label in labels if label not in previous["losses"]])
+    kept = [label for label in labels if label not in pinned]
+    here = measure(1, kept)
+    for label in kept:
+        pinned[label] = previous["losses"][label]
+        spread[label] = dict(previous.get("measured_spread", {}).get(label, {"rerun": 0.0}))
+        same_terms = [step.keys() for step in here[label]] == [step.keys() for step in pinned[label]]
+        if same_terms:
+            machines = largest_difference(pinned[label], here[label])
+            if machines < MACHINE_CAP:
+                spread[label]["machines"] = max(machines, spread[label].get("machines", 0.0))
+    return _save(path, _content(pinned, spread))
+
+
+def _save(path: Path, content: dict) -> dict:
     atomic_write_bytes(path, (json.dumps(content, indent=1, sort_keys=True, default=list) + "\n").encode())
     return content
 

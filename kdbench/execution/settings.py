@@ -299,6 +299,8 @@ _DECLARED = [
             "(e.g. 4,8)", OPTION, (BENCH,), default=(4, 8), parse=whole_list),
     Setting("file", "pinned losses (default: results/baselines/step-losses.json)", FLAG, (PINS,)),
     Setting("write", "re-measure and rewrite the file", FLAG, (PINS,), action="store_true"),
+    Setting("add", "pin the cases that have no pin yet and keep the others, their tolerance widened to this "
+            "machine's rounding (kdbench/devtools/pins.py)", FLAG, (PINS,), action="store_true"),
 ]
 # fmt: on
 SETTINGS: dict[str, Setting] = {setting.name: setting for setting in _DECLARED}

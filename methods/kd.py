@@ -19,4 +19,5 @@ class KD(Method):
     """
 
     name = "kd"
+    fuses = True
     defaults = {"ce_weight": 0.1, "kd_weight": 0.9, "method_weight": 0.0, "temperature": 4.0}

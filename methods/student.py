@@ -14,4 +14,5 @@ class Student(Method):
 
     name = "student"
     needs_teacher = False
+    fuses = True
     defaults = {"ce_weight": 1.0, "kd_weight": 0.0, "method_weight": 0.0}

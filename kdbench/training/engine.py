@@ -41,6 +41,7 @@ from kdbench.core.spec import RunSpec
 from kdbench.core.store import TrainResult
 from kdbench.data import DatasetInfo, ImageData, PreparedData, iterate_batches
 from kdbench.methods.base import PairNotSupportedError
+from kdbench.training.fused import FusedGroup, plan_groups
 from kdbench.training.measure import inference_flops, measure_costs
 from kdbench.training.member import EpochMeter, Member, NonFiniteLossError, forward, probe_shapes
 from kdbench.training.results import train_result
@@ -101,6 +102,7 @@ class Trained:
     spec: RunSpec
     result: TrainResult | None = None
     error: Exception | None = None
+    fused_members: int = 0  # members of its fused group (kdbench/training/fused.py); 0: not fused
 
 
 @contextmanager
@@ -128,8 +130,11 @@ class Cohort:
         progress: Callable[[str], None] | None = None,
         progress_bar: bool | None = None,
         on_epoch: Callable[[RunSpec, dict], None] | None = None,
+        fuse: bool = False,
     ):
         self.data, self.teacher, self.device = data, teacher, device
+        self.fuse = fuse  # fusable members of a stream train as one batched model (kdbench/training/fused.py)
+        self.fused_groups: list[FusedGroup] = []  # the current stream's
         self.progress = progress or to_stderr
         # a live bar for people at a terminal (None: when stderr is one); logs get per-epoch lines
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
@@ -165,7 +170,8 @@ class Cohort:
                 member.result = train_result(member)
                 member.result["wall_seconds"] = time.perf_counter() - member.started
         return [
-            run if isinstance(run, Trained) else Trained(run.spec, run.result, run.error) for run in self.runs
+            run if isinstance(run, Trained) else Trained(run.spec, run.result, run.error, run.fused_members)
+            for run in self.runs
         ]
 
     def prepare_member(self, member: Member) -> None:
@@ -192,6 +198,10 @@ class Cohort:
             with guard(member):
                 member.begin_epoch(epoch)
         meters = {id(m): EpochMeter() for m in members}
+        self.fused_groups = plan_groups(members) if self.fuse else []
+        for group in self.fused_groups:
+            for member in group.members:
+                member.fused_members = max(member.fused_members, len(group.members))
         leader = members[0]
         shared_seconds, mark = 0.0, time.perf_counter()
         for batch in self.stream_batches(leader, epoch):
@@ -199,6 +209,9 @@ class Cohort:
             shared_seconds += time.perf_counter() - mark  # drawing the batch + the teacher forward
             self.step_members([m for m in members if m.error is None], batch, teacher_out, meters, epoch)
             mark = time.perf_counter()
+        for group in self.fused_groups:  # each member's own student and optimizer hold its state again
+            group.write_back()
+        self.fused_groups = []
         entries = []
         for member in [m for m in members if m.error is None]:
             # every member drew these batches: its generator ends where the leader's does
@@ -234,9 +247,13 @@ class Cohort:
         meters: dict[int, EpochMeter],
         epoch: int,
     ) -> None:
-        """Step these members on this batch (the teacher's features computed for all of them)."""
+        """Step these members on this batch (the teacher's features computed for all of them): each
+        fused group in one call, every other member alone."""
         images, labels, indices = batch
-        for member in members:
+        fused = {id(m) for group in self.fused_groups for m in group.members}
+        for group in self.fused_groups:
+            group.step(batch, teacher_out, meters, epoch, guard)
+        for member in [m for m in members if id(m) not in fused]:
             meter, start = meters[id(member)], time.perf_counter()
             with guard(member):
                 where = f"epoch {epoch} step {meter.steps}"

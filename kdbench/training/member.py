@@ -157,6 +157,7 @@ class Member:
         self.costs: dict = {}  # measured before the first epoch (kdbench/training/measure.py)
         self.error: Exception | None = None  # why the member failed (non-finite loss, ...)
         self.result: TrainResult | None = None  # the record's measured part, once trained
+        self.fused_members = 0  # the most members it trained fused with (kdbench/training/fused.py)
         # the member's own global stream, from here on swapped in around everything it does
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state() if device.type == "cuda" else None

@@ -139,3 +139,36 @@ def test_the_engine_names_no_method_and_no_wrapper():
         named = sorted(name for name in names for word in words if name in word.split(".") or name == word)
         assert not named, f"kdbench/training/{path.name} names {named}"
         assert not any("vam" in word for word in words), f"kdbench/training/{path.name} names VAM"
+
+
+def test_the_top_level_holds_only_the_entry_points():
+    """Folders are the layers: every module lives in one, but the package, its API and `python -m`."""
+    top = sorted(path.name for path in (ROOT / "kdbench").glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "api.py"], top
+
+
+MAX_MODULE_LINES = 450
+
+
+def test_no_module_is_over_450_lines():
+    """A file that does seven things is seven files (ruff's complexity rules keep functions small)."""
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for path in [*(ROOT / "kdbench").rglob("*.py"), *(ROOT / "methods").rglob("*.py")]
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, long
+
+
+def test_tests_mirror_the_tree():
+    """tests/<folder>/ tests kdbench/<folder>/ (methods/ too), and no two test files share a name
+    (the folders have no __init__.py: pytest imports a test module by its name)."""
+    folders = {
+        path.name for path in (ROOT / "tests").iterdir() if path.is_dir() and path.name != "__pycache__"
+    }
+    layers = {
+        path.name for path in (ROOT / "kdbench").iterdir() if path.is_dir() and path.name != "__pycache__"
+    }
+    assert folders <= layers | {"methods"}, sorted(folders - layers - {"methods"})
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted({name for name in names if names.count(name) > 1})

@@ -75,8 +75,10 @@ class FusedGroup:
 
     def __init__(self, members: list[Member]):
         self.members = members
+        # each member's lr this epoch included (its scheduler steps at its `close_epoch`); one recipe
+        # per cohort, so a difference is a bug
         hyper = [_sgd_hyperparameters(m) for m in members]
-        if any(h != hyper[0] for h in hyper):  # one recipe per cohort: a difference is a bug
+        if any(h != hyper[0] for h in hyper):
             raise RuntimeError(f"fused members' optimizers differ: {hyper}")
         self.fields = members[0].student_features
         self.template = copy.deepcopy(members[0].student).to("meta")  # the architecture, no storage
@@ -130,20 +132,12 @@ class FusedGroup:
         self.optimizer.zero_grad(set_to_none=True)
         if losses:
             sum(losses).backward()
-            self.optimizer.param_groups[0]["lr"] = self._current_lr()
             self.optimizer.step()
         share = (time.perf_counter() - start) / len(self.members)
         for member, loss, terms in recorded:
             meter = meters[id(member)]
             meter.add(float(loss.detach()), {n: float(v.detach()) for n, v in terms.items()}, len(labels))
             meter.seconds += share
-
-    def _current_lr(self) -> float:
-        """The members' lr this epoch (each member's scheduler steps at its `close_epoch`)."""
-        rates = {m.optimizer.param_groups[0]["lr"] for m in self.members if m.error is None}
-        if len(rates) != 1:
-            raise RuntimeError(f"fused members' learning rates differ: {sorted(rates)}")
-        return rates.pop()
 
     @torch.no_grad()
     def write_back(self) -> None:

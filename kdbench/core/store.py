@@ -217,10 +217,12 @@ def read_student_init(out: Path, sha256: str) -> dict:
     return state
 
 
-def teacher_eval_path(out: Path, sha256: str, dataset: str) -> Path:
-    """The cached test accuracy of the teacher weights `sha256` on `dataset`."""
+def teacher_eval_path(out: Path, sha256: str, dataset: str, test_subset: int | None = None) -> Path:
+    """The cached test accuracy of the teacher weights `sha256` on `dataset`'s test split, or on the
+    stratified `test_subset` of it (a recipe's `test_subset`: a file of its own)."""
     require_sha256(sha256, "a teacher's SHA-256")  # it becomes a file name: '../x' never passes
-    return Path(out) / "teachers" / f"{sha256}.{dataset}.test.json"
+    split = "test" if test_subset is None else f"test{int(test_subset)}"
+    return Path(out) / "teachers" / f"{sha256}.{dataset}.{split}.json"
 
 
 def write_record(out: Path, record: RunRecord) -> Path:

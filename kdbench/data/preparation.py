@@ -108,8 +108,8 @@ def resolve_recipe(
     return replace(recipe, loader="memory")
 
 
-# The seed of a recipe's training subset and validation split: fixed, not the run's, so every seed
-# of a sweep trains on the same images (the engine records it in each run's `seeds`).
+# The seed of a recipe's training and test subsets and validation split: fixed, not the run's, so every
+# seed of a sweep trains and is tested on the same images (the engine records it in each run's `seeds`).
 SUBSET_SEED = 0
 
 
@@ -138,9 +138,9 @@ def split_sizes(data: PreparedData) -> dict[str, int]:
 
 
 def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> PreparedData:
-    """Load a dataset once (decoded tensors in memory) and apply the recipe's subset / val split.
+    """Load a dataset once (decoded tensors in memory) and apply the recipe's subsets / val split.
 
-    The subset and the split use a fixed seed (`SUBSET_SEED`), so every run and seed of a sweep sees
+    The subsets and the split use a fixed seed (`SUBSET_SEED`), so every run and seed of a sweep sees
     the same images; the run seed varies every other random source (docs/DESIGN.md, "Protocol").
     The dataset is decoded once per process (`_loaded`) for every subset and split of it (the sweep's
     validation, its in-process worker and `kdbench explain`'s sweeps alike).
@@ -154,27 +154,34 @@ def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> Prepare
         os.environ.get(DATA_ROOT_ENV),
         recipe.image_size,
         recipe.loader,
+        recipe.test_subset,
     )
 
 
-def fit_train_subset(dataset: str, data_root: str | None, recipe: Recipe) -> tuple[Recipe, str | None]:
-    """(`recipe`, None), or (`recipe` without its train_subset, a warning) where the subset asks for at
-    least every training image: the run trains on all of them, and its spec says so (a 6000-image
-    subset of 16 images is the 16, the same run as one without a subset)."""
-    if recipe.train_subset is None:
-        return recipe, None
-    available = len(
-        _loaded(dataset, data_root, os.environ.get(DATA_ROOT_ENV), recipe.image_size, recipe.loader)[1]
+def fit_subsets(dataset: str, data_root: str | None, recipe: Recipe) -> tuple[Recipe, list[str]]:
+    """`recipe` without a train_subset or test_subset that asks for at least every image of its split,
+    and a warning for each that asks for more: the run trains (is tested) on all of them, and its spec
+    says so (a 6000-image subset of 16 images is the 16, the same run as one without a subset)."""
+    if recipe.train_subset is None and recipe.test_subset is None:
+        return recipe, []
+    _, train, test = _loaded(
+        dataset, data_root, os.environ.get(DATA_ROOT_ENV), recipe.image_size, recipe.loader
     )
-    if recipe.train_subset < available:
-        return recipe, None
-    warning = None
-    if recipe.train_subset > available:
-        warning = (
-            f"kdbench: warning: --train-subset {recipe.train_subset} exceeds the {available} training images of "
-            f"{dataset}; training on all {available}"
-        )
-    return replace(recipe, train_subset=None), warning
+    warnings = []
+    for field, split, images, use in (
+        ("train_subset", train, "training", "training"),
+        ("test_subset", test, "test", "testing"),
+    ):
+        asked = getattr(recipe, field)
+        if asked is None or asked < len(split):
+            continue
+        if asked > len(split):
+            warnings.append(
+                f"kdbench: warning: --{field.replace('_', '-')} {asked} exceeds the {len(split)} {images} images "
+                f"of {dataset}; {use} on all {len(split)}"
+            )
+        recipe = replace(recipe, **{field: None})
+    return recipe, warnings
 
 
 @functools.lru_cache(maxsize=4)
@@ -186,10 +193,13 @@ def _prepared(
     env_root: str | None,
     image_size: int | None = None,
     loader: str = "memory",
+    test_subset: int | None = None,
 ) -> PreparedData:
     info, train, test = _loaded(dataset, data_root, env_root, image_size, loader)
     if train_subset and train_subset < len(train.labels):
         train = stratified_subset(train, train_subset, seed=SUBSET_SEED)
+    if test_subset and test_subset < len(test.labels):
+        test = stratified_subset(test, test_subset, seed=SUBSET_SEED)
     val = None
     if val_split:
         train, val = split_validation(train, val_split, seed=SUBSET_SEED)

@@ -167,6 +167,9 @@ _DECLARED = [
             (RUN, TEACHER, EXPLAIN), parse=whole(0), into=_both("train_subset"), to_config=lambda n: n or None,
             per_command={EXPLAIN: {"default": 6000, "into": (("recipe", "train_subset"),),
                                    "help": "stratified training subset, 0 = all"}}),
+    Setting("test_subset", "test the students on a stratified subset of N test images, the same for every seed "
+            "(0: all; smoke runs; the teacher's accuracy is measured on the same images)", FIELD, (RUN,),
+            parse=whole(0), into=(("recipe", "test_subset"),), to_config=lambda n: n or None),
     Setting("batch_size", "student batch size (default: the preset's)", FIELD, (RUN, BENCH),
             parse=whole(1), into=(("recipe", "batch_size"),),
             per_command={BENCH: {"default": 128, "help": "batch size"}}),

@@ -29,7 +29,7 @@ from kdbench.core.catalog import Pair
 from kdbench.core.errors import ConfigError
 from kdbench.core.progress import bar, to_stderr
 from kdbench.core.spec import Recipe, RunSpec, grid_points
-from kdbench.data import DatasetInfo, fit_train_subset, prepare_data
+from kdbench.data import DatasetInfo, fit_subsets, prepare_data
 from kdbench.execution import plugins, settings
 from kdbench.execution.backends import Backend, open_backend
 from kdbench.execution.units import RunUnit, TeacherUnit, WorkerSettings
@@ -181,14 +181,16 @@ def specs_for_pair(request: SweepRequest, pair: Pair, teacher_sha: str | None) -
 
 
 def fit_to_data(request: SweepRequest, progress: Callable[[str], None]) -> SweepRequest:
-    """The request with the data's identity (every spec's `data_sha256`) and without a train_subset that
-    asks for every training image or more (kdbench/data/__init__.py `fit_train_subset`; warned once when more)."""
+    """The request with the data's identity (every spec's `data_sha256`) and without a train_subset or
+    test_subset that asks for every image of its split or more (kdbench/data/__init__.py `fit_subsets`;
+    warned once when more)."""
     recipes, warnings = {}, []
     for key in ("recipe", "teacher_recipe"):
-        recipes[key], warning = fit_train_subset(request.dataset, request.data_root, getattr(request, key))
-        if warning and warning not in warnings:
-            warnings.append(warning)
-            progress(warning)
+        recipes[key], fitted = fit_subsets(request.dataset, request.data_root, getattr(request, key))
+        for warning in fitted:
+            if warning not in warnings:
+                warnings.append(warning)
+                progress(warning)
     info = prepare_data(request.dataset, request.data_root, recipes["recipe"]).info
     return replace(request, **recipes, data_sha256=info.data_sha256)
 

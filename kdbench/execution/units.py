@@ -5,7 +5,8 @@ teacher checkpoint (`RunUnit`). `WorkerSettings` is what every unit of a sweep s
 data location, device, threads). A `Worker` keeps the decoded datasets and the loaded teachers
 between the units it executes, and writes each unit's record; a failing run (non-finite loss, a
 pair its method cannot serve) is recorded as failed with its reason, never raised. A distillation
-record carries its teacher's test accuracy (`record["teacher"]`, measured once per teacher and dataset).
+record carries its teacher's test accuracy (`record["teacher"]`, measured once per teacher, dataset and
+test subset).
 
 `stage_student_init` checks a `--student-init` checkpoint and copies it into the store under its SHA-256,
 the specs' `student_init_sha256`, where every worker's members find it (kdbench/training/member.py).
@@ -89,11 +90,19 @@ class Worker:
         }
         self._data: dict[tuple, PreparedData] = {}
         self._teachers: dict[str, nn.Module] = {}
-        self._teacher_accuracy: dict[tuple[str, str], dict] = {}  # (sha256, dataset) -> test accuracy
+        # (sha256, dataset, test_subset) -> test accuracy
+        self._teacher_accuracy: dict[tuple[str, str, int | None], dict] = {}
 
     def data_for(self, dataset: str, recipe: Recipe) -> PreparedData:
         # these choose the images and how they are decoded; the rest of a recipe is the training
-        key = (dataset, recipe.train_subset, recipe.val_split, recipe.image_size, recipe.loader)
+        key = (
+            dataset,
+            recipe.train_subset,
+            recipe.val_split,
+            recipe.image_size,
+            recipe.loader,
+            recipe.test_subset,
+        )
         if key not in self._data:
             # resident on the device: batches are sliced, augmented and normalised there
             self._data[key] = prepare_data(dataset, self.settings.data_root, recipe).to(self.device)
@@ -113,13 +122,13 @@ class Worker:
         return self._teachers[str(path)]
 
     def teacher_accuracy(self, spec: RunSpec, teacher: nn.Module, data: PreparedData) -> dict:
-        """The test accuracy of the spec's teacher (teachers.teacher_test_accuracy: measured once per
-        teacher and dataset, cached in the store)."""
+        """The test accuracy of the spec's teacher on the spec's test images (teachers.teacher_test_accuracy:
+        measured once per teacher, dataset and test subset, cached in the store)."""
         sha256 = spec.teacher_sha256
-        key = (sha256, spec.dataset)
+        key = (sha256, spec.dataset, spec.recipe.test_subset)
         if key not in self._teacher_accuracy:
             self._teacher_accuracy[key] = teachers.teacher_test_accuracy(
-                self.out, sha256, teacher, data, self.device
+                self.out, sha256, teacher, data, self.device, spec.recipe.test_subset
             )
         return self._teacher_accuracy[key]
 

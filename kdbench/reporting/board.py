@@ -33,6 +33,7 @@ from kdbench.reporting.frame import (
     pair_label,
     records_frame,
     row_label,
+    tested_on,
     wrapper_names,
 )
 from kdbench.reporting.reference_rows import bool_columns, published_rows, stats_columns, teacher_rows
@@ -95,7 +96,9 @@ def leaderboard(
     costs = _costs_board(done, dataset) if several_pairs and not done.empty else None
 
     measured = stats[~stats["published"] & (stats["method"] != "teacher")]  # the teacher row is no method
-    caption = _caption(dataset, measured, bool(published_labels), _shown_wrappers(stats, wrappers))
+    caption = _caption(
+        dataset, measured, bool(published_labels), _shown_wrappers(stats, wrappers), tested_on(done["config"])
+    )
     notes = _notes(
         frame[frame["status"] != "done"],
         duplicate_notes + _split_notes(done, differing),
@@ -369,7 +372,9 @@ def _seed_count_text(counts: pd.Series) -> str:
     return str(low) if low == high else f"{low}–{high} (n per cell)"
 
 
-def _caption(dataset: str, measured: pd.DataFrame, has_published: bool, shown_wrappers: list[str]) -> str:
+def _caption(
+    dataset: str, measured: pd.DataFrame, has_published: bool, shown_wrappers: list[str], tested: str
+) -> str:
     seeds = _seed_count_text(measured["n"]) if not measured.empty else "0"
     wrapper_deltas = "".join(
         f" Δ{wrapper_label(wrapper)}: with {wrapper_label(wrapper)} − without it, same configuration (its "
@@ -377,7 +382,7 @@ def _caption(dataset: str, measured: pd.DataFrame, has_published: bool, shown_wr
         for wrapper in shown_wrappers
     )
     caption = (
-        f"{dataset}: top-1 (%) of the last epoch on the test split, mean ± std over {seeds} seeds; "
+        f"{dataset}: top-1 (%) of the last epoch on {tested}, mean ± std over {seeds} seeds; "
         "best-epoch accuracy recorded, not shown. A row is one configuration (every resolved setting but the "
         "seed; n = distinct seeds); configurations of one method that differ get a row each, labelled by what "
         "differs. Δ: vs the student baseline of the same pair and configuration (wrappers, recipe); "

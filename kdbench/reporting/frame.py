@@ -64,6 +64,20 @@ def wrapper_names(configs: Iterable[str]) -> list[str]:
     return sorted({key for config in configs for key in json.loads(config)} - SPEC_FIELDS)
 
 
+def tested_on(configs: Iterable[str]) -> str:
+    """The images runs of these configurations (`records_frame`'s "config") were tested on, for a caption:
+    the test split, or a recipe's stratified `test_subset` of it (kdbench/data/preparation.py)."""
+    sizes = {(json.loads(config).get("recipe") or {}).get("test_subset") for config in set(configs)}
+    subsets = ", ".join(str(size) for size in sorted(sizes - {None}))
+    if not subsets:
+        return "the test split"
+    if None not in sizes:
+        return f"a stratified subset of {subsets} test images (test_subset, the same for every seed)"
+    return (
+        f"the test split, or a stratified subset of it ({subsets} images) where a recipe's test_subset says"
+    )
+
+
 def pair_label(teacher: str | None, student: str) -> str:
     """A leaderboard column: "teacher→student", or the bare student where no teacher was run with it."""
     # pd.isna: records_frame holds a missing teacher as None or NaN depending on the column's dtype
@@ -74,7 +88,7 @@ def _config_key(spec: dict[str, Any]) -> str:
     """The configuration of a run: its full resolved spec except the seed, as canonical JSON.
 
     The same key as the regression gate's cells (check.py `_key(_config(spec))`, tested equal in
-    tests/test_report_stats.py), so a leaderboard cell and a baseline cell are the same set of runs.
+    tests/reporting/test_report_stats.py), so a leaderboard cell and a baseline cell are the same set of runs.
     Not imported from check.py: check.py imports this module.
     """
     return json.dumps(

@@ -7,7 +7,8 @@ kdbench with a teacher recipe and cached in the store:
 
     teachers/<arch>-<dataset>-<run_id>.pt    {"model": state_dict, "kdbench": {arch, dataset, ...}}
     runs/<run_id>.json                       its record, with the checkpoint's SHA-256
-    teachers/<sha256>.<dataset>.test.json    its test accuracy, measured once (`teacher_test_accuracy`)
+    teachers/<sha256>.<dataset>.test.json    its test accuracy, measured once (`teacher_test_accuracy`;
+                                             test<N>.json: on a recipe's test_subset of N)
 
 A cached checkpoint whose bytes no longer match the SHA-256 in its record is refused. Runs name
 their teacher by SHA-256 (`RunSpec.teacher_sha256`), never by path. Every checkpoint is read by
@@ -33,7 +34,7 @@ from kdbench.core.progress import to_stderr
 from kdbench.core.registries import canonical_model_name
 from kdbench.core.spec import Recipe, RunSpec
 from kdbench.core.store import CheckpointError
-from kdbench.data import DatasetInfo, PreparedData, data_digest, fit_train_subset, prepare_data, split_sizes
+from kdbench.data import DatasetInfo, PreparedData, data_digest, fit_subsets, prepare_data, split_sizes
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import TIMM_PREFIX, build_model, list_models, load_weights, weights_mismatch
 from kdbench.training.engine import evaluate, train
@@ -175,12 +176,19 @@ def load_teacher(path: Path, architecture: str, info: DatasetInfo, device: torch
 
 
 def teacher_test_accuracy(
-    out: Path, sha256: str, teacher: nn.Module, data: PreparedData, device: torch.device
+    out: Path,
+    sha256: str,
+    teacher: nn.Module,
+    data: PreparedData,
+    device: torch.device,
+    test_subset: int | None = None,
 ) -> dict:
-    """The teacher's test-split accuracy, {"sha256", "test_top1", "test_top5"}: measured once per
-    weights (`sha256`) and dataset, then read from the store (`store.teacher_eval_path`) while the data
-    is the same (`DatasetInfo.data_sha256`; another folder of the dataset is measured again)."""
-    path = store.teacher_eval_path(out, sha256, data.info.name)
+    """The teacher's accuracy on `data.test`, {"sha256", "test_top1", "test_top5"}: measured once per
+    weights (`sha256`), dataset and test subset (the recipe's `test_subset` that `data` was prepared with:
+    the student's test images, each subset cached apart from the whole split), then read from the store
+    (`store.teacher_eval_path`) while the data is the same (`DatasetInfo.data_sha256`; another folder of
+    the dataset is measured again)."""
+    path = store.teacher_eval_path(out, sha256, data.info.name, test_subset)
     if path.is_file():
         try:
             cached = json.loads(path.read_text())
@@ -272,10 +280,10 @@ def ensure_teacher(
     progress: Progress = to_stderr,
 ) -> tuple[Path, str]:
     """The cached teacher of this architecture, dataset (as found under `data_root`) and recipe, trained
-    here first if there is none (or if `force`). A train_subset of every image or more is dropped from
-    the recipe (kdbench/data/__init__.py `fit_train_subset`, a warning when more)."""
-    recipe, warning = fit_train_subset(dataset, data_root, recipe)
-    if warning:
+    here first if there is none (or if `force`). A train_subset or test_subset of every image of its split
+    or more is dropped from the recipe (kdbench/data/__init__.py `fit_subsets`, a warning when more)."""
+    recipe, warnings = fit_subsets(dataset, data_root, recipe)
+    for warning in warnings:
         progress(warning)
     spec = teacher_spec(architecture, dataset, recipe, data_sha256=data_digest(dataset, data_root, recipe))
     store.ensure_writable(out)

@@ -19,6 +19,6 @@ fi
 if ! { command -v chromium || command -v chromium-browser; } >/dev/null && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
   { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium; } >/dev/null \
-    || echo "setup: could not apt-get install chromium; tests/test_report_html.py will be skipped" >&2
+    || echo "setup: could not apt-get install chromium; tests/reporting/test_report_html.py will be skipped" >&2
 fi
 echo "setup: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -136,7 +136,7 @@ class Method(nn.Module):
     # declared features) and passes `views` to `losses` / `method_terms`. Empty: no extra view.
     extra_views: ClassVar[tuple[str, ...]] = ()
     # True for a method tested to train fused with others of its student architecture (`--fuse on`,
-    # kdbench/training/fused.py; tests/test_fused.py): its losses read only its own slice of a batched
+    # kdbench/training/fused.py; tests/training/test_fused.py): its losses read only its own slice of a batched
     # forward and draw no random numbers.
     fuses: ClassVar[bool] = False
     # Published defaults (cite the source in the subclass docstring). Shared keys:

@@ -4,13 +4,15 @@ from pathlib import Path
 import pytest
 import torch
 
-# tests/ mirrors the tree in folders without __init__.py (tests/data/, tests/methods/), so every test
-# basename is unique and pytest puts a test module's folder on sys.path when it collects that module.
-# A module that imports a helper from a module of another folder by name (test_seeds.py: `from
-# test_streaming import image_folder`) needs that folder there even when run alone.
-for _folder in ("data", "methods"):
-    if str(Path(__file__).parent / _folder) not in sys.path:
-        sys.path.append(str(Path(__file__).parent / _folder))
+# tests/ mirrors kdbench/'s folders, without __init__.py: every test file's name is unique
+# (tests/test_layers.py checks it) and pytest puts a test module's folder on sys.path when it collects
+# it. A module that imports a helper from a test module of another folder by name (test_seeds.py:
+# `from test_streaming import image_folder`) needs that folder there even when run alone.
+for _folder in sorted(
+    path for path in Path(__file__).parent.iterdir() if path.is_dir() and path.name != "__pycache__"
+):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 
 @pytest.fixture(autouse=True)

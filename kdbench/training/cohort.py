@@ -4,7 +4,7 @@ Runs that share student, dataset, recipe, seed, precision and compile draw the s
 batch order and the augmentation come from the seed alone), so the loop trains them as one cohort:
 each batch drawn once, the frozen teacher run once on it, every member stepping on it. Cohort
 training is an execution strategy, not a protocol change: each member's record is bit-identical to
-the same spec trained alone (tests/test_cohort.py).
+the same spec trained alone (tests/training/test_cohort.py).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ different states (an init stage drew batches of its own, or a member resumed fro
 train as separate streams of the same cohort. A member that fails (non-finite loss, a pair its
 method cannot serve) is recorded as failed with its error; the others go on. Each member keeps its
 own global random stream, swapped in around everything it does, so a member's record is
-bit-identical to the same spec trained alone (tests/test_cohort.py): cohorts are an execution
+bit-identical to the same spec trained alone (tests/training/test_cohort.py): cohorts are an execution
 strategy, never a protocol change.
 
 A lean loop of kdbench's own rather than mmengine's Runner: a KD step needs a frozen teacher

@@ -1,7 +1,7 @@
 """The random streams of a run and the sources that draw from them (docs/DESIGN.md, "Protocol").
 
 A member (kdbench/training/member.py) seeds its streams from `stream_seeds`; its record's `seeds` is
-`source_seeds`, read from the same table; tests/test_seeds.py checks each source where it draws.
+`source_seeds`, read from the same table; tests/training/test_seeds.py checks each source where it draws.
 """
 
 from __future__ import annotations

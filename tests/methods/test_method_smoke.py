@@ -34,14 +34,14 @@ def test_at_least_seventeen_methods():
 
 
 def test_the_cuda_battery_trains_every_method():
-    """tests/test_cuda.py collects its methods on its own (a fresh process: no other module has
+    """tests/training/test_cuda.py collects its methods on its own (a fresh process: no other module has
     registered them for it), so on a GPU every method trains."""
     import subprocess
     import sys
     from pathlib import Path
 
-    tests = Path(__file__).parents[1]  # tests/, where test_cuda.py is
-    code = "import test_cuda; print(','.join(test_cuda.CUDA_METHODS))"
+    tests = Path(__file__).parents[1]  # tests/: conftest.py there, test_cuda.py in training/
+    code = "import sys; sys.path[:0] = ['training', '.']; import test_cuda; print(','.join(test_cuda.CUDA_METHODS))"
     printed = subprocess.run(
         [sys.executable, "-c", code], cwd=tests, capture_output=True, text=True, check=True
     ).stdout

@@ -14,7 +14,7 @@ from kdbench.core import store
 from kdbench.core.errors import ConfigError
 from kdbench.execution import config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_FILE = """
 dataset: synthetic
 pairs: resnet14:resnet8

@@ -88,7 +88,7 @@ class Toy(StudentWrapper):
     def summary(self, student):
         return {"logit_scale": float(self._log_scale(student).detach().exp())}
 '''
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

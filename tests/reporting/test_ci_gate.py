@@ -11,7 +11,7 @@ from kdbench.core.registries import METHODS
 from kdbench.execution import config
 from kdbench.execution.sweep import fit_to_data, specs_for_pair
 
-BASELINE = Path(__file__).resolve().parents[1] / "results" / "baselines" / "ci.json"
+BASELINE = Path(__file__).resolve().parents[2] / "results" / "baselines" / "ci.json"
 
 
 def _configuration(spec: dict) -> str:

@@ -20,7 +20,7 @@ from kdbench.execution import plugins
 from kdbench.execution.sweep import SweepRequest, count_runs, specs_for_pair
 from kdbench.training.cohort import MAX_COHORT_MEMBERS, plan_cohorts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = '''
 import torch.nn.functional as F
 from kdbench.methods.base import Method, register_method

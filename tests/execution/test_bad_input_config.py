@@ -299,7 +299,7 @@ def test_the_help_and_the_readme_say_that_a_python_sweep_runs_as_code(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "a Python (.py) sweep file is RUN as code" in " ".join(capsys.readouterr().out.split())
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
     assert "### What kdbench trusts" in readme and "A Python sweep file is run as code" in readme
 
 

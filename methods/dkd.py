@@ -92,6 +92,7 @@ class DKD(Method):
     """
 
     name = "dkd"
+    fuses = True
     defaults = {
         "ce_weight": 1.0,
         "kd_weight": 0.0,

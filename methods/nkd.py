@@ -57,6 +57,7 @@ class NKD(Method):
     """
 
     name = "nkd"
+    fuses = True
     defaults = {"ce_weight": 1.0, "kd_weight": 0.0, "method_weight": 1.0, "temperature": 3.0, "gamma": 3.5}
 
     @classmethod

@@ -54,6 +54,7 @@ class WSLD(Method):
     """
 
     name = "wsld"
+    fuses = True
     defaults = {"ce_weight": 1.0, "kd_weight": 0.0, "method_weight": 2.25, "temperature": 4.0}
 
     @classmethod

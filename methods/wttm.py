@@ -57,6 +57,7 @@ class WTTM(Method):
     """
 
     name = "wttm"
+    fuses = True
     weighted = True
     defaults = {"ce_weight": 1.0, "kd_weight": 0.0, "method_weight": 4.0, "gamma": 0.2}
 

@@ -55,6 +55,13 @@ def cohort(text: str) -> bool | int:
     return {"on": True, "off": False}.get(text) if text in ("on", "off") else whole(1)(text)
 
 
+def on_off(text: str) -> bool:
+    """on or off."""
+    if text not in ("on", "off"):
+        raise ConfigError(f"takes on or off, got {text!r}")
+    return text == "on"
+
+
 def whole_list(text: str) -> tuple[int, ...]:
     """Comma-separated whole numbers >= 1 (`4,8`)."""
     return tuple(whole(1)(part) for part in text.split(",") if part)

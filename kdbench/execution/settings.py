@@ -7,7 +7,7 @@ help and validation, the commands taking it, and its spelling where a user-facin
 derives from it: the command line's flags (kdbench/cli/common.py `add_settings`), the sweep keys and
 their check (kdbench/execution/config.py `KEYS`), the defaults every command resolves from
 (`config.resolve`), the API's signature (kdbench/api.py) and the requests' setting fields
-(`with_settings`). tests/test_settings_schema.py checks that nothing is declared beside it.
+(`with_settings`). tests/execution/test_settings_schema.py checks that nothing is declared beside it.
 
 A setting is of one kind:
 - SWEEP: a key of a sweep file, a preset and the API; its flag (if any) sets that key;
@@ -31,6 +31,7 @@ from kdbench.execution.setting_values import (
     device,
     hp_overrides,
     number,
+    on_off,
     plugin_files,
     tracker_names,
     whole,
@@ -227,6 +228,10 @@ _DECLARED = [
             choices=("fp32", "bf16", "fp16"), annotation="str", field_default="fp32"),
     Setting("compile", "torch.compile the student's and teacher's training forward", commands=(RUN,),
             action="store_true", annotation="bool", field_default=False),
+    Setting("fuse", "train a cohort's members of one student architecture whose method fuses (`kdbench list "
+            "methods --verbose`) as one batched student, fp32, without wrappers (default off); each "
+            "member's numbers equal its unfused run's up to fp32 reassociation, and its record says it was "
+            "fused", commands=(RUN,), parse=on_off, metavar="on|off", annotation="bool", field_default=False),
     # -- how and where it trains --------------------------------------------------------------------------
     Setting("device", "torch device (cpu, cuda, cuda:1)", commands=(RUN, RERUN, TEACHER, EXPLAIN, BENCH),
             default="cpu", parse=device, filled=True, annotation="str"),
@@ -395,7 +400,7 @@ def with_settings(*setting_names: str):
 
 
 # the settings every unit of a sweep shares on a worker, and those a command passes on to its sweeps
-WORKER = ("out", "data_root", "device", "threads", "force", "plugins", "trackers")
+WORKER = ("out", "data_root", "device", "threads", "force", "plugins", "trackers", "fuse")
 EXECUTION = ("out", "data_root", "device", "force", "jobs", "threads", "backend", "ray_address", "slurm")
 # a sweep's own: how its runs are grouped, limited, computed, extended and logged
-SWEEP_REQUEST = (*EXECUTION, "cohort", "max_runs", "precision", "compile", "plugins", "trackers")
+SWEEP_REQUEST = (*EXECUTION, "cohort", "max_runs", "precision", "compile", "fuse", "plugins", "trackers")

@@ -117,10 +117,12 @@ def count_runs(request: SweepRequest) -> int:
 
 def check_size(request: SweepRequest) -> int:
     """The number of runs planned (`count_runs`), or a ConfigError when it is over `max_runs`; also
-    checks the cohort setting."""
+    checks the cohort and fuse settings."""
     cohort = request.cohort
     if not isinstance(cohort, bool) and not (isinstance(cohort, int) and cohort >= 1):
         raise ConfigError(f"cohort takes on, off or a whole number >= 1 (runs per cohort), got {cohort!r}")
+    if not isinstance(request.fuse, bool):
+        raise ConfigError(f"fuse takes on or off (true or false in a sweep file), got {request.fuse!r}")
     if isinstance(request.max_runs, bool) or not isinstance(request.max_runs, int) or request.max_runs < 1:
         raise ConfigError(f"max_runs (--max-runs) must be a whole number >= 1, got {request.max_runs!r}")
     total = count_runs(request)

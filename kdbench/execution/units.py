@@ -65,6 +65,12 @@ class Outcome:
     teacher_sha256: str | None = None
 
 
+def teacher_accuracy_key(spec: RunSpec) -> tuple[str | None, str, int | None]:
+    """Where a worker keeps the test accuracy of a spec's teacher: per teacher, dataset and test subset (the
+    images it is measured on are the spec's own)."""
+    return spec.teacher_sha256, spec.dataset, spec.recipe.test_subset
+
+
 class Worker:
     """Executes units in this process; one per process, it caches data and teachers between units."""
 
@@ -90,8 +96,7 @@ class Worker:
         }
         self._data: dict[tuple, PreparedData] = {}
         self._teachers: dict[str, nn.Module] = {}
-        # (sha256, dataset, test_subset) -> test accuracy
-        self._teacher_accuracy: dict[tuple[str, str, int | None], dict] = {}
+        self._teacher_accuracy: dict[tuple, dict] = {}  # teacher_accuracy_key(spec) -> test accuracy
 
     def data_for(self, dataset: str, recipe: Recipe) -> PreparedData:
         # these choose the images and how they are decoded; the rest of a recipe is the training
@@ -125,7 +130,7 @@ class Worker:
         """The test accuracy of the spec's teacher on the spec's test images (teachers.teacher_test_accuracy:
         measured once per teacher, dataset and test subset, cached in the store)."""
         sha256 = spec.teacher_sha256
-        key = (sha256, spec.dataset, spec.recipe.test_subset)
+        key = teacher_accuracy_key(spec)
         if key not in self._teacher_accuracy:
             self._teacher_accuracy[key] = teachers.teacher_test_accuracy(
                 self.out, sha256, teacher, data, self.device, spec.recipe.test_subset
@@ -198,13 +203,22 @@ class Worker:
             progress=logs.progress,
             progress_bar=self.progress_bar,
             on_epoch=logs.on_epoch,
+            fuse=self.settings.fuse,
         )
-        return [
-            self.record(trained.spec, environment, error=trained.error)
-            if trained.error or trained.result is None
-            else self.record(trained.spec, environment, trained.result, trained.result.pop("final_state"))
-            for trained in cohort.run()
-        ]
+        outcomes = []
+        for trained in cohort.run():
+            # like the thread count, not part of the spec: a fused run is the same experiment
+            run_environment = (
+                {**environment, "fused_members": trained.fused_members} if self.settings.fuse else environment
+            )
+            outcomes.append(
+                self.record(trained.spec, run_environment, error=trained.error)
+                if trained.error or trained.result is None
+                else self.record(
+                    trained.spec, run_environment, trained.result, trained.result.pop("final_state")
+                )
+            )
+        return outcomes
 
     def record(
         self,
@@ -228,7 +242,7 @@ class Worker:
             environment,
             None if error else result,
             None if error is None else str(error),
-            teacher=self._teacher_accuracy.get((spec.teacher_sha256, spec.dataset)) if spec.teacher else None,
+            teacher=self._teacher_accuracy.get(teacher_accuracy_key(spec)) if spec.teacher else None,
             data=split_sizes(self.data_for(spec.dataset, spec.recipe)),
         )
         store.write_record(self.out, record)

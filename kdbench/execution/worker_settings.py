@@ -1,5 +1,5 @@
 """What every unit of a sweep shares on a worker: the settings of kdbench/execution/settings.py `WORKER`
-(the store, data location, device, threads, force, plugins, trackers), and how many runs share the machine."""
+(the store, data location, device, threads, force, plugins, trackers, fuse), and how many runs share the machine."""
 
 from __future__ import annotations
 

@@ -158,6 +158,10 @@ def test_a_run_on_a_test_subset_records_its_count_and_the_board_says_so(capsys, 
         assert record["data"] == {"train": 128, "val": 0, "test": 50}
     teacher = next(record for record in records if record["kind"] == "teacher")
     assert teacher["data"]["test"] == SYNTHETIC_TEST  # the teacher recipe has no test subset
+    measured = json.loads(
+        store.teacher_eval_path(out, taught[0]["spec"]["teacher_sha256"], "synthetic", 50).read_text()
+    )  # the students' records carry their teacher's accuracy on their own test images
+    assert all(record["teacher"]["test_top1"] == measured["test_top1"] for record in taught)
     assert "on a stratified subset of 50 test images (test_subset" in stdout.splitlines()[0]
 
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from kdbench.core.registries import WRAPPERS
+from kdbench.core.spec import wrappers_in_every_spec
 from kdbench.core.store import TrainResult
 from kdbench.training.export import deployed_student
 from kdbench.training.measure import inference_flops, parameter_count
@@ -41,8 +41,9 @@ def train_result(member: Member) -> TrainResult:
             "deploy_flops_per_image": inference_flops(deployed, example),
             "export_max_abs_error": export_error,
         },
-        # each registered wrapper's summary under its name: None where the run did not use it
-        **dict.fromkeys(WRAPPERS.module_dict),
+        # each wrapper's summary under its name; a built-in's key is null where the run did not use it
+        # (a plugin wrapper loaded for other runs adds no key: a record does not depend on what was loaded)
+        **dict.fromkeys(wrappers_in_every_spec()),
         **{wrapper.name: wrapper.summary(member.student) for wrapper in member.wrappers},
         # a student model's own JSON-able findings, where it defines `analysis()`
         "analysis": member.student.analysis() if hasattr(member.student, "analysis") else None,

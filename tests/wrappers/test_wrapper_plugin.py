@@ -131,9 +131,12 @@ def test_a_plugin_wrapper_runs_reports_and_is_found_again(capsys, tmp_path, plug
         assert "toy_penalty" in record["history"][0]["loss_terms"]
         assert record["overhead"]["extra_trainable_params"] >= 1  # the scale
         assert record["overhead"]["export_max_abs_error"] < 1e-4  # folded into the plain classifier
-    for text in without.values():  # runs without it hold no key of it and keep their ids
+    for (
+        text
+    ) in without.values():  # runs without it hold no key of it, nor do their records, and keep their ids
         spec = json.loads(text)["spec"]
         assert "toy" not in spec and RunSpec.from_dict(spec).run_id == json.loads(text)["run_id"]
+        assert "toy" not in json.loads(text) and "vam" in json.loads(text)
 
     code, printed, err = run_cli(capsys, "report", "--out", str(out), "--format", "csv")
     assert code == 0, err

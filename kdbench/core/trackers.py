@@ -42,7 +42,7 @@ def check_trackers(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 def epoch_scalars(entry: dict) -> dict[str, float]:
     """The numbers of one epoch's history entry, flat: loss, loss/<term>, test_top1, lr, img_per_s, ..."""
     scalars = {f"loss/{term}": value for term, value in entry.get("loss_terms", {}).items()}
-    for key in ("train_loss", "test_top1", "test_top5", "val_top1", "lr", "vam_entropy"):
+    for key in ("train_loss", "test_top1", "test_top5", "val_top1", "lr"):
         if isinstance(entry.get(key), (int, float)):
             scalars[key] = float(entry[key])
     if entry.get("epoch_seconds"):

@@ -7,6 +7,8 @@
 - method step cost: each chosen method's epoch vs the student baseline's;
 - cohort: the student and the chosen methods trained as one cohort (one data stream, one
   teacher forward) vs the same runs alone, one after another;
+- fusion: M kd runs (temperatures 1, 2, 4, 8) trained as one fused group (`--fuse on`,
+  kdbench/training/fused.py) vs the same cohort unfused;
 - memory layout: the bare loop in NCHW vs channels-last (the engine's layout);
 - local pool: two 1-thread training processes at once vs the same two one after another with
   every core's thread (what `kdbench run`'s default pool relies on; CPU only);
@@ -132,7 +134,9 @@ class _Setup:
         )
         self.teacher_model = model.to(self.device, memory_format=MEMORY_FORMAT).eval().requires_grad_(False)
 
-    def spec(self, method: str, vam: bool, precision: str = "fp32", compile: bool = False) -> RunSpec:
+    def spec(
+        self, method: str, vam: bool, precision: str = "fp32", compile: bool = False, hp: dict | None = None
+    ) -> RunSpec:
         cls = method_class(method)
         return RunSpec(
             method=method,
@@ -140,7 +144,7 @@ class _Setup:
             teacher=self.teacher if cls.needs_teacher else None,
             dataset=self.dataset,
             wrappers={"vam": VAMConfig()} if vam else {},
-            hp=cls.resolve_hp(),
+            hp=cls.resolve_hp(hp),
             recipe=self.recipe,
             precision=precision,
             compile=compile,
@@ -159,6 +163,13 @@ class _Setup:
     def cohort(self, members: tuple[str, ...]) -> Cohort:
         specs = [self.spec(m, False) for m in members]
         return Cohort(specs, self.data, teacher=self.teacher_model, device=self.device, out=self.out)
+
+    def kd_cohort(self, temperatures: tuple[float, ...], fuse: bool) -> Cohort:
+        """kd at each temperature, one cohort: the members of one fused group where `fuse`."""
+        specs = [self.spec("kd", False, hp={"temperature": t}) for t in temperatures]
+        return Cohort(
+            specs, self.data, teacher=self.teacher_model, device=self.device, out=self.out, fuse=fuse
+        )
 
 
 def run_bench(
@@ -211,6 +222,11 @@ def run_bench(
     kd_args = (student, teacher_model, prepared, info.num_classes, info.in_chans)
     bare_kd, engine_kd = "bare fp32 KD loop (reference)", "engine: kd epoch, fp32"
 
+    temperatures = (1.0, 2.0, 4.0, 8.0)
+    unfused, fused = setup.kd_cohort(temperatures, fuse=False), setup.kd_cohort(temperatures, fuse=True)
+    unfused_name = f"fusion: {len(temperatures)} kd runs, one cohort unfused"
+    fused_name = f"fusion: the same {len(temperatures)} as one fused group (--fuse on)"
+
     classic = "classic: per-image DataLoader KD loop"
     measures = [  # (name, work, name of its reference, runs the work trains)
         (bare, bare_epoch(*bare_args, MEMORY_FORMAT), bare, 1),
@@ -221,6 +237,8 @@ def run_bench(
         *((f"method: {method} epoch", epoch_of(method, vam=False), engine, 1) for method in methods),
         (apart, lambda: [epoch() for epoch in alone], apart, len(members)),
         (together, lambda: cohort.train_stream(1, cohort.live()), apart, len(members)),
+        (unfused_name, lambda: unfused.train_stream(1, unfused.live()), unfused_name, len(temperatures)),
+        (fused_name, lambda: fused.train_stream(1, fused.live()), unfused_name, len(temperatures)),
         (bare_kd, bare_kd_epoch(*kd_args), bare_kd, 1),
         (engine_kd, epoch_of("kd", vam=False), bare_kd, 1),
         (classic, classic_kd_epoch(student, teacher_model, setup.host_train, info, batch_size), engine_kd, 1),

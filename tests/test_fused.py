@@ -213,3 +213,38 @@ def test_a_fused_rerun_is_bit_identical_and_a_member_that_does_not_fuse_is_uncha
     off, on = runs["off"][-1], runs["on"][-1]  # fitnet, beside a fused group
     assert all(torch.equal(off.result["final_state"][k], v) for k, v in on.result["final_state"].items())
     assert [e["train_loss"] for e in off.result["history"]] == [e["train_loss"] for e in on.result["history"]]
+
+
+def test_a_sweep_with_fuse_on_records_its_fused_members_outside_the_spec(tmp_path):
+    """`fuse` reaches the loop through the sweep and the worker; each record's environment says with
+    how many members it was fused, and its run id is the unfused run's (the same experiment)."""
+    from kdbench.core import store
+    from kdbench.core.catalog import Pair
+    from kdbench.execution.sweep import Sweep, SweepRequest
+
+    teacher_recipe = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=128)
+    recipe = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=128)
+    options = dict(
+        pairs=[Pair("resnet14", "resnet8")],
+        dataset="synthetic",
+        recipe=recipe,
+        teacher_recipe=teacher_recipe,
+        vam_modes=[False],
+        threads=1,
+    )
+    methods = ["kd", "dkd", "fitnet"]
+    Sweep(SweepRequest(methods=methods, out=tmp_path / "on", fuse=True, **options), progress=quiet).run()
+    Sweep(SweepRequest(methods=methods, out=tmp_path / "off", **options), progress=quiet).run()
+    fused = {
+        r["spec"]["method"]: r for r in store.load_records(tmp_path / "on") if r["spec"]["method"] in methods
+    }
+    plain = {
+        r["spec"]["method"]: r for r in store.load_records(tmp_path / "off") if r["spec"]["method"] in methods
+    }
+    assert {m: r["environment"]["fused_members"] for m, r in fused.items()} == {
+        "kd": 2,
+        "dkd": 2,
+        "fitnet": 0,
+    }
+    assert all("fused_members" not in r["environment"] for r in plain.values())
+    assert {m: r["run_id"] for m, r in fused.items()} == {m: r["run_id"] for m, r in plain.items()}

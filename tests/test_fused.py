@@ -21,7 +21,7 @@ from kdbench.core.spec import Recipe, RunSpec
 from kdbench.data import PreparedData, load_dataset
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
-from kdbench.training.engine import Cohort, EpochMeter
+from kdbench.training.engine import Cohort, EpochMeter, NonFiniteLossError
 from kdbench.training.fused import fusable, plan_groups
 
 STEP_TOLERANCE = 1e-5  # one step from one state: losses (relative above 1), gradients, state after it
@@ -248,3 +248,20 @@ def test_a_sweep_with_fuse_on_records_its_fused_members_outside_the_spec(tmp_pat
     }
     assert all("fused_members" not in r["environment"] for r in plain.values())
     assert {m: r["run_id"] for m, r in fused.items()} == {m: r["run_id"] for m, r in plain.items()}
+
+
+def test_a_member_failing_inside_a_fused_group_is_recorded_and_the_others_go_on(data, teacher, tmp_path):
+    """kd at temperature 0 has a non-finite loss at its first step: recorded failed, as unfused; the
+    members fused beside it end where their unfused runs end."""
+    specs = [spec("student"), spec("kd", temperature=0.0), spec("kd")]
+    options = dict(teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
+    fused = Cohort(specs, data, out=tmp_path / "on", fuse=True, **options).run()
+    plain = Cohort(specs, data, out=tmp_path / "off", **options).run()
+    assert (
+        [type(t.error) for t in fused]
+        == [type(t.error) for t in plain]
+        == [type(None), NonFiniteLossError, type(None)]
+    )
+    assert [t.fused_members for t in fused] == [3, 3, 3]
+    for on, off in ((fused[0], plain[0]), (fused[2], plain[2])):
+        assert relative_difference(on.result["final_state"], off.result["final_state"]) <= RUN_TOLERANCE

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from method_fixtures import softmax
 
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
@@ -25,11 +26,6 @@ def build(**overrides):
         cls.resolve_hp(overrides),
         MethodContext(SHAPES, SHAPES, NUM_CLASSES, 8, torch.zeros(8, dtype=torch.long)),
     )
-
-
-def softmax(values, temperature=1.0):
-    exps = [math.exp(v / temperature) for v in values]
-    return [e / sum(exps) for e in exps]
 
 
 def kd_by_hand(student_row, teacher_row, temperature):

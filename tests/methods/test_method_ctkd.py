@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from method_fixtures import softmax
 
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
@@ -16,11 +17,6 @@ from kdbench.methods.base import MethodContext
 from kdbench.methods.ctkd import curriculum_lambda
 
 NUM_CLASSES = 3
-
-
-def softmax(values, temperature=1.0):
-    exps = [math.exp(v / temperature) for v in values]
-    return [e / sum(exps) for e in exps]
 
 
 def kl_times_t2(student_row, teacher_row, temperature):

@@ -7,26 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_fixtures import INIT_STUDENT as STUDENT
+from method_fixtures import INIT_TEACHER as TEACHER
+from method_fixtures import shapes
 
-from kdbench.methods.base import FeatureShapes, PairNotSupportedError
+from kdbench.methods.base import PairNotSupportedError
 from kdbench.methods.fsp import FSP, fsp_matrix
-
-NUM_CLASSES = 5
-
-
-def shapes(stem: int, channels: list[int], sizes: list[int]) -> FeatureShapes:
-    stages = tuple((c, s, s) for c, s in zip(channels, sizes, strict=True))
-    return FeatureShapes(
-        stem=(stem, sizes[0], sizes[0]),
-        stages=stages,
-        preact=stages,
-        pooled=(channels[-1],),
-        logits=(NUM_CLASSES,),
-    )
-
-
-STUDENT = shapes(4, [4, 8], [8, 4])
-TEACHER = shapes(4, [4, 16], [8, 4])  # same stage count, wider last stage
 
 
 def test_fsp_matrix_of_hand_made_features():
@@ -51,7 +37,7 @@ def test_fsp_matrix_pools_the_larger_map():
 
 def test_fsp_refuses_different_stage_counts():
     with pytest.raises(PairNotSupportedError, match=r"^fsp: student has 2 stages, teacher has 3") as error:
-        FSP.check_pair(STUDENT, shapes(4, [4, 8, 16], [8, 4, 2]))
+        FSP.check_pair(STUDENT, shapes([4, 8, 16], [8, 4, 2]))
     assert "\n" not in str(error.value)
 
 

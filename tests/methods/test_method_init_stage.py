@@ -5,53 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_fixtures import INIT_STUDENT as STUDENT
+from method_fixtures import INIT_TEACHER as TEACHER
+from method_fixtures import build_init_stage as build
+from method_fixtures import context, random_features, shapes
 
 from kdbench.methods.ab import AB
-from kdbench.methods.base import Features, FeatureShapes, MethodContext, PairNotSupportedError
+from kdbench.methods.base import PairNotSupportedError
 from kdbench.methods.fsp import FSP
 from kdbench.methods.ft import FT
 from kdbench.methods.reviewkd import ReviewKD
-
-BATCH = 2
-NUM_CLASSES = 5
-
-
-def shapes(stem: int, channels: list[int], sizes: list[int]) -> FeatureShapes:
-    stages = tuple((c, s, s) for c, s in zip(channels, sizes, strict=True))
-    return FeatureShapes(
-        stem=(stem, sizes[0], sizes[0]),
-        stages=stages,
-        preact=stages,
-        pooled=(channels[-1],),
-        logits=(NUM_CLASSES,),
-    )
-
-
-STUDENT = shapes(4, [4, 8], [8, 4])
-TEACHER = shapes(4, [4, 16], [8, 4])  # same stage count, wider last stage
-
-
-def context(student: FeatureShapes = STUDENT, teacher: FeatureShapes = TEACHER) -> MethodContext:
-    return MethodContext(
-        student, teacher, NUM_CLASSES, num_train=10, train_labels=torch.zeros(10, dtype=torch.long)
-    )
-
-
-def random_features(feature_shapes: FeatureShapes, requires_grad: bool) -> Features:
-    def tensor(shape):
-        return torch.randn(BATCH, *shape, requires_grad=requires_grad)
-
-    return Features(
-        logits=tensor(feature_shapes.logits),
-        pooled=tensor(feature_shapes.pooled),
-        stem=tensor(feature_shapes.stem),
-        stages=[tensor(s) for s in feature_shapes.stages],
-        preact=[tensor(s) for s in feature_shapes.preact],
-    )
-
-
-def build(cls, **overrides):
-    return cls(cls.resolve_hp(overrides), context())
 
 
 def test_init_stages_declare_what_repdistiller_trains():
@@ -86,9 +49,9 @@ def test_pairs_served():
     AB.check_pair(STUDENT, TEACHER)
     ReviewKD.check_pair(STUDENT, TEACHER)
     with pytest.raises(PairNotSupportedError, match="^ab: "):
-        AB.check_pair(STUDENT, shapes(4, [4, 8], [8, 1]))
+        AB.check_pair(STUDENT, shapes([4, 8], [8, 1]))
     with pytest.raises(PairNotSupportedError, match="^reviewkd: "):
-        ReviewKD.check_pair(STUDENT, shapes(4, [4, 8, 16], [8, 4, 2]))
+        ReviewKD.check_pair(STUDENT, shapes([4, 8, 16], [8, 4, 2]))
 
 
 @pytest.mark.parametrize("cls", [AB, FT, FSP, ReviewKD])

@@ -3,63 +3,22 @@ term with `logit_std` computed by hand, and every logit method standardising whe
 
 from __future__ import annotations
 
-import math
 import statistics
 
 import pytest
 import torch
+from method_fixtures import (
+    NUM_CLASSES,
+    build_between,
+    context,
+    features,
+    kl,
+    rows,
+    softmax,
+)
 
-from kdbench.core.features import Features, FeatureShapes
-from kdbench.core.registries import METHODS
 from kdbench.methods._shared import standardize_logits
-from kdbench.methods.base import Method, MethodContext, kd_kl_div
-
-NUM_CLASSES = 5
-
-
-def shapes(channels: list[int], sizes: list[int], pooled: int | None = None, classes: int = NUM_CLASSES):
-    stages = tuple((c, s, s) for c, s in zip(channels, sizes, strict=True))
-    return FeatureShapes(
-        stem=(channels[0], sizes[0], sizes[0]),
-        stages=stages,
-        preact=stages,
-        pooled=(pooled or channels[-1],),
-        logits=(classes,),
-    )
-
-
-STUDENT = shapes([2, 3], [4, 2])
-TEACHER = shapes([3, 4], [4, 4])  # same stage count, wider, larger last map
-
-
-def context(student: FeatureShapes = STUDENT, teacher: FeatureShapes = TEACHER) -> MethodContext:
-    return MethodContext(
-        student, teacher, NUM_CLASSES, num_train=8, train_labels=torch.zeros(8, dtype=torch.long)
-    )
-
-
-def build_between(
-    name: str, student: FeatureShapes = STUDENT, teacher: FeatureShapes = TEACHER, **overrides
-) -> Method:
-    cls = METHODS.get(name)
-    return cls(cls.resolve_hp(overrides), context(student, teacher))
-
-
-def features(logits=None, pooled=None, stages=()) -> Features:
-    return Features(logits=logits, pooled=pooled, stages=list(stages))
-
-
-def rows(matrix: torch.Tensor) -> list[list[float]]:
-    return matrix.tolist()
-
-
-def softmax(values: list[float], temperature: float = 1.0) -> list[float]:
-    exps = [math.exp(v / temperature) for v in values]
-    return [e / sum(exps) for e in exps]
-
-
-def kl(p: list[float], q: list[float]) -> float:
-    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+from kdbench.methods.base import Method, kd_kl_div
 
 
 def test_standardized_logits_have_zero_mean_and_unit_std():

@@ -10,17 +10,13 @@ import statistics
 
 import pytest
 import torch
+from method_fixtures import softmax
 
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
 from kdbench.methods.base import MethodContext
 
 NUM_CLASSES = 3
-
-
-def softmax(values, temperature=1.0):
-    exps = [math.exp(v / temperature) for v in values]
-    return [e / sum(exps) for e in exps]
 
 
 def kl_times_t2(student_row, teacher_row, temperature):

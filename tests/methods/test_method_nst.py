@@ -9,52 +9,7 @@ import math
 
 import pytest
 import torch
-
-from kdbench.core.features import Features, FeatureShapes
-from kdbench.core.registries import METHODS
-from kdbench.methods.base import Method, MethodContext
-
-NUM_CLASSES = 5
-
-
-def shapes(channels: list[int], sizes: list[int], pooled: int | None = None, classes: int = NUM_CLASSES):
-    stages = tuple((c, s, s) for c, s in zip(channels, sizes, strict=True))
-    return FeatureShapes(
-        stem=(channels[0], sizes[0], sizes[0]),
-        stages=stages,
-        preact=stages,
-        pooled=(pooled or channels[-1],),
-        logits=(classes,),
-    )
-
-
-STUDENT = shapes([2, 3], [4, 2])
-TEACHER = shapes([3, 4], [4, 4])  # same stage count, wider, larger last map
-
-
-def context(student: FeatureShapes = STUDENT, teacher: FeatureShapes = TEACHER) -> MethodContext:
-    return MethodContext(
-        student, teacher, NUM_CLASSES, num_train=8, train_labels=torch.zeros(8, dtype=torch.long)
-    )
-
-
-def build_between(
-    name: str, student: FeatureShapes = STUDENT, teacher: FeatureShapes = TEACHER, **overrides
-) -> Method:
-    cls = METHODS.get(name)
-    return cls(cls.resolve_hp(overrides), context(student, teacher))
-
-
-def features(logits=None, pooled=None, stages=()) -> Features:
-    return Features(logits=logits, pooled=pooled, stages=list(stages))
-
-
-def rows(matrix: torch.Tensor) -> list[list[float]]:
-    return matrix.tolist()
-
-
-def dot(u, v) -> float:
-    return sum(a * b for a, b in zip(u, v, strict=True))
+from method_fixtures import build_between, dot, features, rows
 
 
 def test_nst_is_the_squared_mmd_of_normalised_channel_maps():

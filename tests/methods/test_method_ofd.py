@@ -8,12 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from method_fixtures import build
 from torch import nn
 
 import kdbench.methods  # noqa: F401  (registers every method)
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS, lookup
-from kdbench.methods.base import Method, MethodContext, PairNotSupportedError
+from kdbench.methods.base import MethodContext, PairNotSupportedError
 
 
 def shapes_of(stages, preact=None, pooled=(3,), logits=(3,)) -> FeatureShapes:
@@ -26,11 +27,6 @@ def shapes_of(stages, preact=None, pooled=(3,), logits=(3,)) -> FeatureShapes:
 def context_of(student_shapes, teacher_shapes, num_classes=3) -> MethodContext:
     labels = torch.arange(6) % num_classes
     return MethodContext(student_shapes, teacher_shapes, num_classes, len(labels), labels)
-
-
-def build(name: str, context: MethodContext, **overrides) -> Method:
-    method_class = lookup(METHODS, "method", name)
-    return method_class(method_class.resolve_hp(overrides), context)
 
 
 LABELS = torch.tensor([0, 2, 1])

@@ -5,28 +5,13 @@ different class counts."""
 from __future__ import annotations
 
 import pytest
+from method_fixtures import NUM_CLASSES, STUDENT, TEACHER, shapes
 
 from kdbench.core.features import FeatureShapes
 from kdbench.core.registries import METHODS
 from kdbench.methods.base import PairNotSupportedError
 
-NUM_CLASSES = 5
 METHOD_NAMES = ("sp", "cc", "vid", "rkd", "pkt", "nst", "dkd", "dist")
-
-
-def shapes(channels: list[int], sizes: list[int], pooled: int | None = None, classes: int = NUM_CLASSES):
-    stages = tuple((c, s, s) for c, s in zip(channels, sizes, strict=True))
-    return FeatureShapes(
-        stem=(channels[0], sizes[0], sizes[0]),
-        stages=stages,
-        preact=stages,
-        pooled=(pooled or channels[-1],),
-        logits=(classes,),
-    )
-
-
-STUDENT = shapes([2, 3], [4, 2])
-TEACHER = shapes([3, 4], [4, 4])  # same stage count, wider, larger last map
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)

@@ -7,50 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_fixtures import INIT_STUDENT as STUDENT
+from method_fixtures import INIT_TEACHER as TEACHER
+from method_fixtures import build_init_stage as build
+from method_fixtures import random_features
 
-from kdbench.methods.base import Features, FeatureShapes, MethodContext
 from kdbench.methods.reviewkd import ReviewKD, hierarchical_context_loss
-
-BATCH = 2
-NUM_CLASSES = 5
-
-
-def shapes(stem: int, channels: list[int], sizes: list[int]) -> FeatureShapes:
-    stages = tuple((c, s, s) for c, s in zip(channels, sizes, strict=True))
-    return FeatureShapes(
-        stem=(stem, sizes[0], sizes[0]),
-        stages=stages,
-        preact=stages,
-        pooled=(channels[-1],),
-        logits=(NUM_CLASSES,),
-    )
-
-
-STUDENT = shapes(4, [4, 8], [8, 4])
-TEACHER = shapes(4, [4, 16], [8, 4])  # same stage count, wider last stage
-
-
-def context(student: FeatureShapes = STUDENT, teacher: FeatureShapes = TEACHER) -> MethodContext:
-    return MethodContext(
-        student, teacher, NUM_CLASSES, num_train=10, train_labels=torch.zeros(10, dtype=torch.long)
-    )
-
-
-def random_features(feature_shapes: FeatureShapes, requires_grad: bool) -> Features:
-    def tensor(shape):
-        return torch.randn(BATCH, *shape, requires_grad=requires_grad)
-
-    return Features(
-        logits=tensor(feature_shapes.logits),
-        pooled=tensor(feature_shapes.pooled),
-        stem=tensor(feature_shapes.stem),
-        stages=[tensor(s) for s in feature_shapes.stages],
-        preact=[tensor(s) for s in feature_shapes.preact],
-    )
-
-
-def build(cls, **overrides):
-    return cls(cls.resolve_hp(overrides), context())
 
 
 def test_reviewkd_hcl_on_known_pyramids():

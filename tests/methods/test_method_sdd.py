@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_trainer
+from method_fixtures import softmax
 
 from kdbench.core.errors import ConfigError
 from kdbench.core.features import Features, FeatureShapes
@@ -21,11 +22,6 @@ from kdbench.models import build_model
 from kdbench.wrappers.vam import VAMConfig
 
 NUM_CLASSES = 3
-
-
-def softmax(values, temperature=1.0):
-    exps = [math.exp(v / temperature) for v in values]
-    return [e / sum(exps) for e in exps]
 
 
 def kl(p_teacher, p_student):

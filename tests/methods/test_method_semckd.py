@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from method_fixtures import softmax
 from torch import nn
 
 from kdbench.core.features import Features, FeatureShapes
@@ -18,11 +19,6 @@ from kdbench.methods.base import MethodContext
 from kdbench.methods.semckd import layer_projector
 
 NUM_CLASSES = 3
-
-
-def softmax(values, temperature=1.0):
-    exps = [math.exp(v / temperature) for v in values]
-    return [e / sum(exps) for e in exps]
 
 
 def mean(values):

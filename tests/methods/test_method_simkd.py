@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_trainer
+from method_fixtures import softmax
 from torch import nn
 
 from kdbench.core.features import Features, FeatureShapes
@@ -22,11 +23,6 @@ from kdbench.training import engine
 from kdbench.training.measure import parameter_count
 
 NUM_CLASSES = 3
-
-
-def softmax(values, temperature=1.0):
-    exps = [math.exp(v / temperature) for v in values]
-    return [e / sum(exps) for e in exps]
 
 
 def mean(values):

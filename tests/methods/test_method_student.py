@@ -9,26 +9,10 @@ import math
 
 import pytest
 import torch
+from method_fixtures import build, feature_shapes, method_context
 
 import kdbench.methods  # noqa: F401  (registers every method)
-from kdbench.core.features import Features, FeatureShapes
-from kdbench.core.registries import METHODS, lookup
-from kdbench.methods.base import Method, MethodContext
-
-
-def feature_shapes(stages, stem=(2, 4, 4), pooled=(3,), logits=(3,)) -> FeatureShapes:
-    return FeatureShapes(stem=stem, stages=tuple(stages), preact=tuple(stages), pooled=pooled, logits=logits)
-
-
-def method_context(student_shapes, teacher_shapes, train_labels=(0, 0, 1, 1, 2, 2)) -> MethodContext:
-    labels = torch.tensor(train_labels)
-    return MethodContext(student_shapes, teacher_shapes, int(labels.max()) + 1, len(labels), labels)
-
-
-def build(name: str, context: MethodContext, **overrides) -> Method:
-    method_class = lookup(METHODS, "method", name)
-    return method_class(method_class.resolve_hp(overrides), context)
-
+from kdbench.core.features import Features
 
 STUDENT_LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
 LABELS = torch.tensor([2, 0])

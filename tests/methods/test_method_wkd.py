@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from method_fixtures import softmax
 
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
@@ -19,11 +20,6 @@ from kdbench.methods.wkd import sinkhorn_plan
 from kdbench.models import build_model
 
 NUM_CLASSES = 4
-
-
-def softmax(values, temperature=1.0):
-    exps = [math.exp(v / temperature) for v in values]
-    return [e / sum(exps) for e in exps]
 
 
 def build(name, context, **overrides):

@@ -17,7 +17,7 @@ after `begin_epoch` (so a fused member starts where its solo run starts, and res
 checkpoint), written back before `close_epoch` (parameters, buffers, momentum), so evaluation,
 checkpoints, export and records read each member's own student as they do unfused. The fused
 mathematics is the solo one; the numbers differ by floating-point reassociation only
-(tests/test_fused.py measures the tolerance). Random draws inside the forward are refused
+(tests/training/test_fused.py measures the tolerance). Random draws inside the forward are refused
 (`randomness="error"`): a member's stream cannot be reproduced inside a batched forward.
 """
 

@@ -107,7 +107,7 @@ def zoo() -> dict[str, nn.Module]:
 
 
 def test_list_models_is_the_zoo_plus_the_explainer_hme():
-    # KDExplainer's HME (kdbench/explainer.py) registers as a model so the shared engine trains it
+    # KDExplainer's HME (kdbench/models/hme.py) registers as a model so the shared engine trains it
     assert sorted(ZOO + ["hme", "hme_small"]) == list_models()
 
 

@@ -10,7 +10,7 @@ from kdbench.core.registries import METHODS
 from kdbench.wrappers.vam import VAMConfig
 
 # Read at collection: without the import above it was empty and the test silently skipped (seen on
-# the first H200 run, results/gpu-h200.md); tests/test_methods_smoke.py checks it in a fresh process.
+# the first H200 run, results/gpu-h200.md); tests/methods/test_method_smoke.py checks it in a fresh process.
 CUDA_METHODS = sorted(name for name in METHODS.module_dict if "+" not in name)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

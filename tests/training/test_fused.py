@@ -1,5 +1,5 @@
 """Fused members (kdbench/training/fused.py, `--fuse on`) compute each member's own mathematics: its
-losses, gradients, SGD step and BatchNorm statistics equal its unfused (= solo, tests/test_cohort.py)
+losses, gradients, SGD step and BatchNorm statistics equal its unfused (= solo, tests/training/test_cohort.py)
 run's up to fp32 reassociation; a fused rerun is bit-identical; members that do not fuse train
 exactly as unfused.
 

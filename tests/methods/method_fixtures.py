@@ -121,3 +121,62 @@ def softmax(values: list[float], temperature: float = 1.0) -> list[float]:
 
 def kl(p: list[float], q: list[float]) -> float:
     return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def cross_entropy_by_hand(logits, labels):
+    return sum(
+        -(row[label] - math.log(sum(math.exp(v) for v in row)))
+        for row, label in zip(logits.tolist(), labels, strict=True)
+    ) / len(labels)
+
+
+def kl_times_t2(student_row, teacher_row, temperature):
+    p_s, p_t = softmax(student_row, temperature), softmax(teacher_row, temperature)
+    return temperature**2 * sum(t * math.log(t / s) for s, t in zip(p_s, p_t, strict=True))
+
+
+# the logit methods' hand-picked values, imported under the names each test file reads them by
+# 2 samples x 3 classes (KD, AT, CRD, FitNet, student)
+PAIR_STUDENT_LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
+PAIR_TEACHER_LOGITS = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+PAIR_LABELS = torch.tensor([2, 0])
+# 3 samples x 4 classes (NKD, TF-KD; the labels also KDSVD, OFD, WSLD, WTTM)
+TRIO_STUDENT_LOGITS = torch.tensor([[2.0, 0.5, -1.0, 0.3], [0.1, 0.3, 1.5, -2.0], [1.0, 1.0, 1.0, 1.0]])
+TRIO_TEACHER_LOGITS = torch.tensor([[3.0, -0.5, 0.2, 1.1], [1.2, 0.4, -0.3, 2.2], [0.0, 2.5, 0.5, -1.0]])
+TRIO_LABELS = torch.tensor([0, 2, 1])
+# 4 samples x 3 classes as plain rows (CTKD, MLKD)
+ROWS_STUDENT_LOGITS = [[1.0, -0.5, 0.2], [0.3, 0.8, -1.0], [-0.2, 0.1, 0.4], [2.0, 0.0, -1.0]]
+ROWS_TEACHER_LOGITS = [[2.0, -1.0, 0.5], [0.1, 1.5, -0.5], [0.0, -0.3, 1.2], [1.0, 1.0, -2.0]]
+
+
+def logits_context(batch_size=4, num_classes=3) -> MethodContext:
+    """Student and teacher that expose only logits (and a pooled vector)."""
+    only_logits = FeatureShapes(stem=None, stages=(), preact=(), pooled=(2,), logits=(num_classes,))
+    return MethodContext(
+        only_logits, only_logits, num_classes, 8, torch.zeros(8, dtype=torch.long), batch_size=batch_size
+    )
+
+
+def row_features(rows, requires_grad=False) -> Features:
+    return Features(logits=torch.tensor(rows, requires_grad=requires_grad), pooled=None)
+
+
+def logits_features(logits: torch.Tensor) -> Features:
+    return Features(logits=logits, pooled=None)
+
+
+# stage-only shapes (no stem) and a 6-sample context, for the feature methods KDSVD, OFD, WSLD
+def shapes_of(stages, preact=None, pooled=(3,), logits=(3,)) -> FeatureShapes:
+    stages = tuple(stages)
+    return FeatureShapes(
+        stem=None, stages=stages, preact=tuple(preact or stages), pooled=pooled, logits=logits
+    )
+
+
+def context_of(student_shapes, teacher_shapes, num_classes=3) -> MethodContext:
+    labels = torch.arange(6) % num_classes
+    return MethodContext(student_shapes, teacher_shapes, num_classes, len(labels), labels)

@@ -9,16 +9,15 @@ import math
 
 import pytest
 import torch
+from method_fixtures import PAIR_LABELS as LABELS
+from method_fixtures import PAIR_STUDENT_LOGITS as STUDENT_LOGITS
+from method_fixtures import PAIR_TEACHER_LOGITS as TEACHER_LOGITS
 from method_fixtures import build, feature_shapes, method_context
 
 import kdbench.methods  # noqa: F401  (registers every method)
 from kdbench.core.features import Features
 from kdbench.core.registries import METHODS, lookup
 from kdbench.methods.base import PairNotSupportedError
-
-STUDENT_LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
-TEACHER_LOGITS = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-LABELS = torch.tensor([2, 0])
 
 
 def test_at_on_hand_computed_attention_maps():

@@ -10,14 +10,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from method_fixtures import PAIR_LABELS as LABELS
+from method_fixtures import PAIR_STUDENT_LOGITS as STUDENT_LOGITS
+from method_fixtures import PAIR_TEACHER_LOGITS as TEACHER_LOGITS
 from method_fixtures import build, feature_shapes, features_of, method_context
 
 import kdbench.methods  # noqa: F401  (registers every method)
 from kdbench.core.features import Features
 
-STUDENT_LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
-TEACHER_LOGITS = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-LABELS = torch.tensor([2, 0])
 CRD_LABELS = (0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2)  # 12 samples, 3 classes: 8 negatives per anchor
 
 

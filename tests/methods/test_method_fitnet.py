@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_fixtures import PAIR_LABELS as LABELS
 from method_fixtures import build, feature_shapes, features_of, method_context
 
 import kdbench.methods  # noqa: F401  (registers every method)
 from kdbench.methods.base import PairNotSupportedError
-
-LABELS = torch.tensor([2, 0])
 
 
 def test_fitnet_with_identity_regressor_is_plain_mse_on_the_second_stage():

@@ -9,21 +9,13 @@ import math
 
 import pytest
 import torch
-from method_fixtures import build, feature_shapes, method_context
+from method_fixtures import PAIR_LABELS as LABELS
+from method_fixtures import PAIR_STUDENT_LOGITS as STUDENT_LOGITS
+from method_fixtures import PAIR_TEACHER_LOGITS as TEACHER_LOGITS
+from method_fixtures import build, cross_entropy_by_hand, feature_shapes, method_context
 
 import kdbench.methods  # noqa: F401  (registers every method)
 from kdbench.core.features import Features
-
-STUDENT_LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
-TEACHER_LOGITS = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-LABELS = torch.tensor([2, 0])
-
-
-def cross_entropy_by_hand(logits, labels):
-    return sum(
-        -(row[label] - math.log(sum(math.exp(v) for v in row)))
-        for row, label in zip(logits.tolist(), labels, strict=True)
-    ) / len(labels)
 
 
 def test_kd_term_is_t_squared_kl_of_softened_outputs():

@@ -10,27 +10,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from method_fixtures import build
+from method_fixtures import TRIO_LABELS as LABELS
+from method_fixtures import build, context_of, shapes_of
 
 import kdbench.methods  # noqa: F401  (registers every method)
-from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.features import Features
 from kdbench.core.registries import METHODS, lookup
-from kdbench.methods.base import MethodContext, PairNotSupportedError
-
-
-def shapes_of(stages, preact=None, pooled=(3,), logits=(3,)) -> FeatureShapes:
-    stages = tuple(stages)
-    return FeatureShapes(
-        stem=None, stages=stages, preact=tuple(preact or stages), pooled=pooled, logits=logits
-    )
-
-
-def context_of(student_shapes, teacher_shapes, num_classes=3) -> MethodContext:
-    labels = torch.arange(6) % num_classes
-    return MethodContext(student_shapes, teacher_shapes, num_classes, len(labels), labels)
-
-
-LABELS = torch.tensor([0, 2, 1])
+from kdbench.methods.base import PairNotSupportedError
 
 
 def right_vectors_by_hand(feature: np.ndarray, count: int):

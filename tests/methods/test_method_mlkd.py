@@ -10,45 +10,17 @@ import statistics
 
 import pytest
 import torch
-from method_fixtures import softmax
-
-from kdbench.core.features import Features, FeatureShapes
-from kdbench.core.registries import METHODS
-from kdbench.methods.base import MethodContext
+from method_fixtures import ROWS_STUDENT_LOGITS as STUDENT_LOGITS
+from method_fixtures import ROWS_TEACHER_LOGITS as TEACHER_LOGITS
+from method_fixtures import build, kl_times_t2, logits_context, mean, softmax
+from method_fixtures import row_features as logits_features
 
 NUM_CLASSES = 3
 
 
-def kl_times_t2(student_row, teacher_row, temperature):
-    p_s, p_t = softmax(student_row, temperature), softmax(teacher_row, temperature)
-    return temperature**2 * sum(t * math.log(t / s) for s, t in zip(p_s, p_t, strict=True))
-
-
-def mean(values):
-    return sum(values) / len(values)
-
-
-def logits_context(batch_size=4) -> MethodContext:
-    shapes = FeatureShapes(stem=None, stages=(), preact=(), pooled=(2,), logits=(NUM_CLASSES,))
-    return MethodContext(
-        shapes, shapes, NUM_CLASSES, 8, torch.zeros(8, dtype=torch.long), batch_size=batch_size
-    )
-
-
-def build(name, context, **overrides):
-    cls = METHODS.get(name)
-    return cls(cls.resolve_hp(overrides), context)
-
-
-STUDENT_LOGITS = [[1.0, -0.5, 0.2], [0.3, 0.8, -1.0], [-0.2, 0.1, 0.4], [2.0, 0.0, -1.0]]
-TEACHER_LOGITS = [[2.0, -1.0, 0.5], [0.1, 1.5, -0.5], [0.0, -0.3, 1.2], [1.0, 1.0, -2.0]]
 STRONG_STUDENT = [[0.5, 0.1, -0.2], [0.0, 0.4, 0.3], [-1.0, 0.2, 0.9], [1.2, -0.4, 0.1]]
 STRONG_TEACHER = [[1.5, -0.2, 0.0], [-0.3, 1.1, 0.2], [0.2, -0.5, 1.4], [0.8, 0.6, -1.1]]
 LABELS = [0, 1, 2, 0]
-
-
-def logits_features(rows, requires_grad=False):
-    return Features(logits=torch.tensor(rows, requires_grad=requires_grad), pooled=None)
 
 
 def test_mlkd_is_instance_batch_and_class_alignment_at_five_temperatures_over_two_views():

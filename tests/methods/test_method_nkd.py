@@ -9,9 +9,13 @@ import math
 
 import pytest
 import torch
+from method_fixtures import TRIO_LABELS as LABELS
+from method_fixtures import TRIO_STUDENT_LOGITS as STUDENT_LOGITS
+from method_fixtures import TRIO_TEACHER_LOGITS as TEACHER_LOGITS
+from method_fixtures import logits_features
 
 import kdbench.methods  # noqa: F401  (registers every method)
-from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.features import FeatureShapes
 from kdbench.core.registries import METHODS, lookup
 from kdbench.methods.base import Method, MethodContext, PairNotSupportedError
 
@@ -25,15 +29,6 @@ def build(**overrides) -> Method:
     context = MethodContext(shapes_of(), shapes_of(), 4, len(labels), labels)
     method_class = lookup(METHODS, "method", "nkd")
     return method_class(method_class.resolve_hp(overrides), context)
-
-
-def logits_features(logits: torch.Tensor) -> Features:
-    return Features(logits=logits, pooled=None)
-
-
-STUDENT_LOGITS = torch.tensor([[2.0, 0.5, -1.0, 0.3], [0.1, 0.3, 1.5, -2.0], [1.0, 1.0, 1.0, 1.0]])
-TEACHER_LOGITS = torch.tensor([[3.0, -0.5, 0.2, 1.1], [1.2, 0.4, -0.3, 2.2], [0.0, 2.5, 0.5, -1.0]])
-LABELS = torch.tensor([0, 2, 1])
 
 
 def softmax_by_hand(row, temperature=1.0):

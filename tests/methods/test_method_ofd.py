@@ -8,28 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from method_fixtures import build
+from method_fixtures import TRIO_LABELS as LABELS
+from method_fixtures import build, context_of, shapes_of
 from torch import nn
 
 import kdbench.methods  # noqa: F401  (registers every method)
-from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.features import Features
 from kdbench.core.registries import METHODS, lookup
-from kdbench.methods.base import MethodContext, PairNotSupportedError
-
-
-def shapes_of(stages, preact=None, pooled=(3,), logits=(3,)) -> FeatureShapes:
-    stages = tuple(stages)
-    return FeatureShapes(
-        stem=None, stages=stages, preact=tuple(preact or stages), pooled=pooled, logits=logits
-    )
-
-
-def context_of(student_shapes, teacher_shapes, num_classes=3) -> MethodContext:
-    labels = torch.arange(6) % num_classes
-    return MethodContext(student_shapes, teacher_shapes, num_classes, len(labels), labels)
-
-
-LABELS = torch.tensor([0, 2, 1])
+from kdbench.methods.base import PairNotSupportedError
 
 
 def partial_l2_by_hand(student: np.ndarray, teacher: np.ndarray, margin: np.ndarray) -> float:

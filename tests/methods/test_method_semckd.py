@@ -10,24 +10,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from method_fixtures import softmax
+from method_fixtures import build, mean, softmax
 from torch import nn
 
 from kdbench.core.features import Features, FeatureShapes
-from kdbench.core.registries import METHODS
 from kdbench.methods.base import MethodContext
 from kdbench.methods.semckd import layer_projector
 
 NUM_CLASSES = 3
-
-
-def mean(values):
-    return sum(values) / len(values)
-
-
-def build(name, context, **overrides):
-    cls = METHODS.get(name)
-    return cls(cls.resolve_hp(overrides), context)
 
 
 def test_semckd_loss_is_the_attention_weighted_cross_layer_mse():

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_trainer
-from method_fixtures import softmax
+from method_fixtures import build, mean, softmax
 from torch import nn
 
 from kdbench.core.features import Features, FeatureShapes
@@ -23,15 +23,6 @@ from kdbench.training import engine
 from kdbench.training.measure import parameter_count
 
 NUM_CLASSES = 3
-
-
-def mean(values):
-    return sum(values) / len(values)
-
-
-def build(name, context, **overrides):
-    cls = METHODS.get(name)
-    return cls(cls.resolve_hp(overrides), context)
 
 
 @pytest.fixture(scope="module")

@@ -5,24 +5,14 @@ code (plain Python or numpy on small hand-made tensors)."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from method_fixtures import build, feature_shapes, method_context
+from method_fixtures import PAIR_LABELS as LABELS
+from method_fixtures import PAIR_STUDENT_LOGITS as STUDENT_LOGITS
+from method_fixtures import build, cross_entropy_by_hand, feature_shapes, method_context
 
 import kdbench.methods  # noqa: F401  (registers every method)
 from kdbench.core.features import Features
-
-STUDENT_LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
-LABELS = torch.tensor([2, 0])
-
-
-def cross_entropy_by_hand(logits, labels):
-    return sum(
-        -(row[label] - math.log(sum(math.exp(v) for v in row)))
-        for row, label in zip(logits.tolist(), labels, strict=True)
-    ) / len(labels)
 
 
 def test_student_is_plain_cross_entropy_without_teacher():

@@ -9,6 +9,9 @@ import math
 
 import pytest
 import torch
+from method_fixtures import TRIO_LABELS as LABELS
+from method_fixtures import TRIO_STUDENT_LOGITS as STUDENT_LOGITS
+from method_fixtures import TRIO_TEACHER_LOGITS as TEACHER_LOGITS
 
 import kdbench.methods  # noqa: F401  (registers every method)
 from kdbench.core.errors import ConfigError
@@ -24,10 +27,6 @@ def build(**overrides) -> Method:
     context = MethodContext(SHAPES, None, 4, len(labels), labels)
     method_class = lookup(METHODS, "method", "tfkd")
     return method_class(method_class.resolve_hp(overrides), context)
-
-
-STUDENT_LOGITS = torch.tensor([[2.0, 0.5, -1.0, 0.3], [0.1, 0.3, 1.5, -2.0], [1.0, 1.0, 1.0, 1.0]])
-LABELS = torch.tensor([0, 2, 1])
 
 
 def softmax_by_hand(row):
@@ -92,9 +91,6 @@ def test_tfkd_total_is_the_authors_alpha_mix_with_the_multiplier():
 def test_tfkd_refuses_a_virtual_teacher_it_cannot_build(key, value):
     with pytest.raises(ConfigError, match=f"tfkd.{key}"):
         build(**{key: value})
-
-
-TEACHER_LOGITS = torch.tensor([[3.0, -0.5, 0.2, 1.1], [1.2, 0.4, -0.3, 2.2], [0.0, 2.5, 0.5, -1.0]])
 
 
 def build_self(**overrides) -> Method:

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from method_fixtures import softmax
+from method_fixtures import build, softmax
 
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
@@ -20,11 +20,6 @@ from kdbench.methods.wkd import sinkhorn_plan
 from kdbench.models import build_model
 
 NUM_CLASSES = 4
-
-
-def build(name, context, **overrides):
-    cls = METHODS.get(name)
-    return cls(cls.resolve_hp(overrides), context)
 
 
 @pytest.fixture(scope="module")

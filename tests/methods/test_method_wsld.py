@@ -9,33 +9,15 @@ import math
 
 import pytest
 import torch
-from method_fixtures import build
+from method_fixtures import TRIO_LABELS as LABELS
+from method_fixtures import build, context_of, logits_features, shapes_of
 
 import kdbench.methods  # noqa: F401  (registers every method)
-from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS, lookup
-from kdbench.methods.base import MethodContext, PairNotSupportedError
-
-
-def shapes_of(stages, preact=None, pooled=(3,), logits=(3,)) -> FeatureShapes:
-    stages = tuple(stages)
-    return FeatureShapes(
-        stem=None, stages=stages, preact=tuple(preact or stages), pooled=pooled, logits=logits
-    )
-
-
-def context_of(student_shapes, teacher_shapes, num_classes=3) -> MethodContext:
-    labels = torch.arange(6) % num_classes
-    return MethodContext(student_shapes, teacher_shapes, num_classes, len(labels), labels)
-
-
-def logits_features(logits: torch.Tensor) -> Features:
-    return Features(logits=logits, pooled=None)
-
+from kdbench.methods.base import PairNotSupportedError
 
 STUDENT_LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 1.5], [1.0, 1.0, 1.0]])
 TEACHER_LOGITS = torch.tensor([[3.0, -0.5, 0.2], [1.2, 0.4, -0.3], [0.0, 2.5, 0.5]])
-LABELS = torch.tensor([0, 2, 1])
 
 
 def softmax_by_hand(row, temperature=1.0):

@@ -9,10 +9,12 @@ import math
 
 import pytest
 import torch
+from method_fixtures import TRIO_LABELS as LABELS
+from method_fixtures import logits_features
 
 import kdbench.methods  # noqa: F401  (registers every method)
 from kdbench.core.errors import ConfigError
-from kdbench.core.features import Features, FeatureShapes
+from kdbench.core.features import FeatureShapes
 from kdbench.core.registries import METHODS, lookup
 from kdbench.methods.base import Method, MethodContext, PairNotSupportedError
 
@@ -28,13 +30,8 @@ def build(name: str, **overrides) -> Method:
     return method_class(method_class.resolve_hp(overrides), context)
 
 
-def logits_features(logits: torch.Tensor) -> Features:
-    return Features(logits=logits, pooled=None)
-
-
 STUDENT_LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 1.5], [1.0, 1.0, 1.0]])
 TEACHER_LOGITS = torch.tensor([[6.0, -0.5, 0.2], [1.2, 0.4, -0.3], [0.0, 9.5, 0.5]])
-LABELS = torch.tensor([0, 2, 1])
 
 
 def softmax_by_hand(row):

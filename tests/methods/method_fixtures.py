@@ -180,3 +180,18 @@ def shapes_of(stages, preact=None, pooled=(3,), logits=(3,)) -> FeatureShapes:
 def context_of(student_shapes, teacher_shapes, num_classes=3) -> MethodContext:
     labels = torch.arange(6) % num_classes
     return MethodContext(student_shapes, teacher_shapes, num_classes, len(labels), labels)
+
+
+def model_pair_context(models, num_classes=3, **fields) -> MethodContext:
+    """The context of a method that reads the models themselves: `models` is (student, teacher,
+    student shapes, teacher shapes) on 16x16 images; `fields` override the context's fields."""
+    student, teacher, student_shapes, teacher_shapes = models
+    return MethodContext(
+        student_shapes,
+        teacher_shapes,
+        num_classes,
+        8,
+        torch.zeros(8, dtype=torch.long),
+        image_shape=(3, 16, 16),
+        **{"teacher": teacher, "student": student, **fields},
+    )

@@ -11,12 +11,13 @@ import math
 import pytest
 import torch
 from conftest import make_trainer
+from method_fixtures import model_pair_context as context_of
 
 import kdbench.methods  # noqa: F401  (registers every method)
 from kdbench.core.errors import ConfigError
 from kdbench.core.features import FeatureShapes
 from kdbench.core.registries import METHODS
-from kdbench.methods.base import MethodContext, PairNotSupportedError
+from kdbench.methods.base import PairNotSupportedError
 from kdbench.models import build_model
 from kdbench.wrappers.vam import VAMConfig
 
@@ -32,19 +33,6 @@ def models():
     shapes = [FeatureShapes.of(model.eval()(image, features=True)) for model in (student, teacher)]
     student.train()
     return student, teacher, *shapes
-
-
-def context_of(models, **fields):
-    student, teacher, student_shapes, teacher_shapes = models
-    return MethodContext(
-        student_shapes,
-        teacher_shapes,
-        NUM_CLASSES,
-        8,
-        torch.zeros(8, dtype=torch.long),
-        image_shape=(3, 16, 16),
-        **{"teacher": teacher, "student": student, **fields},
-    )
 
 
 def build(models, **overrides):

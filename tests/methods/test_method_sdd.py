@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_trainer
+from method_fixtures import model_pair_context as sdd_context
 from method_fixtures import softmax
 
 from kdbench.core.errors import ConfigError
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
-from kdbench.methods.base import MethodContext, PairNotSupportedError
+from kdbench.methods.base import PairNotSupportedError
 from kdbench.methods.sdd import pooled_map_of, region_weights, scale_decoupled_logits, sdd_dkd_parts
 from kdbench.models import build_model
 from kdbench.wrappers.vam import VAMConfig
@@ -95,19 +96,6 @@ def sdd_models():
     image = torch.zeros(2, 3, 16, 16)
     shapes = [FeatureShapes.of(model(image, features=True)) for model in (student, teacher)]
     return student, teacher, *shapes
-
-
-def sdd_context(models, **fields):
-    student, teacher, student_shapes, teacher_shapes = models
-    return MethodContext(
-        student_shapes,
-        teacher_shapes,
-        NUM_CLASSES,
-        8,
-        torch.zeros(8, dtype=torch.long),
-        image_shape=(3, 16, 16),
-        **{"teacher": teacher, "student": student, **fields},
-    )
 
 
 def test_local_logits_are_the_classifier_on_every_cell_of_the_1_2_4_pyramid():

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
-from kdbench.models.resume import check_stage_index, resumed
+from kdbench.models.resume import resumed, run_later_stages
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -123,12 +123,7 @@ class ResNet(nn.Module):
     def forward_from(self, stage_index: int, x: Tensor, features: bool = False) -> Tensor | Features:
         """Logits from `stages[stage_index]` (post-ReLU): the later stages, pool, fc
         (kdbench/models/resume.py)."""
-        stages = self.stage_modules()
-        check_stage_index(stage_index, len(stages))
-        later = []
-        for stage in stages[stage_index + 1 :]:
-            x = stage(x)
-            later.append(x)
+        x, later = run_later_stages(self.stage_modules(), stage_index, x)
         pooled = self.avgpool(x).flatten(1)
         return resumed(self.fc(pooled), pooled, later, features)
 

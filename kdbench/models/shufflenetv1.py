@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
 from kdbench.models.resnet import run_stages
-from kdbench.models.resume import check_stage_index, resumed
+from kdbench.models.resume import resumed, run_later_stages
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -106,12 +106,7 @@ class ShuffleNet(nn.Module):
     def forward_from(self, stage_index: int, x: Tensor, features: bool = False) -> Tensor | Features:
         """Logits from `stages[stage_index]` (post-ReLU): the later stages, pool, linear
         (kdbench/models/resume.py)."""
-        stages = self.stage_modules()
-        check_stage_index(stage_index, len(stages))
-        later = []
-        for stage in stages[stage_index + 1 :]:
-            x = stage(x)
-            later.append(x)
+        x, later = run_later_stages(self.stage_modules(), stage_index, x)
         pooled = self.avgpool(x).flatten(1)
         return resumed(self.linear(pooled), pooled, later, features)
 

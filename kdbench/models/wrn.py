@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from kdbench.core.features import Features
 from kdbench.core.registries import MODELS
-from kdbench.models.resume import check_stage_index, resumed
+from kdbench.models.resume import resumed, run_later_stages
 
 
 class BasicBlock(nn.Module):
@@ -122,12 +122,7 @@ class WideResNet(nn.Module):
     def forward_from(self, stage_index: int, x: Tensor, features: bool = False) -> Tensor | Features:
         """Logits from `stages[stage_index]` (a raw residual sum): the later stages, bn1-relu, pool, fc
         (kdbench/models/resume.py)."""
-        stages = self.stage_modules()
-        check_stage_index(stage_index, len(stages))
-        later = []
-        for stage in stages[stage_index + 1 :]:
-            x = stage(x)
-            later.append(x)
+        x, later = run_later_stages(self.stage_modules(), stage_index, x)
         pooled = self.avgpool(F.relu(self.bn1(x))).flatten(1)
         return resumed(self.fc(pooled), pooled, later, features)
 

@@ -43,7 +43,7 @@ from .base import (
     register_method,
     require_same_classes,
 )
-from .sdd import POOLED_MAPS, pooled_map_of
+from .sdd import POOLED_MAPS, pooled_map_candidates, pooled_map_of
 
 
 def class_activation_maps(feature_map: Tensor, classifier: nn.Linear) -> Tensor:
@@ -61,14 +61,6 @@ def class_attention_loss(
     if normalize:
         student_cams, teacher_cams = (F.normalize(cams, dim=(2, 3)) for cams in (student_cams, teacher_cams))
     return F.mse_loss(student_cams, teacher_cams)
-
-
-def _exposes_pooled_map(shapes: FeatureShapes) -> bool:
-    """Whether the last stage or pre-activation is a (C, H, W) map with the pooled vector's C."""
-    return any(
-        found and len(found[-1]) == 3 and (found[-1][0],) == tuple(shapes.pooled)
-        for found in (shapes.stages, shapes.preact)
-    )
 
 
 @register_method
@@ -98,7 +90,7 @@ class CATKD(Method):
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
         require_same_classes("catkd", student_shapes, teacher_shapes)
         for side, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
-            if not _exposes_pooled_map(shapes):
+            if not pooled_map_candidates(shapes):
                 raise PairNotSupportedError(
                     f"catkd applies the {side}'s classifier at every position of the map its global pooling "
                     f"reads: its pooled vector has {tuple(shapes.pooled)} features, but neither its last stage "

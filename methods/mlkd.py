@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._shared import strong_view_cross_entropy
 from .base import FeatureShapes, Method, kd_kl_div, register_method, require_same_classes
 
 # cfg.KD.TEMPERATURE (the `temperature` hp) first, then those written in KD_ours.py
@@ -89,11 +90,8 @@ class MLKD(Method):
 
     def losses(self, student, teacher, labels, indices, views=None) -> dict[str, Tensor]:
         terms = super().losses(student, teacher, labels, indices, views=views)
-        if self.hp["ce_weight"]:  # CE on the strong view too
-            strong_student, _ = views["strong"]
-            terms["ce_strong"] = self.hp["ce_weight"] * F.cross_entropy(
-                strong_student.logits, labels, label_smoothing=self.hp["label_smoothing"]
-            )
+        if self.hp["ce_weight"]:
+            terms["ce_strong"] = strong_view_cross_entropy(self.hp, views, labels)
         return terms
 
     def method_terms(self, student, teacher, labels, indices, views=None) -> dict[str, Tensor]:

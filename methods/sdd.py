@@ -111,7 +111,7 @@ def sdd_dkd_parts(
     return (weights * tckd).sum() / (n * r), (weights * nckd).sum() / (n * r)
 
 
-def _candidate_maps(shapes: FeatureShapes) -> list[str]:
+def pooled_map_candidates(shapes: FeatureShapes) -> list[str]:
     """The POOLED_MAPS whose (C, H, W) shape has as many channels as the pooled vector."""
     last = {"stages[-1]": shapes.stages[-1:], "relu(preact[-1])": shapes.preact[-1:]}
     return [
@@ -123,7 +123,7 @@ def _candidate_maps(shapes: FeatureShapes) -> list[str]:
 
 def pooled_map_of(model: nn.Module, shapes: FeatureShapes, image_shape) -> str | None:
     """The POOLED_MAPS key whose spatial mean is `model`'s pooled vector on a probe batch, or None."""
-    candidates = _candidate_maps(shapes)
+    candidates = pooled_map_candidates(shapes)
     if not candidates:
         return None
     features = probe_features(model, image_shape)
@@ -157,7 +157,7 @@ class SDD(Method):
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
         require_same_classes("sdd", student_shapes, teacher_shapes)
         for side, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
-            if not _candidate_maps(shapes):
+            if not pooled_map_candidates(shapes):
                 raise PairNotSupportedError(
                     f"sdd applies the {side}'s classifier to regions of the map its global pooling reads: "
                     f"its pooled vector has {tuple(shapes.pooled)} features, but neither its last stage "

@@ -148,6 +148,24 @@ def check_image_size(image_size) -> None:
         )
 
 
+def _folder_info(
+    name: str, listing: FolderListing, size: int, mean, std, crop_padding: int, hflip: bool
+) -> DatasetInfo:
+    """The DatasetInfo of an image folder decoded at `size` px, for either loader."""
+    return DatasetInfo(
+        name=name,
+        num_classes=len(listing.classes),
+        in_chans=3,
+        image_size=(size, size),
+        mean=mean,
+        std=std,
+        crop_padding=crop_padding,
+        hflip=hflip,
+        classes=listing.classes,
+        data_sha256=folder_digest(listing),
+    )
+
+
 def _load_image_folder(
     name: str, root: Path | None, image_size: int | None, crop_padding: int | None, hflip: bool
 ) -> tuple[DatasetInfo, ImageData, ImageData]:
@@ -156,19 +174,8 @@ def _load_image_folder(
     train = ImageData(_decode_images(listing.train[0], size), listing.train[1])
     test = ImageData(_decode_images(listing.test[0], size, kind.crop_fraction), listing.test[1])
     mean, std = (kind.mean, kind.std) if kind.mean else channel_stats(train.images)
-    info = DatasetInfo(
-        name=name,
-        num_classes=len(listing.classes),
-        in_chans=3,
-        image_size=(size, size),
-        mean=mean,
-        std=std,
-        crop_padding=size // 8 if crop_padding is None else crop_padding,
-        hflip=hflip,
-        classes=listing.classes,
-        data_sha256=folder_digest(listing),
-    )
-    return info, train, test
+    crop_padding = size // 8 if crop_padding is None else crop_padding
+    return _folder_info(name, listing, size, mean, std, crop_padding, hflip), train, test
 
 
 @DATASETS.register_module(name="imagefolder")
@@ -237,16 +244,4 @@ def open_stream(
         sample = torch.linspace(0, len(train) - 1, min(STATS_SAMPLE, len(train))).round().long().unique()
         batches = train.take(sample).batches(256, shuffle=False, augment=False, generator=None)
         mean, std = channel_stats(torch.cat([images for images, _, _ in batches]))
-    info = DatasetInfo(
-        name=name,
-        num_classes=len(listing.classes),
-        in_chans=3,
-        image_size=(size, size),
-        mean=mean,
-        std=std,
-        crop_padding=0,
-        hflip=True,
-        classes=listing.classes,
-        data_sha256=folder_digest(listing),
-    )
-    return info, train, test
+    return _folder_info(name, listing, size, mean, std, crop_padding=0, hflip=True), train, test

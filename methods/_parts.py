@@ -4,10 +4,11 @@
   a student's (C, H, W) map onto a teacher's, channels and spatial size (FitNet's hint regressor,
   WKD-F's projector);
 - `classifier_of`: the `nn.Linear` that maps a model's pooled vector to its logits (SimKD reuses the
-  teacher's, WKD reads its rows, SDD and CAT-KD apply it to local features).
+  teacher's, WKD reads its rows, SDD and CAT-KD apply it to local features);
+- `StrongViewMethod`: the base of the two-view methods (CRLD, MLKD), the student's CE on both views.
 
-They live apart from methods/_shared.py because they refuse a pair (`PairNotSupportedError`) and probe
-a model (`probe_features`), both of methods/base.py, which itself imports methods/_shared.py.
+They live apart from methods/_shared.py because they refuse a pair (`PairNotSupportedError`), probe
+a model (`probe_features`) or extend `Method`, all of methods/base.py, which itself imports methods/_shared.py.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from .base import FeatureShapes, PairNotSupportedError, probe_features
+from .base import FeatureShapes, Method, PairNotSupportedError, probe_features
 
 
 def resizing_conv(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], method: str) -> nn.Module:
@@ -74,3 +76,19 @@ def classifier_of(model: nn.Module, shapes: FeatureShapes, image_shape) -> tuple
             if torch.allclose(module(features.pooled), features.logits, rtol=1e-3, atol=1e-4)
         ]
     return found[0] if found else None
+
+
+class StrongViewMethod(Method):
+    """A method trained on a weak and a strong augmented view of each batch (`extra_views`): the
+    student's CE is taken on the strong view too, weighted and smoothed as on the weak one."""
+
+    extra_views = ("strong",)
+
+    def losses(self, student, teacher, labels, indices, views=None) -> dict[str, Tensor]:
+        terms = super().losses(student, teacher, labels, indices, views=views)
+        if self.hp["ce_weight"]:
+            strong_student, _ = views["strong"]
+            terms["ce_strong"] = self.hp["ce_weight"] * F.cross_entropy(
+                strong_student.logits, labels, label_smoothing=self.hp["label_smoothing"]
+            )
+        return terms

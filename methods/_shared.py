@@ -77,12 +77,3 @@ def align_spatially(student_map: Tensor, teacher_map: Tensor) -> tuple[Tensor, T
     if student_map.shape[-2:] != teacher_map.shape[-2:]:
         return student_map, F.adaptive_avg_pool2d(teacher_map, student_map.shape[-2:])
     return student_map, teacher_map
-
-
-def strong_view_cross_entropy(hp: dict, views: dict, labels: Tensor) -> Tensor:
-    """CE on the student's logits of the strong view (the two-view methods CRLD and MLKD add it to the
-    weak view's CE), weighted and smoothed as the method's own CE."""
-    strong_student, _ = views["strong"]
-    return hp["ce_weight"] * F.cross_entropy(
-        strong_student.logits, labels, label_smoothing=hp["label_smoothing"]
-    )

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._shared import strong_view_cross_entropy
-from .base import FeatureShapes, Method, register_method, require_same_classes
+from ._parts import StrongViewMethod
+from .base import FeatureShapes, register_method, require_same_classes
 
 
 def per_sample_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -47,11 +47,10 @@ def confident(teacher_logits: Tensor, threshold: float) -> Tensor:
 
 
 @register_method
-class CRLD(Method):
+class CRLD(StrongViewMethod):
     """Within-view and cross-view KL over a weak and a strong view, masked by the teacher's confidence."""
 
     name = "crld"
-    extra_views = ("strong",)
     defaults = {
         "ce_weight": 1.0,
         "kd_weight": 0.0,
@@ -66,12 +65,6 @@ class CRLD(Method):
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
         require_same_classes("crld", student_shapes, teacher_shapes)
-
-    def losses(self, student, teacher, labels, indices, views=None) -> dict[str, Tensor]:
-        terms = super().losses(student, teacher, labels, indices, views=views)
-        if self.hp["ce_weight"]:
-            terms["ce_strong"] = strong_view_cross_entropy(self.hp, views, labels)
-        return terms
 
     def method_terms(self, student, teacher, labels, indices, views=None) -> dict[str, Tensor]:
         strong_student, strong_teacher = views["strong"]

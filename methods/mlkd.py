@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._shared import strong_view_cross_entropy
-from .base import FeatureShapes, Method, kd_kl_div, register_method, require_same_classes
+from ._parts import StrongViewMethod
+from .base import FeatureShapes, kd_kl_div, register_method, require_same_classes
 
 # cfg.KD.TEMPERATURE (the `temperature` hp) first, then those written in KD_ours.py
 EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
@@ -67,7 +67,7 @@ def gated_fraction(scores: Tensor) -> Tensor:
 
 
 @register_method
-class MLKD(Method):
+class MLKD(StrongViewMethod):
     """Instance-, batch- and class-level logit alignment at five temperatures, weak + strong views.
 
     Defaults from the authors' code (Jin-Ying/Multi-Level-Logit-Distillation, KD_ours.py and
@@ -78,7 +78,6 @@ class MLKD(Method):
     """
 
     name = "mlkd"
-    extra_views = ("strong",)
     defaults = {"ce_weight": 0.1, "kd_weight": 0.0, "method_weight": 0.9, "temperature": 4.0}
 
     @classmethod
@@ -87,12 +86,6 @@ class MLKD(Method):
 
     def temperatures(self) -> tuple[float, ...]:
         return (self.hp["temperature"], *EXTRA_TEMPERATURES)
-
-    def losses(self, student, teacher, labels, indices, views=None) -> dict[str, Tensor]:
-        terms = super().losses(student, teacher, labels, indices, views=views)
-        if self.hp["ce_weight"]:
-            terms["ce_strong"] = strong_view_cross_entropy(self.hp, views, labels)
-        return terms
 
     def method_terms(self, student, teacher, labels, indices, views=None) -> dict[str, Tensor]:
         strong_student, strong_teacher = views["strong"]

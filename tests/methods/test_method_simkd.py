@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_trainer
-from method_fixtures import build, mean, softmax
+from method_fixtures import build, mean, model_pair_context, softmax
 from torch import nn
 
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
-from kdbench.methods.base import MethodContext, PairNotSupportedError
+from kdbench.methods.base import PairNotSupportedError
 from kdbench.methods.simkd import ReusedClassifierStudent, simkd_projector
 from kdbench.models import build_model
 from kdbench.training import engine
@@ -40,17 +40,8 @@ def simkd_models():
 
 
 def simkd(models, **overrides):
-    student, teacher, student_shapes, teacher_shapes = models
-    context = MethodContext(
-        student_shapes,
-        teacher_shapes,
-        NUM_CLASSES,
-        8,
-        torch.zeros(8, dtype=torch.long),
-        image_shape=(3, 16, 16),
-        teacher=teacher,
-    )
-    return build("simkd", context, **overrides)
+    # SimKD reads the teacher only: no student in its context
+    return build("simkd", model_pair_context(models, NUM_CLASSES, student=None), **overrides)
 
 
 def test_simkd_refuses_a_teacher_whose_classifier_does_not_read_its_last_stage():

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from method_fixtures import build, softmax
+from method_fixtures import build, model_pair_context, softmax
 
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS
@@ -33,16 +33,9 @@ def shapes_of(model) -> FeatureShapes:
 
 
 def logit_context(teacher) -> MethodContext:
+    """The teacher's shapes on both sides and the teacher itself (WKD-L reads its classifier)."""
     shapes = shapes_of(teacher)
-    return MethodContext(
-        shapes,
-        shapes,
-        NUM_CLASSES,
-        8,
-        torch.zeros(8, dtype=torch.long),
-        image_shape=(3, 16, 16),
-        teacher=teacher,
-    )
+    return model_pair_context((None, teacher, shapes, shapes), NUM_CLASSES)
 
 
 def cost_by_hand(weight: list[list[float]], i: int, j: int, sharpen: float) -> float:

@@ -32,6 +32,10 @@ def _methods(verbose: bool) -> None:
             print(f"{'':12s} paper: {citation[0] if citation else '(none)'}")
             hp = ", ".join(f"{key}={value}" for key, value in cls.resolve_hp().items())
             print(f"{'':12s} hyper-parameters (--hp {name}.KEY=VALUE): {hp}")
+            # what a method needs and allows, from its class: a teacher, extra views, fusing (--fuse on)
+            needs = "a teacher" if cls.needs_teacher else "no teacher"
+            views = f", extra views {', '.join(cls.extra_views)}" if cls.extra_views else ""
+            print(f"{'':12s} needs {needs}{views}; fuses under --fuse on: {'yes' if cls.fuses else 'no'}")
     print(
         f"{'NAME+kd':12s} Any teacher method plus vanilla KD (kd_weight 1), e.g. crd+kd as in the CRD paper."
     )

@@ -53,6 +53,16 @@ def test_list_methods_verbose_shows_citation_and_hyperparameters(capsys):
     for name in (name for name in METHODS.module_dict if "+" not in name):
         assert f"hyper-parameters (--hp {name}.KEY=VALUE)" in out
     assert "paper: KD: Hinton" in out and "temperature=4.0" in out
+    # each method says whether it fuses, as its class does (kd does, crd does not, tfkd needs no teacher)
+    lines = out.splitlines()
+
+    def facts(name: str) -> str:
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"{name} "))
+        return next(line for line in lines[start + 1 :] if "fuses under --fuse on" in line)
+
+    assert facts("kd").endswith("fuses under --fuse on: yes") and "needs a teacher" in facts("kd")
+    assert facts("crd").endswith("fuses under --fuse on: no")
+    assert "needs no teacher" in facts("tfkd") and "extra views strong" in facts("mlkd")
 
 
 def test_teacher_train_takes_only_its_flags(capsys):

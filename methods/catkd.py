@@ -43,7 +43,7 @@ from .base import (
     register_method,
     require_same_classes,
 )
-from .sdd import POOLED_MAPS, pooled_map_candidates, pooled_map_of
+from .sdd import POOLED_MAPS, pooled_map_of, require_pooled_maps
 
 
 def class_activation_maps(feature_map: Tensor, classifier: nn.Linear) -> Tensor:
@@ -89,14 +89,9 @@ class CATKD(Method):
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
         require_same_classes("catkd", student_shapes, teacher_shapes)
-        for side, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
-            if not pooled_map_candidates(shapes):
-                raise PairNotSupportedError(
-                    f"catkd applies the {side}'s classifier at every position of the map its global pooling "
-                    f"reads: its pooled vector has {tuple(shapes.pooled)} features, but neither its last stage "
-                    f"{shapes.stages[-1:] or None} nor its last pre-activation {shapes.preact[-1:] or None} is "
-                    "such a map (a head between them and the pooling, as MobileNetV2's or ShuffleNetV2's, is not exposed)"
-                )
+        require_pooled_maps(
+            "catkd", "at every position of the map its global pooling reads", student_shapes, teacher_shapes
+        )
 
     def __init__(self, hp: dict, context: MethodContext):
         super().__init__(hp, context)

@@ -121,6 +121,21 @@ def pooled_map_candidates(shapes: FeatureShapes) -> list[str]:
     ]
 
 
+def require_pooled_maps(
+    method: str, what: str, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None
+) -> None:
+    """PairNotSupportedError unless both networks expose the map their global pooling reads (`what`
+    says what `method` does with it: SDD and CAT-KD apply the classifier to it)."""
+    for side, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
+        if not pooled_map_candidates(shapes):
+            raise PairNotSupportedError(
+                f"{method} applies the {side}'s classifier {what}: its pooled vector has "
+                f"{tuple(shapes.pooled)} features, but neither its last stage {shapes.stages[-1:] or None} "
+                f"nor its last pre-activation {shapes.preact[-1:] or None} is that map (a head between them "
+                "and the pooling, as MobileNetV2's or ShuffleNetV2's last 1x1 conv, is not exposed in Features)"
+            )
+
+
 def pooled_map_of(model: nn.Module, shapes: FeatureShapes, image_shape) -> str | None:
     """The POOLED_MAPS key whose spatial mean is `model`'s pooled vector on a probe batch, or None."""
     candidates = pooled_map_candidates(shapes)
@@ -156,15 +171,9 @@ class SDD(Method):
     @classmethod
     def check_pair(cls, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes | None) -> None:
         require_same_classes("sdd", student_shapes, teacher_shapes)
-        for side, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
-            if not pooled_map_candidates(shapes):
-                raise PairNotSupportedError(
-                    f"sdd applies the {side}'s classifier to regions of the map its global pooling reads: "
-                    f"its pooled vector has {tuple(shapes.pooled)} features, but neither its last stage "
-                    f"{shapes.stages[-1:] or None} nor its last pre-activation {shapes.preact[-1:] or None} "
-                    "is that map (a head between them and the pooling, as MobileNetV2's or ShuffleNetV2's "
-                    "last 1x1 conv, is not exposed in Features)"
-                )
+        require_pooled_maps(
+            "sdd", "to regions of the map its global pooling reads", student_shapes, teacher_shapes
+        )
 
     def __init__(self, hp: dict, context: MethodContext):
         super().__init__(hp, context)

@@ -37,7 +37,7 @@ from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import build_model, list_models
 from kdbench.training import ratios, teachers
 from kdbench.training.cohort import MAX_COHORT_MEMBERS, plan_cohorts
-from kdbench.training.engine import probe_shapes
+from kdbench.training.member import probe_shapes
 from kdbench.wrappers.vam import VAMConfig
 
 

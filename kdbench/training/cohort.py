@@ -12,9 +12,6 @@ from __future__ import annotations
 import math
 
 from kdbench.core.spec import RunSpec
-from kdbench.training.engine import Cohort
-
-__all__ = ["MAX_COHORT_MEMBERS", "Cohort", "cohort_key", "plan_cohorts"]  # Cohort: the loop, named here too
 
 
 def cohort_key(spec: RunSpec) -> tuple:

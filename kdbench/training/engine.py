@@ -42,26 +42,9 @@ from kdbench.core.store import TrainResult
 from kdbench.data import DatasetInfo, ImageData, PreparedData, iterate_batches
 from kdbench.methods.base import PairNotSupportedError
 from kdbench.training.fused import FusedGroup, plan_groups
-from kdbench.training.measure import inference_flops, measure_costs
-from kdbench.training.member import EpochMeter, Member, NonFiniteLossError, forward, probe_shapes
+from kdbench.training.measure import measure_costs
+from kdbench.training.member import EpochMeter, Member, NonFiniteLossError, forward
 from kdbench.training.results import train_result
-from kdbench.training.seeds import RANDOM_SOURCES, source_seeds, stream_seeds
-
-# what callers import from the engine, some of it defined beside it
-__all__ = [
-    "RANDOM_SOURCES",
-    "Cohort",
-    "EpochMeter",
-    "NonFiniteLossError",
-    "Trained",
-    "Trainer",
-    "evaluate",
-    "inference_flops",
-    "probe_shapes",
-    "source_seeds",
-    "stream_seeds",
-    "train",
-]
 
 EVAL_BATCH_SIZE = 512
 FAILURES = (NonFiniteLossError, PairNotSupportedError)  # a member's own failure: recorded, the others go on

@@ -14,7 +14,7 @@ from kdbench.data import PreparedData, load_dataset
 from kdbench.methods.base import Method, register_method
 from kdbench.models import build_model
 from kdbench.training import member as member_module
-from kdbench.training.cohort import Cohort
+from kdbench.training.engine import Cohort
 
 
 class _ViewRecorder(Method):

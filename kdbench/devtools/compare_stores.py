@@ -6,7 +6,9 @@ A refactor that claims to change no number is checked with it: train the same sw
 and the new code into two stores and compare. Records must be equal in every field except the
 timings (wall time, throughput, epoch seconds, the time ratio derived from them), their creation
 date and the git commit of the code that wrote them (comparing two commits is the point); model files (`*.pt`: teachers, checkpoints, exports) must hold equal tensors under the same
-relative paths. Exit status 0 when the stores agree, 1 with one line per difference otherwise.
+relative paths. Both are read through the store's own readers (`store.read_record`, which checks a
+record, and `store.read_checkpoint`, weights only). Exit status 0 when the stores agree, 1 with one
+line per difference otherwise, 2 with one line naming the file when a store holds something unreadable.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from kdbench.core import store
+from kdbench.core.errors import KdbenchError
 
 # What a record may differ in between two trainings of the same spec on one machine: timings only.
 TIMING_KEYS = frozenset(
@@ -75,7 +80,7 @@ def compare_records(store_a: Path, store_b: Path) -> tuple[int, list[str]]:
         for name in sorted(records_a.keys() ^ records_b.keys())
     ]
     for name in sorted(records_a.keys() & records_b.keys()):
-        a, b = (without_timings(json.loads(records[name].read_text())) for records in (records_a, records_b))
+        a, b = (without_timings(store.read_record(records[name])) for records in (records_a, records_b))
         found += _differences(a, b, f"runs/{name}")
     return len(records_a.keys() & records_b.keys()), found
 
@@ -89,7 +94,8 @@ def compare_models(store_a: Path, store_b: Path) -> tuple[int, list[str]]:
     ]
     for name in sorted(models_a.keys() & models_b.keys()):
         a, b = (
-            torch.load(models[name], map_location="cpu", weights_only=True) for models in (models_a, models_b)
+            store.read_checkpoint(models[name], "model file", "compare another store")
+            for models in (models_a, models_b)
         )
         if not _tensors_equal(a, b):
             found.append(f"{name}: tensors differ")
@@ -103,11 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("store_a", type=Path)
     parser.add_argument("store_b", type=Path)
     args = parser.parse_args(argv)
-    for store in (args.store_a, args.store_b):
-        if not (store / "runs").is_dir():
-            parser.error(f"{store} is no results store (it has no runs/ folder)")
-    records, record_differences = compare_records(args.store_a, args.store_b)
-    models, model_differences = compare_models(args.store_a, args.store_b)
+    for folder in (args.store_a, args.store_b):
+        if not (folder / "runs").is_dir():
+            parser.error(f"{folder} is no results store (it has no runs/ folder)")
+    try:
+        records, record_differences = compare_records(args.store_a, args.store_b)
+        models, model_differences = compare_models(args.store_a, args.store_b)
+    except KdbenchError as err:  # a record or model file that the store's readers refuse
+        parser.error(str(err))
     for line in record_differences + model_differences:
         print(line)
     same = not (record_differences or model_differences)

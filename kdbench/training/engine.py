@@ -27,7 +27,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,42 +39,15 @@ from kdbench.core.progress import bar as progress_bar
 from kdbench.core.progress import to_stderr
 from kdbench.core.spec import RunSpec
 from kdbench.core.store import TrainResult
-from kdbench.data import DatasetInfo, ImageData, PreparedData, iterate_batches
+from kdbench.data import PreparedData
 from kdbench.methods.base import PairNotSupportedError
+from kdbench.training.evaluation import evaluate
 from kdbench.training.fused import FusedGroup, plan_groups
 from kdbench.training.measure import measure_costs
 from kdbench.training.member import EpochMeter, Member, NonFiniteLossError, forward
 from kdbench.training.results import train_result
 
-EVAL_BATCH_SIZE = 512
 FAILURES = (NonFiniteLossError, PairNotSupportedError)  # a member's own failure: recorded, the others go on
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: ImageData,
-    info: DatasetInfo,
-    device: torch.device,
-    autocast: Callable[[], AbstractContextManager] = nullcontext,
-) -> dict:
-    """Top-1 / top-5 accuracy (%) on a whole split, eval mode (under the run's autocast)."""
-    was_training = model.training
-    model.eval()
-    correct1 = correct5 = 0
-    topk = min(5, info.num_classes)
-    for images, labels, _ in iterate_batches(
-        data, info, EVAL_BATCH_SIZE, shuffle=False, augment=False, device=device, generator=None
-    ):
-        with autocast():
-            logits = model(images)
-        top = logits.topk(topk, dim=1).indices
-        hits = top.eq(labels[:, None])
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.any(dim=1).sum())
-    model.train(was_training)
-    count = len(data.labels)
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count}
 
 
 @dataclass

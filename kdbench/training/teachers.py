@@ -37,7 +37,8 @@ from kdbench.core.store import CheckpointError
 from kdbench.data import DatasetInfo, PreparedData, data_digest, fit_subsets, prepare_data, split_sizes
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import TIMM_PREFIX, build_model, list_models, load_weights, weights_mismatch
-from kdbench.training.engine import evaluate, train
+from kdbench.training.engine import train
+from kdbench.training.evaluation import evaluate
 
 Progress = Callable[[str], None]
 

@@ -148,7 +148,7 @@ def test_a_given_teachers_accuracy_is_measured_on_each_folders_own_data(tmp_path
     import torch
 
     from kdbench.training import teachers
-    from kdbench.training.engine import evaluate
+    from kdbench.training.evaluation import evaluate
 
     first, second = image_folder(tmp_path / "a", seed=0), image_folder(tmp_path / "b", seed=1, test=5)
     (second / "val" / "bee" / "4.png").unlink()  # 5 + 4 test images: an accuracy in 9ths, not 4ths

@@ -25,7 +25,7 @@ from kdbench.data import (
 )
 from kdbench.execution.units import Worker, WorkerSettings
 from kdbench.models import build_model
-from kdbench.training.engine import evaluate
+from kdbench.training.evaluation import evaluate
 
 SYNTHETIC_TEST = 256  # the synthetic loader's test split (kdbench/data/synthetic.py)
 

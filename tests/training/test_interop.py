@@ -366,7 +366,7 @@ def test_a_bad_student_init_is_one_line_naming_the_file(capsys, tmp_path, proble
 def test_a_loaded_teacher_is_evaluated_once_and_its_accuracy_is_in_each_record(tmp_path, synthetic):
     from kdbench.core.catalog import Pair
     from kdbench.execution.sweep import SweepRequest
-    from kdbench.training.engine import evaluate
+    from kdbench.training.evaluation import evaluate
 
     torch.manual_seed(13)
     path = tmp_path / "teacher.pth"

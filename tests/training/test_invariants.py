@@ -17,7 +17,7 @@ from kdbench.core.registries import METHODS
 from kdbench.core.spec import Recipe
 from kdbench.methods.base import Method, register_method
 from kdbench.models import build_model
-from kdbench.training.engine import evaluate
+from kdbench.training.evaluation import evaluate
 from kdbench.training.measure import measure_costs
 
 

@@ -20,6 +20,8 @@ from kdbench.core.errors import ConfigError
 from kdbench.core.spec import SHA256_HEX, RunSpec, registered_wrappers, wrappers_in_every_spec
 
 SCHEMA_VERSION = 1
+# a record's confusion matrix is left out above this many classes (its size grows with their square)
+CONFUSION_MAX_CLASSES = 256
 
 
 class HistoryEntry(TypedDict, total=False):
@@ -59,11 +61,27 @@ class Overhead(TypedDict, total=False):
     export_max_abs_error: float | None  # max |deployed - trained| output (VAM's fold); None without wrappers
 
 
+class Evaluation(TypedDict):
+    """The deployed student on the test split at the last evaluated epoch, from the pass that gives its
+    test top-1 / top-5 (kdbench/training/evaluation.py). Percentages are 0-100."""
+
+    epoch: int
+    images: int  # test images counted
+    classes: int
+    per_class_top1: list[float | None]  # per true class; None where the split holds none of it
+    confusion: list[list[int]] | None  # [true][predicted] counts; None above CONFUSION_MAX_CLASSES
+    ece: float | None  # expected calibration error (Guo et al., ICML 2017), %; None: outputs not finite
+    ece_bins: int  # equal-width confidence bins
+    agreement_top1: float | None  # % of images whose top-1 is the teacher's; None without a teacher
+    teacher_kl: float | None  # mean KL(teacher || student) at temperature 1, nats; None without a teacher
+
+
 class TrainResult(TypedDict, total=False):
     """The measured part of a record, as the engine returns it."""
 
     history: list[HistoryEntry]
     metrics: Metrics
+    evaluation: Evaluation | None
     throughput_img_s: float  # training images per second (main stage)
     overhead: Overhead
     analysis: dict | None  # the trained model's own `analysis()` (e.g. the HME's routing)
@@ -85,6 +103,7 @@ class RunRecord(TypedDict, total=False):
     error: str | None  # why a run failed (e.g. non-finite loss at epoch 3 step 17)
     history: list[HistoryEntry]
     metrics: Metrics | None
+    evaluation: Evaluation | None  # absent from records written before it existed
     wall_seconds: float
     throughput_img_s: float
     overhead: Overhead | None
@@ -188,6 +207,33 @@ _OVERHEAD = _mapping(
     | {"deploy_flops_per_image": _AMOUNT, "peak_memory_method": _text()}
     | {key: _or_null(_AMOUNT) for key in ("time_ratio_vs_student", "export_max_abs_error")}
 )
+_EVALUATION_FIELDS = _mapping(
+    {"epoch": _number(low=1, whole=True), "images": _number(low=1, whole=True)}
+    | {"classes": _number(low=1, whole=True), "ece_bins": _number(low=1, whole=True)}
+    | {"per_class_top1": _list_of(_or_null(_PERCENT)), "confusion": _or_null(_list_of(_list_of(_COUNT)))}
+    | {"ece": _or_null(_PERCENT), "agreement_top1": _or_null(_PERCENT), "teacher_kl": _or_null(_AMOUNT)},
+    required=tuple(Evaluation.__annotations__),
+)
+
+
+def _evaluation(value: Any, where: str) -> str | None:
+    """Its fields' types, then its sizes: a value per class, a square confusion matrix of `images` counts."""
+    if problem := _EVALUATION_FIELDS(value, where):
+        return problem
+    classes, confusion = value["classes"], value["confusion"]
+    if len(value["per_class_top1"]) != classes:
+        return f"{where}.per_class_top1 must hold {classes} values (one per class), got {len(value['per_class_top1'])}"
+    if confusion is None:
+        return None
+    if classes > CONFUSION_MAX_CLASSES:
+        return f"{where}.confusion must be null above {CONFUSION_MAX_CLASSES} classes, got {classes} classes"
+    if len(confusion) != classes or any(len(row) != classes for row in confusion):
+        return f"{where}.confusion must be {classes} x {classes} (classes), got another shape"
+    if (total := sum(map(sum, confusion))) != value["images"]:
+        return f"{where}.confusion must count {value['images']} images, got {total}"
+    return None
+
+
 # The typed fields of `RunRecord` and the values they may hold (the spec's own: `RunSpec.from_dict`).
 RECORD_SCHEMA = _mapping(
     {
@@ -198,6 +244,7 @@ RECORD_SCHEMA = _mapping(
         "error": _or_null(_text()),
         "history": _list_of(_HISTORY_ENTRY),
         "metrics": _or_null(_METRICS),
+        "evaluation": _or_null(_evaluation),
         "wall_seconds": _AMOUNT,
         "throughput_img_s": _AMOUNT,
         "overhead": _or_null(_OVERHEAD),
@@ -236,6 +283,7 @@ def new_record(
         "error": error,
         "history": [],
         "metrics": None,
+        "evaluation": None,
         "overhead": None,
         **dict.fromkeys(wrappers_in_every_spec()),
         "analysis": None,

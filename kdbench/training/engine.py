@@ -41,7 +41,7 @@ from kdbench.core.spec import RunSpec
 from kdbench.core.store import TrainResult
 from kdbench.data import PreparedData
 from kdbench.methods.base import PairNotSupportedError
-from kdbench.training.evaluation import evaluate
+from kdbench.training.evaluation import evaluate, teacher_outputs
 from kdbench.training.fused import FusedGroup, plan_groups
 from kdbench.training.measure import measure_costs
 from kdbench.training.member import EpochMeter, Member, NonFiniteLossError, forward
@@ -217,19 +217,26 @@ class Cohort:
             meter.seconds += time.perf_counter() - start
 
     def finish_epoch(self, member: Member, entry: dict) -> None:
-        """Evaluate where the recipe says so, record the epoch, checkpoint it, print its line."""
+        """Evaluate where the recipe says so, record the epoch, checkpoint it, print its line. The test
+        pass's `evaluation` (kdbench/training/evaluation.py) rides in the latest evaluated epoch's entry,
+        checkpointed with the history, until `train_result` makes it the record's own part."""
         recipe, epoch, spec = member.spec.recipe, entry["epoch"], member.spec
         evaluated = ""
         if epoch % recipe.eval_every == 0 or epoch == recipe.epochs:
             model = member.method.deploy(member.student)  # what is deployed is what is measured
             autocast = member.precision.autocast
-            test = evaluate(model, self.data.test, self.data.info, self.device, autocast)
+            info = self.data.info
+            # the teacher's test outputs: one pass per teacher and split, whatever the members and epochs
+            taught = self.teacher is not None and spec.teacher is not None
+            reference = teacher_outputs(self.teacher, self.data.test, info, self.device) if taught else None
+            test = evaluate(model, self.data.test, info, self.device, autocast, teacher=reference)
             entry.update(test_top1=test["top1"], test_top5=test["top5"])
+            for earlier in member.history:
+                earlier.pop("evaluation", None)
+            entry["evaluation"] = {"epoch": epoch, **test["evaluation"]}
             evaluated = f" test top-1 {test['top1']:.2f}%"
             if self.data.val is not None:
-                entry["val_top1"] = evaluate(model, self.data.val, self.data.info, self.device, autocast)[
-                    "top1"
-                ]
+                entry["val_top1"] = evaluate(model, self.data.val, info, self.device, autocast)["top1"]
         member.history.append(entry)
         if self.on_epoch is not None:
             self.on_epoch(spec, entry)

@@ -17,7 +17,11 @@ from kdbench.training.member import Member
 def train_result(member: Member) -> TrainResult:
     """The record's measured part, once every epoch is done: metrics of the history, costs, the
     deployed student's cost and export check, each wrapper's summary, the seeds, the deployed weights."""
-    history, info = member.history, member.data.info
+    info = member.data.info
+    # the last evaluated epoch's full evaluation (kdbench/training/engine.py `finish_epoch` keeps it in
+    # that epoch's entry) becomes the record's `evaluation`; the history keeps its small entries
+    evaluation = next((h["evaluation"] for h in reversed(member.history) if "evaluation" in h), None)
+    history = [{key: value for key, value in h.items() if key != "evaluation"} for h in member.history]
     deployed, export_error = deployed_student(member)
     example = torch.zeros(1, info.in_chans, *info.image_size, device=member.device)
     best = max((h for h in history if "test_top1" in h), key=lambda h: h["test_top1"])
@@ -32,6 +36,7 @@ def train_result(member: Member) -> TrainResult:
             "best_top5": best["test_top5"],
             "best_epoch": best["epoch"],
         },
+        "evaluation": evaluation,  # the deployed student on the test split at the last evaluated epoch
         "throughput_img_s": images / member.train_seconds if member.train_seconds else math.nan,
         "overhead": {
             **member.costs,

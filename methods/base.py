@@ -139,6 +139,10 @@ class Method(nn.Module):
     # kdbench/training/fused.py; tests/training/test_fused.py): its losses read only its own slice of a batched
     # forward and draw no random numbers.
     fuses: ClassVar[bool] = False
+    # The pair kinds the method serves (PAIR_KINDS, by the networks' `model_family`; `kdbench list methods
+    # --verbose` shows them). None: from the features it reads, every kind for a method that reads no
+    # stage output of either network, else "cnn" only; a method that serves token models declares them.
+    pair_kinds: ClassVar[tuple[str, ...] | None] = None
     # Published defaults (cite the source in the subclass docstring). Shared keys:
     # ce_weight (-r), kd_weight (-a), method_weight (-b), temperature (T).
     defaults: ClassVar[dict] = {}
@@ -153,8 +157,17 @@ class Method(nn.Module):
 
     def __init__(self, hp: dict, context: MethodContext):
         super().__init__()
+        refuse_pair_kind(type(self), context.student, context.teacher)
         self.hp = hp
         self.context = context
+
+    @classmethod
+    def served_pair_kinds(cls) -> tuple[str, ...]:
+        """`pair_kinds`, or where it is None, the kinds its declared features allow."""
+        if cls.pair_kinds is not None:
+            return cls.pair_kinds
+        reads_stages = set(STAGE_FIELDS) & set(cls.student_features + cls.teacher_features)
+        return ("cnn",) if reads_stages else PAIR_KINDS
 
     @classmethod
     def resolve_hp(cls, overrides: dict | None = None) -> dict:
@@ -226,6 +239,40 @@ class Method(nn.Module):
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         """Called by the engine at the start of each epoch (1-based), e.g. for DKD's warm-up."""
+
+
+# What a pair is, by the families of its networks: "cnn" (both CNNs), "hetero" (a CNN and a token model:
+# a ViT, Swin or MLP-Mixer through timm, kdbench/models/timm_adapter.py), "token" (both token models).
+PAIR_KINDS = ("cnn", "hetero", "token")
+STAGE_FIELDS = ("stem", "stages", "preact")  # the Features fields a token model fills with token grids
+
+
+def model_family(model: nn.Module | None) -> str:
+    """The model's family: "token" for a model whose stages hold no convolution (its `family`, set by
+    the timm adapter), else "cnn" (every zoo model; None, a model not known, counts as a CNN)."""
+    return getattr(model, "family", "cnn")
+
+
+def pair_kind(student: nn.Module | None, teacher: nn.Module | None) -> str:
+    families = {model_family(student)} | ({model_family(teacher)} if teacher is not None else set())
+    return "hetero" if len(families) > 1 else families.pop()
+
+
+def refuse_pair_kind(cls: type[Method], student: nn.Module | None, teacher: nn.Module | None) -> None:
+    """One line, before training, where the pair's kind is not one `cls` serves: it reads stage maps a
+    token model has only as token grids."""
+    kind = pair_kind(student, teacher)
+    if kind in cls.served_pair_kinds():
+        return
+    roles = [
+        (role, m) for role, m in (("student", student), ("teacher", teacher)) if model_family(m) == "token"
+    ]
+    named = " and ".join(f"the {role} {getattr(m, 'architecture', type(m).__name__)}" for role, m in roles)
+    what = "is a token model" if len(roles) == 1 else "are token models"
+    raise PairNotSupportedError(
+        f"{cls.name} reads CNN stage maps and {named} {what} (ViT / Swin / MLP-Mixer: no convolution in "
+        f"its stages); it serves {', '.join(cls.served_pair_kinds())} pairs, not {kind}"
+    )
 
 
 # The `check_pair` preambles methods share: each refuses a pair with a message naming the method.
@@ -318,6 +365,9 @@ __all__ = [
     "FeatureShapes",
     "InitStage",
     "Method",
+    "PAIR_KINDS",
+    "model_family",
+    "pair_kind",
     "MethodContext",
     "PUBLISHED_EPOCHS",
     "scale_schedule",

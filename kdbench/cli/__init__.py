@@ -8,6 +8,7 @@ kdbench list methods|models|datasets|pairs|presets                              
 kdbench teacher train NAME --dataset D                                                      teacher.py
 kdbench explain --teacher NAME|PATH [--dataset D] [--seeds N] [--epochs E] [--out DIR]     explain.py
 kdbench rerun RECORD, kdbench bench, kdbench pins                                rerun.py, bench.py, pins.py
+kdbench site STORE [STORE ...] --out DIR                                                    site.py
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import errno
 import os
 import sys
 
-from kdbench.cli import bench, check, common, explain, listing, pins, report, rerun, run, teacher
+from kdbench.cli import bench, check, common, explain, listing, pins, report, rerun, run, site, teacher
 from kdbench.core.errors import KdbenchError
 
 COMMANDS = {
@@ -30,6 +31,7 @@ COMMANDS = {
     "pins": pins,
     "teacher": teacher,
     "explain": explain,
+    "site": site,
 }
 EXAMPLES = {name: module.EXAMPLES for name, module in COMMANDS.items()}
 

@@ -51,8 +51,10 @@ def add_settings(parser: argparse.ArgumentParser, command: str) -> None:
     resolves = command in PRESET_KEYS
     for setting in settings.for_command(command):
         options: dict = {"help": _help(setting, command)}
-        if setting.metavar:
-            options["metavar"] = setting.metavar
+        if setting.get("metavar", command):
+            options["metavar"] = setting.get("metavar", command)
+        if setting.nargs:
+            options["nargs"] = setting.nargs
         if setting.action:
             options["action"] = setting.action
         parse = setting.get("parse", command)

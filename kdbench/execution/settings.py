@@ -74,6 +74,7 @@ class Setting:
     metavar: str | None = None
     required: bool = False
     positional: bool = False
+    nargs: str | None = None  # a positional taking several values ("+")
     flag: str | None = None  # the flag's spelling where it is not --name-with-dashes
     key: str | None = None  # the sweep key's spelling where it is not the name
     into: tuple[tuple[str, str], ...] = ()  # FIELD: the (sweep key, field) pairs its flag sets
@@ -113,6 +114,7 @@ class Setting:
 RUN, REPORT, CHECK, LIST, TEACHER, EXPLAIN, BENCH, PINS, RERUN = (
     "run", "report", "check", "list", "teacher", "explain", "bench", "pins", "rerun",
 )  # fmt: skip
+SITE = "site"
 BOTH_RECIPES = ("recipe", "teacher_recipe")
 DATA_ROOT_HELP = "dataset folder (default: $KDBENCH_DATA, then the system locations)"
 
@@ -267,10 +269,13 @@ _DECLARED = [
             "resumes in a requeued job", FIELD, (RUN, EXPLAIN), parse=whole(1), into=(("slurm", "time_min"),)),
     Setting("slurm_array_parallelism", "SLURM jobs running at once (default: submitit's cap of 256 per job "
             "array)", FIELD, (RUN, EXPLAIN), parse=whole(1), into=(("slurm", "array_parallelism"),)),
-    Setting("out", "results store folder", commands=(RUN, REPORT, CHECK, TEACHER, EXPLAIN, RERUN),
+    Setting("out", "results store folder", commands=(RUN, REPORT, CHECK, TEACHER, EXPLAIN, RERUN, SITE),
             default=DEFAULT_STORE, filled=True, annotation="Path", to_request=Path,
             per_command={RERUN: {"default": None, "help": "store of the new record (default: "
-                                 "STORE/reruns/<run_id>)"}}),
+                                 "STORE/reruns/<run_id>)"},
+                         SITE: {"default": None, "required": True, "metavar": "DIR",
+                                "help": "folder the site is written to (an empty or new folder, or one "
+                                        "kdbench site wrote before)"}}),
     Setting("workers", "DataLoader workers of a streamed dataset (sets KDBENCH_WORKERS)", FLAG, (RUN,),
             parse=whole(0)),
     # -- the commands' own ----------------------------------------------------------------------------------
@@ -279,7 +284,9 @@ _DECLARED = [
                                                    "csv and json are tidy data"}}),
     Setting("record", "a run record, STORE/runs/<run_id>.json", FLAG, (RERUN,), positional=True),
     Setting("plot", "also write accuracy-vs-overhead and learning-curve PNGs", FLAG, (REPORT,), metavar="DIR"),
-    Setting("no_published", "omit the published reference rows", FLAG, (REPORT,), action="store_true"),
+    Setting("no_published", "omit the published reference rows", FLAG, (REPORT, SITE), action="store_true"),
+    Setting("stores", "results stores to publish (their records are read and checked, never followed out "
+            "of the store)", FLAG, (SITE,), positional=True, nargs="+", metavar="STORE"),
     Setting("vam_entropy", "also print the VAM attention-entropy table", FLAG, (REPORT,), action="store_true"),
     Setting("baseline", "baseline JSON (kdbench check --write-baseline makes one)", FLAG, (CHECK,),
             required=True),

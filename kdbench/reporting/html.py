@@ -1,307 +1,303 @@
-"""The leaderboard as one self-contained HTML page: `kdbench report --format html > board.html`.
+"""The leaderboard as HTML: the board page of `kdbench report --format html` (one self-contained file) and
+of every board of `kdbench site` (kdbench/reporting/site.py), built by the same code.
 
-One file, no network (inline CSS, JS and SVG; a Content-Security-Policy forbids any fetch): a table with one
-row per (dataset, pair, configuration), its cells the board's own display strings and marks (bold = best,
-† = significant gain, as in the markdown and LaTeX boards) plus the board's p-values, t-intervals and
-overhead; sortable columns (numbers sort by value, empty cells last); filters for dataset, pair, method and
-the student wrappers a row applies (VAM); and the accuracy-vs-overhead chart of each board as inline SVG. Nothing is recomputed: every number is
-a `Leaderboard.stats` cell. The table is plain HTML, not pandas' Styler: a row's label is its header cell and
-published rows have the class "published", as in the HTML table before it. Sort keys and filter fields
-travel beside it as JSON. Every user string (labels, hyper-parameter values, errors in notes) is escaped.
+A page holds a table with one row per (dataset, pair, configuration), its cells the board's own display
+strings and marks (bold = best, † = significant gain, as in the markdown and LaTeX boards), the 95 %
+interval ("n < 3" below three seeds, clipped to [0, 100]: kdbench/reporting/site_rows.py), the Holm p and
+the overhead; columns that sort (a first click puts the best first: highest accuracy, lowest cost); filters
+for dataset, pair, method, the student wrappers a row applies (VAM) and a text search; and Vega-Lite charts
+of top-1 against training and deploy cost, the Pareto front of each pair marked, drawn from the rows the
+filters leave. Every page ends with its provenance (kdbench version, commit, date, command, environment).
+
+Nothing is fetched when a page is viewed: the report inlines the vendored chart libraries
+(kdbench/reporting/site_assets/), the site ships them in DIR/assets/, and a Content-Security-Policy forbids
+any other source. Every string from a record (labels, hyper-parameter values, errors in notes) is escaped.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import json
-import math
+import platform
+import shlex
+import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
+from importlib import resources
 
-import matplotlib
-import pandas as pd
-from matplotlib.figure import Figure
-
+from kdbench.core.environment import git_commit
 from kdbench.core.spec import wrapper_label
 from kdbench.reporting.board import OVERHEAD_COLUMNS, Leaderboard
-from kdbench.reporting.stats import wrapper_columns
+from kdbench.reporting.site_rows import CHART_COSTS, NO_WRAPPER, board_rows, filter_values, published_anchor
 
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
-# Columns that sort as text; the others sort by the stats number behind the cell (empty cells last).
-_TEXT_COLUMNS = ("method", "dataset", "pair", "wrappers")
+# the vendored libraries, in load order (vega-interpreter adds vega.expressionInterpreter to vega)
+LIBRARIES = ("vega.min.js", "vega-interpreter.min.js", "vega-lite.min.js")
+PAGE_SCRIPT, PAGE_STYLE = "board.js", "board.css"
+INLINE_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
+LINKED_CSP = "default-src 'none'; style-src 'self' 'unsafe-inline'; script-src 'self'; img-src data:"
 _FILTERS = (("dataset", "dataset"), ("pair", "pair"), ("method", "method"), ("wrappers", "wrappers"))
-_NO_WRAPPER = "none"  # the wrappers cell of a row that applies none
+_INTERVAL_NOTE = (
+    "95 % CI: the t-interval of the mean over seeds, clipped to [0, 100]; 'n < 3' where a cell has fewer "
+    "than three seeds (its interval would say nothing). The charts show the measured rows the filters "
+    "leave: top-1 against each cost, the dashed line joining each pair's Pareto front (no row of the pair "
+    "both more accurate and cheaper)."
+)
 
 
-def leaderboard_page(boards: Sequence[Leaderboard], significant_mark: str = "†") -> str:
-    """One HTML page with the boards of one or more datasets (each from `report.leaderboard`); significant
-    gains carry `significant_mark` (the renderers' SIGNIFICANT_MARK)."""
-    if not boards:
-        raise ValueError("leaderboard_page needs at least one board")
-    names = [_dataset(board) for board in boards]
-    wrappers = sorted({wrapper for board in boards for wrapper in board.wrappers})
-    rows = [
-        row
-        for board, name in zip(boards, names, strict=True)
-        for row in _rows(board, name, significant_mark, wrappers)
-    ]
-    deltas = [f"Δ{wrapper_label(wrapper)}" for wrapper in wrappers]
-    headers = [*_TEXT_COLUMNS, "top-1 (%)", "Δ", "p (Holm)", *deltas, "95 % CI"]
-    headers += [header for header, _, _ in OVERHEAD_COLUMNS]
-    escape = html.escape
-    several = len(boards) > 1
+def asset_text(name: str) -> str:
+    """A vendored asset's text (kdbench/reporting/site_assets/)."""
+    return (resources.files("kdbench.reporting") / "site_assets" / name).read_text(encoding="utf-8")
 
-    captions = "".join(f'<p class="caption">{escape(board.caption)} Best in bold.</p>\n' for board in boards)
-    notes = [
-        f"<li>{escape(f'{name}: {note}' if several else note)}</li>"
-        for board, name in zip(boards, names, strict=True)
-        for note in board.notes
-    ]
-    charts = "".join(
-        _chart(board, name, index) for index, (board, name) in enumerate(zip(boards, names, strict=True))
-    )
-    data = {
-        "numeric": [header not in _TEXT_COLUMNS for header in headers],
-        "rows": [
-            {key: row[key] for key in ("dataset", "pair", "method", "wrappers", "values")} for row in rows
-        ],
+
+def provenance(command: Sequence[str] | None = None) -> dict[str, str]:
+    """What made a page: kdbench's version and commit, the date, the command, the environment."""
+    import kdbench
+
+    argv = list(sys.argv[1:] if command is None else command)
+    return {
+        "kdbench": kdbench.__version__,
+        "commit": git_commit() or "unknown (not a git checkout)",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": shlex.join(["kdbench", *argv]),
+        "environment": f"Python {platform.python_version()} on {platform.platform()}",
     }
-    title = escape(f"kdbench leaderboard: {', '.join(names)}")
+
+
+def footer(made_by: dict[str, str]) -> str:
+    items = "".join(
+        f"<dt>{html.escape(key)}</dt><dd>{html.escape(value)}</dd>" for key, value in made_by.items()
+    )
+    return f'<footer class="provenance"><dl>{items}</dl></footer>'
+
+
+def script_json(data: object) -> str:
+    """JSON for a <script> element: no `<`, `>` or `&` that could end it early."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+BOARD_SCRIPTS = (*LIBRARIES, PAGE_SCRIPT)
+
+
+def page(
+    title: str, body: str, made_by: dict[str, str], assets: str | None, scripts: Sequence[str] = BOARD_SCRIPTS
+) -> str:
+    """A whole document: `assets` None inlines the style and `scripts` (vendored assets), else is the
+    relative folder of DIR/assets they are loaded from."""
+    escape = html.escape
+    if assets is None:
+        head = f"<style>{asset_text(PAGE_STYLE)}</style>"
+        tail = "".join(f"<script>{asset_text(name)}</script>\n" for name in scripts)
+    else:
+        head = f'<link rel="stylesheet" href="{escape(assets + PAGE_STYLE)}">'
+        tail = "".join(f'<script src="{escape(assets + name)}"></script>\n' for name in scripts)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<meta http-equiv="Content-Security-Policy" content="{INLINE_CSP if assets is None else LINKED_CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{_CSS}</style>
+<title>{escape(title)}</title>
+{head}
 </head>
 <body>
-<h1>{title}</h1>
-{captions}<form id="filters" onsubmit="return false">
-{"".join(_select(key, label, rows) for key, label in _FILTERS)}<output id="shown">{len(rows)} of {len(rows)} rows</output>
-</form>
-{_table(rows, headers)}
-{'<ul class="notes">' + "".join(notes) + "</ul>" if notes else ""}
-{charts}
-<script type="application/json" id="kdbench-data">{_script_json(data)}</script>
-<script>{_JS}</script>
-</body>
+{body}
+{footer(made_by)}
+{tail}</body>
 </html>
 """
 
 
-def _dataset(board: Leaderboard) -> str:
-    """The board's dataset: from a measured cell's configuration, else the caption's leading `dataset:`."""
-    for config in board.stats.get("config", []):
-        if config:
-            return str(json.loads(config).get("dataset"))
-    return board.caption.split(": ", 1)[0]
+def leaderboard_page(
+    boards: Sequence[Leaderboard],
+    significant_mark: str = "†",
+    records: Sequence[dict] = (),
+    made_by: dict[str, str] | None = None,
+) -> str:
+    """One self-contained HTML page with the boards of one or more datasets (each from
+    `report.leaderboard`); significant gains carry `significant_mark` (the renderers' SIGNIFICANT_MARK);
+    `records` give each row its run ids."""
+    if not boards:
+        raise ValueError("leaderboard_page needs at least one board")
+    rows = page_rows(boards, records, significant_mark)
+    title = f"kdbench leaderboard: {', '.join(board.dataset for board in boards)}"
+    body = f"<h1>{html.escape(title)}</h1>\n" + board_section(boards, rows, cell_links=None)
+    return page(title, body, made_by or provenance(), assets=None)
 
 
-def _number(value: object) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
+def page_rows(boards: Sequence[Leaderboard], records: Sequence[dict], significant_mark: str) -> list[dict]:
+    wrappers = sorted({wrapper for board in boards for wrapper in board.wrappers})
+    return [row for board in boards for row in board_rows(board, records, significant_mark, wrappers)]
 
 
-def _rows(board: Leaderboard, dataset: str, significant_mark: str, wrappers: list[str]) -> list[dict]:
-    """One dict per (row, pair) cell of the board, in the board's row order: its cells as (escaped HTML, CSS
-    class), its sort keys (text, or the stats number; None where empty) and its filter fields; a Δ column for
-    each of `wrappers` (those of every board on the page)."""
-    display = board.table.copy()  # the board's strings, marked as the text formats mark them
-    for row, column in board.significant:
-        display.loc[row, column] = f"{display.loc[row, column]}{significant_mark}"
-    order = {label: index for index, label in enumerate(board.table.index)}
-    stats = board.stats.assign(_order=board.stats["row"].map(order)).sort_values("_order", kind="stable")
+def board_section(boards: Sequence[Leaderboard], rows: list[dict], cell_links: str | None) -> str:
+    """Captions, filters, table, notes and charts of `rows` (of `boards`); `cell_links` is the relative
+    folder of the cell pages (a site), None where there are none (the report's single page)."""
     escape = html.escape
-    rows = []
-    for cell in stats.to_dict("records"):
-        label, pair = cell["row"], cell["pair"]
-        applied = " ".join(wrapper_label(name) for name in cell["wrappers"].split("+") if name) or _NO_WRAPPER
-        best = (label, pair) in board.best
-        significant = (label, f"{pair} Δ") in board.significant
-        interval = "" if pd.isna(cell["ci_low"]) else f"{cell['ci_low']:.2f}–{cell['ci_high']:.2f}"
-        top1 = escape(_shown(display, label, pair))
-        deltas = [wrapper_columns(wrapper)[1] for wrapper in wrappers]
-        cells = [(escape(text), "text") for text in (label, dataset, pair, applied)] + [
-            (f"<b>{top1}</b>" if best else top1, "best" if best else ""),
-            (escape(_shown(display, label, f"{pair} Δ")), "significant" if significant else ""),
-            ("" if pd.isna(cell["p_value"]) else f"{cell['p_value']:.3g}", ""),
-            *((escape(_shown(display, label, f"{pair} Δ{wrapper_label(w)}")), "") for w in wrappers),
-            (interval, ""),
-        ]
-        values = [label, dataset, pair, applied] + [
-            _number(cell.get(key)) for key in ("mean", "delta", "p_value", *deltas, "ci_low")
-        ]
-        for _, column, fmt in OVERHEAD_COLUMNS:  # the board's overhead means, formatted as its table does
-            value = _number(cell[column])
-            cells.append(("" if value is None else escape(fmt(value)), ""))
-            values.append(value)
-        fields = {"dataset": dataset, "pair": pair, "method": cell["method"], "wrappers": applied}
-        rows.append({**fields, "values": values, "cells": cells, "published": bool(cell["published"])})
-    return rows
+    several = len({row["dataset"] for row in rows}) > 1
+    wrappers = sorted({wrapper for board in boards for wrapper in board.wrappers})
+    columns = _columns(several, wrappers)
+    captions = "".join(f'<p class="caption">{escape(board.caption)} Best in bold.</p>\n' for board in boards)
+    notes = [
+        escape(f"{board.dataset}: {note}" if several else note) for board in boards for note in board.notes
+    ]
+    notes.append(escape(_INTERVAL_NOTE))
+    data = {
+        "columns": [{"numeric": False, "first": "ascending"}]  # the method column, the rows' header cells
+        + [{"numeric": numeric, "first": first} for _, _, numeric, first in columns],
+        "rows": [_row_data(row, columns) for row in rows],
+        "chart": chart_spec(),
+    }
+    filters = "".join(_select(key, label, rows) for key, label in _FILTERS if several or key != "dataset")
+    return (
+        f'{captions}<form id="filters">\n{filters}'
+        '<label>text <input type="search" id="filter-text" placeholder="method, setting"></label>\n'
+        f'<output id="shown">{len(rows)} of {len(rows)} rows</output>\n</form>\n'
+        f'<div class="table-wrap">{_table(rows, columns, cell_links)}</div>\n'
+        '<div id="chart" role="img" aria-label="top-1 against training and deploy cost"></div>\n'
+        f'<ul class="notes">{"".join(f"<li>{note}</li>" for note in notes)}</ul>\n'
+        f'<script type="application/json" id="kdbench-data">{script_json(data)}</script>\n'
+    )
 
 
-def _shown(display: pd.DataFrame, label: str, column: str) -> str:
-    return str(display.loc[label, column]) if column in display.columns else ""
+def _columns(several: bool, wrappers: Sequence[str]) -> list[tuple]:
+    """(header, cell of a row -> (text, sort value, css), numeric, first sort order) of each column."""
+    columns = [
+        ("pair", lambda row: (row["pair"], row["pair"], "text"), False, "ascending"),
+        ("top-1 (%)", _top1_cell, True, "descending"),
+        ("95 % CI", lambda row: (row["ci_text"], row["ci_low"], ""), True, "descending"),
+        ("Δ", lambda row: (row["delta_text"], row["delta"], "significant" if row["significant"] else ""))
+        + (True, "descending"),
+        ("p (Holm)", lambda row: (_p_text(row["p_value"]), row["p_value"], ""), True, "ascending"),
+    ]
+    if several:
+        columns.insert(
+            0, ("dataset", lambda row: (row["dataset"], row["dataset"], "text"), False, "ascending")
+        )
+    for index, wrapper in enumerate(wrappers):
+        columns.append(
+            (
+                f"Δ{wrapper_label(wrapper)}",
+                lambda row, i=index: (*row["wrapper_deltas"][i], ""),
+                True,
+                "descending",
+            )
+        )
+    for header, column, _ in OVERHEAD_COLUMNS:
+        columns.append(
+            (header, lambda row, c=column: (row["costs"][c][1], row["costs"][c][0], ""), True, "ascending")
+        )
+    return columns
 
 
-def _table(rows: list[dict], headers: list[str]) -> str:
-    """The table: a row's label is its header cell; published rows have the class "published"."""
-    head = "".join(
-        f'<th class="text">{html.escape(h)}</th>' if h in _TEXT_COLUMNS else f"<th>{html.escape(h)}</th>"
-        for h in headers
+def _top1_cell(row: dict) -> tuple[str, float | None, str]:
+    return row["top1_text"], row["mean"], "best" if row["best"] else ""
+
+
+def _p_text(p_value: float | None) -> str:
+    return "" if p_value is None else f"{p_value:.3g}"
+
+
+def _chart_point(row: dict) -> dict | None:
+    """What the chart reads of a measured row (None for the others: they are no point)."""
+    if not row["measured"] or row["mean"] is None:
+        return None
+    keys = ("label", "method", "pair", "dataset", "mean", "ci_text", "time_ratio")
+    costs = [key for field, _, pareto in CHART_COSTS for key in (field, pareto)]
+    return {key: row[key] for key in (*keys, *costs)}
+
+
+def _row_data(row: dict, columns: list[tuple]) -> dict:
+    return {
+        **{key: row[key] for key in ("dataset", "pair", "method", "wrappers")},
+        "text": row["label"].lower(),
+        "values": [row["label"], *(cell(row)[1] for _, cell, _, _ in columns)],
+        "chart": _chart_point(row),
+    }
+
+
+def _table(rows: list[dict], columns: list[tuple], cell_links: str | None) -> str:
+    """The table: a row's label is its header cell (with links to its cell page and the published row it
+    is compared with); published rows have the class "published"."""
+    escape = html.escape
+    head = '<th class="text">method</th>' + "".join(
+        f'<th class="text">{escape(h)}</th>' if not numeric else f"<th>{escape(h)}</th>"
+        for h, _, numeric, _ in columns
     )
     lines = ['<table class="kdbench-leaderboard">', f"<thead><tr>{head}</tr></thead>", "<tbody>"]
     for row in rows:
-        (label, _), *cells = row["cells"]
-        tds = "".join(
-            f'<td class="{css}">{fragment}</td>' if css else f"<td>{fragment}</td>" for fragment, css in cells
-        )
+        cells = []
+        for _, cell, _, _ in columns:
+            text, _, css = cell(row)
+            fragment = f"<b>{escape(text)}</b>" if css == "best" else escape(text)
+            cells.append(f'<td class="{css}">{fragment}</td>' if css else f"<td>{fragment}</td>")
         css = ' class="published"' if row["published"] else ""
-        lines.append(f"<tr{css}><th>{label}</th>{tds}</tr>")
+        label = escape(row["label"]) + _links(rows, row, cell_links)
+        lines.append(f'<tr id="{escape(row["id"])}"{css}><th>{label}</th>{"".join(cells)}</tr>')
     lines += ["</tbody>", "</table>"]
     return "\n".join(lines)
 
 
+def _links(rows: list[dict], row: dict, cell_links: str | None) -> str:
+    links = []
+    if cell_links is not None and row["cell"]:
+        links.append(f'<a href="{html.escape(cell_links + row["cell"])}.html">runs, curves</a>')
+    anchor = published_anchor(rows, row)
+    if anchor:
+        links.append(f'<a href="#{html.escape(anchor)}">published</a>')
+    return f' <span class="links">[{" · ".join(links)}]</span>' if links else ""
+
+
 def _select(key: str, label: str, rows: list[dict]) -> str:
     escape = html.escape
-    options = "".join(
-        f'<option value="{escape(value)}">{escape(value)}</option>'
-        for value in sorted({row[key] for row in rows})
-    )
+    values = filter_values(rows, key)
+    if key == "wrappers" and NO_WRAPPER in values:  # "none" last: the wrappers first
+        values = [value for value in values if value != NO_WRAPPER] + [NO_WRAPPER]
+    options = "".join(f'<option value="{escape(value)}">{escape(value)}</option>' for value in values)
     return (
         f'<label>{escape(label)} <select id="filter-{key}" data-field="{key}">'
         f'<option value="">all</option>{options}</select></label>\n'
     )
 
 
-def _script_json(data: dict) -> str:
-    """JSON for a <script> element: no `<`, `>` or `&` that could end it early."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _chart(board: Leaderboard, dataset: str, index: int) -> str:
-    """The board's accuracy vs overhead (plots.plot_accuracy_vs_overhead, drawn from the board's cells) as
-    inline SVG: mean ± std of each measured cell against train GFLOPs/image and seconds/epoch."""
-    stats = board.stats
-    measured = stats[~stats["published"]] if not stats.empty else stats
-    points = measured.dropna(subset=["mean"])
-    if points.empty:
-        return f'<p class="chart">{html.escape(dataset)}: no finished runs to plot.</p>\n'
-    several_pairs = points["pair"].nunique() > 1
-    # text as paths and a per-chart salt: no font is fetched and two charts' ids never collide
-    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": f"kdbench-{index}"}):
-        figure = Figure(figsize=(11, 4.5), layout="constrained")
-        axes = figure.subplots(1, 2, sharey=True)
-        for axis, x_column, scale, x_title in (
-            (axes[0], "train_flops_per_image", 1e9, "train GFLOPs / image"),
-            (axes[1], "epoch_seconds", 1.0, "seconds / epoch"),
-        ):
-            for cell in points.itertuples():
-                x = getattr(cell, x_column)
-                if pd.isna(x):
-                    continue
-                spread = 0 if math.isnan(cell.std) else cell.std
-                axis.errorbar(x / scale, cell.mean, yerr=spread, fmt="^" if cell.wrappers else "o", capsize=3)
-                axis.annotate(
-                    f"{cell.row} ({cell.pair})" if several_pairs else cell.row,
-                    (x / scale, cell.mean),
-                    fontsize=7,
-                    xytext=(4, 4),
-                    textcoords="offset points",
-                    parse_math=False,  # a label is text: a `$` in a hyper-parameter value is no TeX
-                )
-            axis.set_xlabel(x_title)
-            axis.grid(alpha=0.3)
-        axes[0].set_ylabel("last-epoch top-1 (%)")
-        figure.suptitle(
-            f"{dataset}: accuracy vs overhead (mean ± std over seeds; ▲ = with a student wrapper)",
-            parse_math=False,
+def chart_spec() -> dict:
+    """The Vega-Lite charts: top-1 against each cost (CHART_COSTS) of the points in the data named "rows"
+    (the page script inserts those of the rows the filters leave), each pair's Pareto front dashed."""
+    y = {"field": "mean", "type": "quantitative", "title": "last-epoch top-1 (%)", "scale": {"zero": False}}
+    tooltip = [
+        {"field": "label", "title": "row"},
+        {"field": "pair"},
+        {"field": "mean", "title": "top-1 (%)", "format": ".2f"},
+        {"field": "ci_text", "title": "95 % CI"},
+        {"field": "train_gflops", "title": "train GFLOPs/img", "format": ".3g"},
+        {"field": "deploy_gflops", "title": "deploy GFLOPs/img", "format": ".3g"},
+        {"field": "time_ratio", "title": "time / student", "format": ".2f"},
+    ]
+    panels = []
+    for field, title, pareto in CHART_COSTS:
+        x = {"field": field, "type": "quantitative", "title": title, "scale": {"zero": False}}
+        panels.append(
+            {
+                "width": 400,
+                "height": 280,
+                "transform": [{"filter": f"isValid(datum.{field}) && isValid(datum.mean)"}],
+                "layer": [
+                    {
+                        "transform": [{"filter": f"datum.{pareto}"}],
+                        "mark": {"type": "line", "strokeDash": [5, 3], "color": "#666", "strokeWidth": 1},
+                        "encoding": {"x": x, "y": y, "detail": {"field": "pair"}, "order": {"field": field}},
+                    },
+                    {
+                        "mark": {"type": "point", "filled": True, "size": 60, "opacity": 0.85},
+                        "encoding": {
+                            "x": x,
+                            "y": y,
+                            "color": {"field": "method", "type": "nominal", "legend": {"columns": 2}},
+                            "shape": {"field": "pair", "type": "nominal"},
+                            "tooltip": tooltip,
+                        },
+                    },
+                ],
+            }
         )
-        buffer = io.StringIO()
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
-    svg = buffer.getvalue()
-    svg = svg[svg.index("<svg") :]  # drop the XML declaration and DOCTYPE: the SVG is inline
-    caption = html.escape(f"{dataset}: accuracy vs overhead, one point per measured cell")
-    return f'<figure class="chart">\n{svg}<figcaption>{caption}</figcaption>\n</figure>\n'
-
-
-_CSS = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.3em; }
-.caption { max-width: 70em; color: #444; font-size: 0.9em; }
-#filters { display: flex; flex-wrap: wrap; gap: 1em; align-items: center; margin: 1em 0; }
-#shown { color: #666; }
-table.kdbench-leaderboard { border-collapse: collapse; font-variant-numeric: tabular-nums; }
-table.kdbench-leaderboard th, table.kdbench-leaderboard td { padding: 0.25em 0.6em;
-  border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
-table.kdbench-leaderboard th.text, table.kdbench-leaderboard td.text { text-align: left; }
-table.kdbench-leaderboard tbody th { text-align: left; font-weight: normal; }
-table.kdbench-leaderboard thead th { position: sticky; top: 0; background: #f4f4f4; cursor: pointer;
-  user-select: none; }
-table.kdbench-leaderboard thead th[aria-sort="ascending"]::after { content: " ▲"; }
-table.kdbench-leaderboard thead th[aria-sort="descending"]::after { content: " ▼"; }
-table.kdbench-leaderboard tbody tr:hover td { background: #f8f8e8; }
-tr.published th, tr.published td { color: #666; font-style: italic; }
-td.best { background: #eaf5ea; }
-td.significant { color: #1a7f37; }
-.notes { font-size: 0.9em; color: #444; max-width: 70em; }
-figure.chart svg { max-width: 100%; height: auto; }
-"""
-
-_JS = """
-(() => {
-  "use strict";
-  const data = JSON.parse(document.getElementById("kdbench-data").textContent);
-  const table = document.querySelector("table.kdbench-leaderboard");
-  const body = table.tBodies[0];
-  const rows = Array.from(body.rows);
-  rows.forEach((row, index) => { row.dataset.index = index; });
-  const headers = Array.from(table.tHead.rows[0].cells);
-  const selects = Array.from(document.querySelectorAll("#filters select"));
-  const shown = document.getElementById("shown");
-  let sorted = { column: -1, ascending: true };
-
-  const key = (row, column) => data.rows[row.dataset.index].values[column];
-  function compare(a, b, column, ascending) {
-    const x = key(a, column), y = key(b, column);
-    if (x === null || y === null || x === "" || y === "") {
-      return (x === null || x === "") - (y === null || y === "");  // empty cells last, either way
-    }
-    const order = data.numeric[column]
-      ? x - y
-      : String(x).localeCompare(String(y), undefined, { numeric: true });
-    return ascending ? order : -order;
-  }
-  function sortBy(column) {
-    const ascending = sorted.column === column ? !sorted.ascending : true;
-    sorted = { column, ascending };
-    const order = rows.slice().sort((a, b) => compare(a, b, column, ascending) || a.dataset.index - b.dataset.index);
-    body.append(...order);
-    headers.forEach((th, index) => {
-      if (index === column) th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
-      else th.removeAttribute("aria-sort");
-    });
-  }
-  headers.forEach((th, column) => {
-    th.tabIndex = 0;
-    th.title = "sort";
-    th.addEventListener("click", () => sortBy(column));
-    th.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" || event.key === " ") { event.preventDefault(); sortBy(column); }
-    });
-  });
-  function filter() {
-    let visible = 0;
-    rows.forEach((row) => {
-      const fields = data.rows[row.dataset.index];
-      row.hidden = !selects.every((select) => select.value === "" || fields[select.dataset.field] === select.value);
-      visible += row.hidden ? 0 : 1;
-    });
-    shown.textContent = visible + " of " + rows.length + " rows";
-  }
-  selects.forEach((select) => select.addEventListener("change", filter));
-  filter();
-})();
-"""
+    return {"data": {"name": "rows"}, "hconcat": panels, "config": {"legend": {"labelLimit": 140}}}

@@ -11,7 +11,7 @@ parameters together with the student's, and sums the weighted terms that `losses
 which is RepDistiller's -r / -a / -b convention (Tian et al., ICLR 2020, train_student.py).
 A method only writes `method_terms`; CE and the KD term are shared here.
 
-Two optional hooks, each called by the engine for every method alike (docs/DESIGN.md, "Method"):
+Optional hooks, each called by the engine for every method alike (docs/DESIGN.md, "Method"):
 
     extra_views = ("strong",)   more augmented views of each training batch: the engine draws them
                                 (kdbench/data/views.py, `augment_views`, from a generator of the run's own),
@@ -22,15 +22,25 @@ Two optional hooks, each called by the engine for every method alike (docs/DESIG
                                 the method's modules are part of the deployed network (SimKD keeps a
                                 projector and the teacher's classifier); the record's test accuracy,
                                 deploy params / FLOPs and saved weights are those of this model
+    build_optimizer(groups, recipe) the optimizer over the member's parameter groups (default: SGD
+                                with the recipe's lr, momentum and weight decay); a method with its
+                                own update rule returns its own (DOT, methods/dot.py)
+    optimizer_step(terms, optimizer, backward_step)
+                                one optimisation step on the batch's weighted loss terms (default:
+                                one backward of their sum and one step); `backward_step(loss, optimizer,
+                                retain_graph=False)` is the member's backward and step, through its
+                                gradient scaler and the distributed gradient averaging
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -240,6 +250,25 @@ class Method(nn.Module):
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         """Called by the engine at the start of each epoch (1-based), e.g. for DKD's warm-up."""
 
+    def build_optimizer(self, groups: list[dict], recipe) -> torch.optim.Optimizer:
+        """The optimizer over `groups` (the student's and this method's parameters first, then each
+        wrapper's own groups). Default: RepDistiller's SGD with the recipe's lr, momentum, weight decay."""
+        return torch.optim.SGD(
+            groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
+
+    def optimizer_step(
+        self,
+        terms: dict[str, Tensor],
+        optimizer: torch.optim.Optimizer,
+        backward_step: Callable[..., None],
+    ) -> None:
+        """One optimisation step on the batch's weighted loss terms. Default: one backward of their
+        sum, one step. `backward_step(loss, optimizer, retain_graph=False)` backpropagates `loss`
+        and steps `optimizer` as the member does (gradient scaler, distributed averaging)."""
+        optimizer.zero_grad(set_to_none=True)
+        backward_step(sum(terms.values()), optimizer)
+
 
 # What a pair is, by the families of its networks: "cnn" (both CNNs), "hetero" (a CNN and a token model:
 # a ViT, Swin or MLP-Mixer through timm, kdbench/models/timm_adapter.py), "token" (both token models).
@@ -387,8 +416,6 @@ def probe_features(model: nn.Module, image_shape: tuple[int, ...]) -> Features:
     """`model`'s Features on a fixed random batch of two `image_shape` (C, H, W) images, in eval mode
     and without gradients (its mode restored): how a method finds which of a model's layers or
     maps is which (simkd's classifier, sdd's pooled map)."""
-    import torch
-
     probe = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()

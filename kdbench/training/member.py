@@ -189,17 +189,16 @@ class Member:
         self.extra_views = method_cls.extra_views
         return method
 
-    def _build_optimizer(self) -> torch.optim.SGD:
-        """SGD over the student and the method's trainable modules, plus each wrapper's own groups."""
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """The method's optimizer (`Method.build_optimizer`, SGD unless the method has its own) over
+        the student and the method's trainable modules, plus each wrapper's own groups."""
         recipe = self.spec.recipe
         wrapper_groups = [g for w in self.wrappers for g in w.param_groups(self.student, recipe.lr)]
         grouped = {id(p) for group in wrapper_groups for p in group["params"]}
         student_params = [p for p in self.student.parameters() if id(p) not in grouped]
         method_params = [p for p in self.method.parameters() if p.requires_grad]
         groups = [{"params": student_params + method_params}, *wrapper_groups]
-        return torch.optim.SGD(
-            groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
-        )
+        return self.method.build_optimizer(groups, recipe)
 
     @contextmanager
     def own_rng(self) -> Iterator[None]:
@@ -318,6 +317,13 @@ class Member:
         self.progress(f"[{self.spec.run_id}] resuming {self.spec.label} after epoch {state['epoch']}")
         return True
 
+    def _backward_step(
+        self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, retain_graph=False
+    ) -> None:
+        """What a method's `optimizer_step` backpropagates and steps with: this member's gradient
+        scaler and distributed gradient averaging."""
+        backward_step(loss, optimizer, self.scaler, self._average_gradients, retain_graph)
+
     # -- training ----------------------------------------------------------------------------
     def batches(self):
         """The training split, shuffled and augmented by this run's generator, in batches."""
@@ -380,8 +386,7 @@ class Member:
             terms = self.loss_terms(images, labels, indices, teacher_out=teacher_out)
             loss = sum(terms.values())
         check_finite(loss, where, terms)
-        self.optimizer.zero_grad(set_to_none=True)
-        backward_step(loss, self.optimizer, self.scaler, self._average_gradients)
+        self.method.optimizer_step(terms, self.optimizer, self._backward_step)
         return float(loss.detach()), {name: float(value.detach()) for name, value in terms.items()}
 
     def close_epoch(self, epoch: int, meter: EpochMeter) -> dict:

@@ -35,16 +35,18 @@ def backward_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     between: Callable[[], None] | None = None,
+    retain_graph: bool = False,
 ) -> None:
     """loss.backward() and optimizer.step(), through the scaler where there is one; `between`
-    runs after the backward (the gradient averaging of a distributed run)."""
+    runs after the backward (the gradient averaging of a distributed run); `retain_graph` keeps
+    the graph for another backward of the same forward (DOT's two passes, methods/dot.py)."""
     if scaler is None:
-        loss.backward()
+        loss.backward(retain_graph=retain_graph)
         if between:
             between()
         optimizer.step()
         return
-    scaler.scale(loss).backward()
+    scaler.scale(loss).backward(retain_graph=retain_graph)
     if between:
         between()
     scaler.step(optimizer)

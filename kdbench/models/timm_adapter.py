@@ -8,6 +8,11 @@ so `preact` is the same list as `stages`. A model of a fixed input size (timm's 
 Swins, Mixers) is built for the dataset's image side (timm's `img_size`), so `timm:vit_tiny_patch16_224`
 trains on 32x32 images with 2x2 patches.
 
+Its `family` says what its stage outputs are (`kdbench.methods.base.model_family` reads it): "token" when no
+stage module holds a convolution (a ViT's, a Swin's or an MLP-Mixer's blocks, whose taps timm reshapes
+from tokens into (C, H, W) grids), else "cnn" (ResNets, ConvNeXts, MobileNets, and hybrids with a
+convolution in some stage). Methods that read CNN stage maps refuse a token model by it.
+
 Shapes follow `feature_info`; for `timm:resnet18` on N 32x32 images:
     stem    (N, 64, 16, 16)
     stages  [(N, 64, 8, 8), (N, 128, 4, 4), (N, 256, 2, 2), (N, 512, 1, 1)]
@@ -45,6 +50,11 @@ class TimmModel(nn.Module):
         taps = [model.get_submodule(info["module"]) for info in model.feature_info]
         self.has_stem = bool(taps) and _is_stem_tap(taps[0])
         self._stage_names = [info["module"] for info in model.feature_info[int(self.has_stem) :]]
+        self.architecture = f"timm:{model.default_cfg.get('architecture', type(model).__name__)}"
+        convolutional = any(
+            isinstance(m, nn.Conv2d) for stage in self.stage_modules() for m in stage.modules()
+        )
+        self.family = "cnn" if convolutional else "token"
         self._stages_chain: bool | None = None  # whether `forward_from` is the model's function; checked once
 
     def stage_modules(self) -> list[nn.Module]:
@@ -121,13 +131,52 @@ def takes_image_size(name: str) -> bool:
     return bool(config and config.fixed_input_size)
 
 
+# `timm:NAME@key=value@key=value`: keyword arguments for timm's constructor, in the model's name so a
+# spec's `student` / `teacher` says which configuration it is (`@`: the command line already splits at
+# `,` and `:`); a value of numbers joined by `-` is a tuple (depths=1-1-1-1)
+ARGUMENT_SEPARATOR = "@"
+
+
+def _argument_value(text: str) -> object:
+    def number(item: str) -> int | float:
+        return int(item) if item.lstrip("+").isdigit() else float(item)
+
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        parts = [number(item) for item in text.split("-")]
+    except ValueError:
+        return text
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def split_arguments(name: str) -> tuple[str, dict]:
+    """'NAME@key=value@...' as (NAME, {key: value}); a ConfigError naming an argument without `=`."""
+    base, *items = name.split(ARGUMENT_SEPARATOR)
+    arguments = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key or not value:
+            raise ConfigError(
+                f"timm model 'timm:{name}': argument {item!r} is not key=value "
+                "(write timm:NAME@key=value@key=value, a tuple as 1-1-1-1)"
+            )
+        arguments[key] = _argument_value(value)
+    return base, arguments
+
+
 def build_timm_model(
     name: str, num_classes: int, in_chans: int = 3, image_size: int | tuple[int, int] | None = None
 ) -> TimmModel:
     """`timm.create_model(name, pretrained=False, ...)` wrapped; UnknownNameError for a name timm lacks.
 
-    A model of a fixed input size (`takes_image_size`) is built for `image_size` ((height, width) or a
-    side; timm's `img_size`); others take any size. A model timm cannot tap is refused (ConfigError)."""
+    `name` may carry constructor arguments after `@` (`split_arguments`: a tiny configuration,
+    `swin_tiny_patch4_window7_224@embed_dim=24@depths=1-1-1-1@num_heads=1-2-4-8`); one the model does not
+    take is a ConfigError. A model of a fixed input size (`takes_image_size`) is built for `image_size`
+    ((height, width) or a side; timm's `img_size`); others take any size. A model timm cannot tap is
+    refused (ConfigError)."""
+    full_name = name
+    name, arguments = split_arguments(name)
     if not timm.is_model(name):
         valid = timm.list_models()
         close = difflib.get_close_matches(name, valid, n=1)
@@ -136,10 +185,17 @@ def build_timm_model(
             f"unknown timm model '{name}'.{hint} timm has {len(valid)} architectures: see timm.list_models()"
         )
     options = {"img_size": image_size} if image_size is not None and takes_image_size(name) else {}
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **options)
+    try:
+        model = timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **options, **arguments
+        )
+    except TypeError as error:  # an argument the constructor does not take, or one its factory fixes
+        if not arguments:
+            raise
+        raise ConfigError(f"timm model 'timm:{full_name}': {error}") from error
     if not hasattr(model, "forward_intermediates"):
         raise ConfigError(
-            f"timm model 'timm:{name}' has no forward_intermediates: kdbench cannot tap its features; "
+            f"timm model 'timm:{full_name}' has no forward_intermediates: kdbench cannot tap its features; "
             "choose another model"
         )
     size = image_size if image_size is not None else model.pretrained_cfg.get("input_size", (3, 224, 224))[1:]

@@ -24,7 +24,7 @@ from kdbench.training.evaluation import evaluate, teacher_outputs
 CPU = torch.device("cpu")
 LABELS = [0, 0, 1, 2]
 # probabilities at temperature 1, one row per test image, chosen off the 15 bins' edges
-STUDENT = [[0.70, 0.20, 0.10], [0.22, 0.68, 0.10], [0.08, 0.82, 0.10], [0.50, 0.30, 0.20]]
+STUDENT = [[0.70, 0.20, 0.10], [0.22, 0.68, 0.10], [0.08, 0.82, 0.10], [0.25, 0.20, 0.55]]
 TEACHER = [[0.60, 0.30, 0.10], [0.50, 0.40, 0.10], [0.10, 0.80, 0.10], [0.20, 0.20, 0.60]]
 
 
@@ -58,12 +58,12 @@ def hand_made(tiny_data, monkeypatch):
 def test_top1_per_class_accuracy_and_confusion_of_fixed_logits(hand_made):
     data, info = hand_made
     result = evaluate(FixedLogits(STUDENT, data, info), data, info, CPU)
-    # predictions 0, 1, 1, 0 for labels 0, 0, 1, 2
-    assert result["top1"] == 50.0
+    # predictions 0, 1, 1, 2 for labels 0, 0, 1, 2
+    assert result["top1"] == 75.0
     assert result["top5"] == 100.0  # three classes: top-3
     details = result["evaluation"]
-    assert details["confusion"] == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
-    assert details["per_class_top1"] == [50.0, 100.0, 0.0]
+    assert details["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    assert details["per_class_top1"] == [50.0, 100.0, 100.0]
     assert (details["images"], details["classes"], details["ece_bins"]) == (4, 3, 15)
     assert details["agreement_top1"] is None and details["teacher_kl"] is None  # no teacher given
 
@@ -72,8 +72,8 @@ def test_expected_calibration_error_is_per_bin_not_per_image(hand_made):
     data, info = hand_made
     details = evaluate(FixedLogits(STUDENT, data, info), data, info, CPU)["evaluation"]
     # bins of width 1/15: confidence 0.70 (right) and 0.68 (wrong) share bin 10, 0.82 (right) is in bin 12,
-    # 0.50 (wrong) in bin 7: (|1 - 1.38| + |1 - 0.82| + |0 - 0.50|) / 4 images
-    assert details["ece"] == pytest.approx(100 * (0.38 + 0.18 + 0.50) / 4, abs=1e-5)  # float32 softmax
+    # 0.55 (right) in bin 8: (|1 - 1.38| + |1 - 0.82| + |1 - 0.55|) / 4 images
+    assert details["ece"] == pytest.approx(100 * (0.38 + 0.18 + 0.45) / 4, abs=1e-5)  # float32 softmax
 
 
 def test_a_class_without_test_images_has_no_accuracy(hand_made):
@@ -81,7 +81,7 @@ def test_a_class_without_test_images_has_no_accuracy(hand_made):
     info = replace(info, num_classes=4, classes=("a", "b", "c", "d"))
     student = FixedLogits([[*row, 1e-6] for row in STUDENT], data, info)
     details = evaluate(student, data, info, CPU)["evaluation"]
-    assert details["per_class_top1"] == [50.0, 100.0, 0.0, None]
+    assert details["per_class_top1"] == [50.0, 100.0, 100.0, None]
     assert [row[3] for row in details["confusion"]] == [0, 0, 0, 0] and details["confusion"][3] == [0] * 4
 
 
@@ -89,8 +89,8 @@ def test_agreement_and_kl_with_the_teacher(hand_made):
     data, info = hand_made
     reference = teacher_outputs(FixedLogits(TEACHER, data, info), data, info, CPU)
     details = evaluate(FixedLogits(STUDENT, data, info), data, info, CPU, teacher=reference)["evaluation"]
-    # teacher's top-1: 0, 0, 1, 2; student's: 0, 1, 1, 0
-    assert details["agreement_top1"] == 50.0
+    # teacher's top-1: 0, 0, 1, 2; student's: 0, 1, 1, 2
+    assert details["agreement_top1"] == 75.0
     kl = [
         sum(q * math.log(q / p) for q, p in zip(t, s, strict=True))
         for t, s in zip(TEACHER, STUDENT, strict=True)

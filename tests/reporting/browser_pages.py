@@ -1,0 +1,58 @@
+"""What the HTML tests share (test_report_html.py, test_site.py): whether a real headless Chromium can be
+driven by playwright (the fixtures `browser` and `open_page` are in tests/reporting/conftest.py), and
+readers of the board table and charts.
+
+Skipped only where playwright or a chromium binary is missing (.ci/setup.sh installs both where it can);
+KDBENCH_CHROMIUM names another binary."""
+
+import os
+import re
+import shutil
+
+import pytest
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - the skip below says why
+    sync_playwright = None
+
+CHROMIUM = os.environ.get("KDBENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+needs_browser = pytest.mark.skipif(
+    sync_playwright is None or CHROMIUM is None,
+    reason="needs playwright (pip install 'kdbench[test]') and a chromium binary (apt-get install chromium)"
+    if sync_playwright is None
+    else "needs a chromium binary: apt-get install chromium (or set KDBENCH_CHROMIUM)",
+)
+WINDOW = {"width": 1280, "height": 900}  # the layout must fit it
+TABLE = "table.kdbench-leaderboard"
+
+
+def chart_drawn(page):
+    """Wait for the page's last chart update (board.js / curves.js `window.kdbenchChart.updated`)."""
+    page.evaluate("window.kdbenchChart ? window.kdbenchChart.updated.then(() => true) : false")
+
+
+def column(page, header):
+    """The visible cells of a column of the board table, top to bottom."""
+    headers = page.locator(f"{TABLE} thead th").all_inner_texts()
+    index = [" ".join(text.rstrip(" ▲▼").split()) for text in headers].index(header)
+    return page.locator(f"{TABLE} tbody tr:not([hidden]) > :nth-child({index + 1})").all_inner_texts()
+
+
+def header(page, name):
+    return page.locator(f"{TABLE} thead th").filter(has_text=re.compile(f"^{re.escape(name)}( [▲▼])?$"))
+
+
+def labels(page):
+    """The visible rows' labels (their header cells), without the links after them."""
+    return [text.split(" [")[0] for text in column(page, "method")]
+
+
+def chart_points(page):
+    """The points the charts draw (every panel's), after the last update."""
+    chart_drawn(page)
+    return page.locator("#chart g.mark-symbol.role-mark path").count()
+
+
+def mean(text):
+    return float(text.split()[0].rstrip("†")) if text else None

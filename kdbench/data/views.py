@@ -188,8 +188,23 @@ def _strong_view(images: torch.Tensor, info: DatasetInfo, generator: torch.Gener
     return rand_augment(augment_batch(images, info, generator), generator)
 
 
+def _rotated_view(quarter_turns: int):
+    """The view rotated by `quarter_turns` x 90 degrees: the standard crop / flip drawn anew, then the
+    rotation, as np.rot90 turns SSKD's images (xuguodong03/SSKD, cifar.py; methods/sskd.py)."""
+
+    def rotated(images: torch.Tensor, info: DatasetInfo, generator: torch.Generator) -> torch.Tensor:
+        return torch.rot90(augment_batch(images, info, generator), quarter_turns, dims=(2, 3))
+
+    return rotated
+
+
 # view name -> fn(uint8 batch, info, generator) -> uint8 batch
-VIEWS = {"strong": _strong_view}
+VIEWS = {
+    "strong": _strong_view,
+    "rot90": _rotated_view(1),
+    "rot180": _rotated_view(2),
+    "rot270": _rotated_view(3),
+}
 
 
 def augment_views(

@@ -93,7 +93,9 @@ class InitStage:
 
     epochs: int
     parameters: list[nn.Parameter]
-    loss: object  # callable(student: Features, teacher: Features) -> dict[str, Tensor]
+    # callable(student: Features, teacher: Features) -> dict[str, Tensor]; a method with `extra_views`
+    # also receives `views=` as `method_terms` does (SSKD trains its teacher head on the rotations)
+    loss: object
     trains_student: bool = False  # AB / FSP pre-train the student's layers too; FT only its paraphraser
     lr: float | None = (
         None  # the stage's own learning rate where the method publishes one (FT); else the recipe's

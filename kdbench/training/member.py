@@ -340,7 +340,8 @@ class Member:
 
     def run_init_stage(self) -> None:
         """The method's declared pre-training stage (AB / FT / FSP style), if any: the member's own
-        optimizer over the stage's parameters, on batches of its own generator."""
+        optimizer over the stage's parameters, on batches of its own generator (and the method's
+        extra views, drawn from its view stream, where it declares them)."""
         stage = self.method.init_stage()
         if stage is None or self.init_done:
             self.init_done = True
@@ -357,12 +358,16 @@ class Member:
         self.student.train()
         for epoch in range(1, stage.epochs + 1):
             total, steps = 0.0, 0
-            for images, _, _ in self.batches():
+            for images, _, indices in self.batches():
                 with self.precision.autocast():
                     student_out = forward(self.train_student, images, self.student_features)
                     with torch.no_grad():
                         teacher_out = forward(self.train_teacher, images, self.teacher_features)
-                    loss = sum(stage.loss(student_out, teacher_out).values())
+                    extra = {}
+                    # a stage of a method with views reads them too (SSKD's teacher head)
+                    if self.extra_views:
+                        extra["views"] = self._views(images, indices, self.train_student, self.view_generator)
+                    loss = sum(stage.loss(student_out, teacher_out, **extra).values())
                 check_finite(loss, f"init stage epoch {epoch} step {steps}")
                 optimizer.zero_grad(set_to_none=True)
                 backward_step(loss, optimizer, scaler, lambda: distributed.average_gradients(parameters))

@@ -18,6 +18,7 @@ import hashlib
 import html
 import json
 import re
+import shutil
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -69,11 +70,18 @@ def read_stores(stores: Sequence[Path]) -> list[RunRecord]:
 
 
 def _prepare(out: Path) -> None:
-    """DIR empty or new, or a site written before (its marker): anything else is refused, not overwritten."""
+    """DIR empty or new, or a site written before (its marker; emptied): anything else is refused, not
+    overwritten."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file, expected a folder for the site")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise ConfigError(f"--out {out}: a folder with files that kdbench site did not write; choose another")
+    if (out / MARKER).is_file():  # the site written before: its pages of datasets no longer there go too
+        for entry in out.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by kdbench site; rewritten by the next run of it\n", encoding="utf-8")
     assets = out / "assets"

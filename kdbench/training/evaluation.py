@@ -49,7 +49,7 @@ class _Tally:
         self.confusion = torch.zeros(classes * classes, dtype=torch.int64, device=device)
         self.bin_confidence = torch.zeros(ECE_BINS, dtype=torch.float64, device=device)
         self.bin_correct = torch.zeros(ECE_BINS, dtype=torch.int64, device=device)
-        self.agreed = 0
+        self.agreed = torch.zeros((), dtype=torch.int64, device=device)
         self.kl_sum = torch.zeros((), dtype=torch.float64, device=device)
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, topk: int) -> None:
@@ -66,7 +66,7 @@ class _Tally:
         self.bin_correct.index_add_(0, bins, hits[:, 0].long())
         if self.teacher is not None:
             teacher_log_probs = self.teacher.log_probs[indices]
-            self.agreed += int(self.teacher.top1[indices].eq(predicted).sum())
+            self.agreed += self.teacher.top1[indices].eq(predicted).sum()
             # KL(teacher || student) per image; a class the teacher gives probability 0 adds nothing
             terms = teacher_log_probs.exp() * (teacher_log_probs - log_probs)
             self.kl_sum += torch.where(teacher_log_probs.isneginf(), 0.0, terms).sum(dtype=torch.float64)
@@ -75,9 +75,8 @@ class _Tally:
         confusion = self.confusion.view(self.classes, self.classes).cpu()
         class_images, class_hits = confusion.sum(dim=1).tolist(), confusion.diagonal().tolist()
         gaps = (self.bin_correct.cpu().double() - self.bin_confidence.cpu()).abs()
-        ece = (
-            100.0 * float(gaps.sum()) / count
-        )  # sum_b |b|/n * |acc_b - conf_b| = sum_b |hits_b - conf_b| / n
+        # sum over bins of |b| / n * |accuracy_b - confidence_b| = sum over bins of |hits_b - confidences_b| / n
+        ece = 100.0 * float(gaps.sum()) / count
         kl = float(self.kl_sum) / count if self.teacher is not None else None
         return {
             "images": count,
@@ -89,7 +88,7 @@ class _Tally:
             "confusion": confusion.tolist() if self.classes <= CONFUSION_MAX_CLASSES else None,
             "ece": ece if math.isfinite(ece) else None,
             "ece_bins": ECE_BINS,
-            "agreement_top1": 100.0 * self.agreed / count if self.teacher is not None else None,
+            "agreement_top1": 100.0 * int(self.agreed) / count if self.teacher is not None else None,
             "teacher_kl": kl if kl is None or math.isfinite(kl) else None,
         }
 

@@ -46,6 +46,18 @@ class Metrics(TypedDict):
     best_epoch: int
 
 
+class TimeProbe(TypedDict):
+    """How a run's `time_ratio_vs_student` was measured (kdbench/training/ratios.py)."""
+
+    ratio_quartiles: list[float]  # first and third quartile of the per-pair ratios: the probe's noise
+    pairs: int  # timed (run step, student step) pairs
+    warmup_steps: int  # untimed steps of each before them
+    step_seconds: float  # the run's step, median
+    student_step_seconds: float  # the student baseline's step, median
+    clock: str  # "process_cpu" (CPU) or "cuda_synchronized_wall"
+    seconds: float  # the probe's own wall time, its two twins built included (a part of wall_seconds)
+
+
 class Overhead(TypedDict, total=False):
     """What a run costs (kdbench/training/measure.py): params and FLOPs counted on a real training step."""
 
@@ -55,7 +67,12 @@ class Overhead(TypedDict, total=False):
     peak_memory_bytes: int
     peak_memory_method: str
     epoch_seconds: float
-    time_ratio_vs_student: float | None  # None until a student baseline of the same recipe exists
+    # the median step-time ratio of the run to its student baseline, timed side by side in the run's process;
+    # 1 for the baseline itself, None for a teacher (records before the probe: epoch seconds over the
+    # baseline's, None without one)
+    time_ratio_vs_student: float | None
+    # None where nothing was timed (the baseline itself, a teacher, older records)
+    time_probe: TimeProbe | None
     deploy_params: int  # the student as deployed (wrappers exported, e.g. VAM folded)
     deploy_flops_per_image: float
     export_max_abs_error: float | None  # max |deployed - trained| output (VAM's fold); None without wrappers
@@ -201,11 +218,17 @@ _METRICS = _mapping(
     {key: _PERCENT for key in ("last_top1", "last_top5", "best_top1", "best_top5")} | {"best_epoch": _COUNT},
     required=tuple(Metrics.__annotations__),
 )
+_TIME_PROBE = _mapping(
+    {"ratio_quartiles": _list_of(_AMOUNT), "pairs": _COUNT, "warmup_steps": _COUNT, "clock": _text()}
+    | {key: _AMOUNT for key in ("step_seconds", "student_step_seconds", "seconds")},
+    required=tuple(TimeProbe.__annotations__),
+)
 _OVERHEAD = _mapping(
     {key: _COUNT for key in ("extra_trainable_params", "peak_memory_bytes", "deploy_params")}
     | {key: _AMOUNT for key in ("train_flops_per_image", "teacher_flops_per_image", "epoch_seconds")}
     | {"deploy_flops_per_image": _AMOUNT, "peak_memory_method": _text()}
     | {key: _or_null(_AMOUNT) for key in ("time_ratio_vs_student", "export_max_abs_error")}
+    | {"time_probe": _or_null(_TIME_PROBE)}
 )
 _EVALUATION_FIELDS = _mapping(
     {"epoch": _number(low=1, whole=True), "images": _number(low=1, whole=True)}

@@ -36,9 +36,15 @@ def _methods(verbose: bool) -> None:
             needs = "a teacher" if cls.needs_teacher else "no teacher"
             views = f", extra views {', '.join(cls.extra_views)}" if cls.extra_views else ""
             print(f"{'':12s} needs {needs}{views}; fuses under --fuse on: {'yes' if cls.fuses else 'no'}")
+            print(f"{'':12s} pair kinds: {', '.join(cls.served_pair_kinds())}")
     print(
         f"{'NAME+kd':12s} Any teacher method plus vanilla KD (kd_weight 1), e.g. crd+kd as in the CRD paper."
     )
+    if verbose:
+        print(
+            "pair kinds: cnn = two CNNs, hetero = a CNN and a token model (ViT, Swin, MLP-Mixer through timm), "
+            "token = two token models; a method refuses, before training, a pair of a kind it does not serve"
+        )
 
 
 def _models() -> None:

@@ -42,7 +42,8 @@ from kdbench.core.store import TrainResult
 from kdbench.data import PreparedData
 from kdbench.methods.base import PairNotSupportedError
 from kdbench.training.evaluation import evaluate, teacher_outputs
-from kdbench.training.fused import FusedGroup, plan_groups
+from kdbench.training.fused import Batch, FusedGroup
+from kdbench.training.fused_plan import free_memory_bytes, group_key, plan_groups, size_limit
 from kdbench.training.measure import measure_costs
 from kdbench.training.member import EpochMeter, Member, NonFiniteLossError, forward
 from kdbench.training.results import train_result
@@ -59,6 +60,7 @@ class Trained:
     result: TrainResult | None = None
     error: Exception | None = None
     fused_members: int = 0  # members of its fused group (kdbench/training/fused.py); 0: not fused
+    fused_group: tuple[str, ...] = ()  # the run ids of that group, in its order
 
 
 @contextmanager
@@ -87,10 +89,16 @@ class Cohort:
         progress_bar: bool | None = None,
         on_epoch: Callable[[RunSpec, dict], None] | None = None,
         fuse: bool = False,
+        fuse_budget: int | None = None,
     ):
         self.data, self.teacher, self.device = data, teacher, device
         self.fuse = fuse  # fusable members of a stream train as one batched model (kdbench/training/fused.py)
-        self.fused_groups: list[FusedGroup] = []  # the current stream's
+        self.fused_groups: list[FusedGroup] = []  # the current epoch's
+        # bytes a fused group may take (None: the device's free memory, kdbench/training/fused_plan.py),
+        # and the most members a group of each key holds within them, measured on its first step
+        self.fuse_budget = fuse_budget
+        self.fuse_limits: dict[tuple, int] = {}
+        self.fused_with: dict[str, tuple[str, ...]] = {}  # run id -> the largest fused group it trained in
         self.progress = progress or to_stderr
         # a live bar for people at a terminal (None: when stderr is one); logs get per-epoch lines
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
@@ -117,8 +125,10 @@ class Cohort:
             with guard(member):
                 self.prepare_member(member)
         for epoch in range(1, self.epochs + 1):
-            for members in self.streams(epoch):
-                for member, entry in self.train_stream(epoch, members):
+            # fused, every stream of the epoch trains at once (members of several seeds fuse); else one by one
+            streams = [self.streams(epoch)] if self.fuse else [[members] for members in self.streams(epoch)]
+            for together in streams:
+                for member, entry in self.train_streams(epoch, together):
                     with guard(member):
                         self.finish_epoch(member, entry)
         for member in self.live():
@@ -126,7 +136,11 @@ class Cohort:
                 member.result = train_result(member)
                 member.result["wall_seconds"] = time.perf_counter() - member.started
         return [
-            run if isinstance(run, Trained) else Trained(run.spec, run.result, run.error, run.fused_members)
+            run
+            if isinstance(run, Trained)
+            else Trained(
+                run.spec, run.result, run.error, run.fused_members, self.fused_with.get(run.spec.run_id, ())
+            )
             for run in self.runs
         ]
 
@@ -150,33 +164,66 @@ class Cohort:
     def train_stream(self, epoch: int, members: list[Member]) -> list[tuple[Member, dict]]:
         """One epoch of `members` over one stream, the batches and the teacher forward shared:
         each surviving member's history entry (not yet evaluated)."""
+        return self.train_streams(epoch, [members])
+
+    def train_streams(self, epoch: int, streams: list[list[Member]]) -> list[tuple[Member, dict]]:
+        """One epoch of these streams' members, the streams in lockstep (a batch of each per step, each
+        drawn once by its leader; the teacher run once on each distinct batch, `teacher_forwards`):
+        each surviving member's history entry (not yet evaluated)."""
+        members = [m for stream in streams for m in stream]
         for member in members:
             with guard(member):
                 member.begin_epoch(epoch)
         meters = {id(m): EpochMeter() for m in members}
-        self.fused_groups = plan_groups(members) if self.fuse else []
-        for group in self.fused_groups:
-            for member in group.members:
-                member.fused_members = max(member.fused_members, len(group.members))
-        leader = members[0]
+        leaders = [stream[0] for stream in streams]
+        draws = [self.stream_batches(leaders[0], epoch), *(leader.batches() for leader in leaders[1:])]
         shared_seconds, mark = 0.0, time.perf_counter()
-        for batch in self.stream_batches(leader, epoch):
-            teacher_out = self.teacher_forward(batch[0], members)
-            shared_seconds += time.perf_counter() - mark  # drawing the batch + the teacher forward
-            self.step_members([m for m in members if m.error is None], batch, teacher_out, meters, epoch)
+        for step, batches in enumerate(zip(*draws, strict=True)):
+            if step == 0:
+                self.fused_groups = self.plan_fused(streams, batches) if self.fuse else []
+            teacher_outs = self.teacher_forwards(streams, batches)
+            shared_seconds += time.perf_counter() - mark  # drawing the batches + the teacher forwards
+            self.step_streams(streams, batches, teacher_outs, meters, epoch)
             mark = time.perf_counter()
         for group in self.fused_groups:  # each member's own student and optimizer hold its state again
             group.write_back()
         self.fused_groups = []
         entries = []
-        for member in [m for m in members if m.error is None]:
-            # every member drew these batches: its generator ends where the leader's does
-            member.generator.set_state(leader.generator.get_state())
-            meter = meters[id(member)]
-            meter.seconds += shared_seconds / len(members)  # the shared work, split evenly
-            with guard(member):
-                entries.append((member, member.close_epoch(epoch, meter)))
+        for leader, stream in zip(leaders, streams, strict=True):
+            for member in [m for m in stream if m.error is None]:
+                # every member of a stream drew its batches: its generator ends where the leader's does
+                member.generator.set_state(leader.generator.get_state())
+                meter = meters[id(member)]
+                meter.seconds += shared_seconds / len(members)  # the shared work, split evenly
+                with guard(member):
+                    entries.append((member, member.close_epoch(epoch, meter)))
         return entries
+
+    def plan_fused(self, streams: list[list[Member]], batches: tuple[Batch, ...]) -> list[FusedGroup]:
+        """The epoch's fused groups (kdbench/training/fused_plan.py), each within the memory budget: a
+        group of a kind not measured yet is measured on this first batch, then planned again."""
+        live = [m for stream in streams for m in stream if m.error is None]
+        groups = plan_groups(live, self.fuse_limits)
+        unmeasured = [g for g in groups if group_key(g.members[0]) not in self.fuse_limits]
+        if unmeasured:
+            self.fused_groups = groups  # what the teacher forwards serve
+            teacher_outs = self.teacher_forwards(streams, batches)
+            budget = free_memory_bytes(self.device) if self.fuse_budget is None else self.fuse_budget
+            for group in unmeasured:
+                own = [batches[self.stream_index(streams, m)] for m in group.members]
+                limit = size_limit(group, own, [teacher_outs[id(m)] for m in group.members], budget)
+                self.fuse_limits[group_key(group.members[0])] = limit
+            groups = plan_groups(live, self.fuse_limits)  # anew: the trial step moved the stacked copies
+        for group in groups:
+            for member in group.members:
+                if len(group.members) > member.fused_members:
+                    member.fused_members = len(group.members)
+                    self.fused_with[member.spec.run_id] = group.run_ids
+        return groups
+
+    @staticmethod
+    def stream_index(streams: list[list[Member]], member: Member) -> int:
+        return next(i for i, stream in enumerate(streams) if member in stream)
 
     def stream_batches(self, leader: Member, epoch: int):
         """The stream's batches, drawn by its leader's generator (behind a live bar where asked)."""
@@ -195,26 +242,68 @@ class Cohort:
         with torch.no_grad(), leader.precision.autocast():
             return forward(leader.train_teacher, images, fields)
 
+    def teacher_forwards(
+        self, streams: list[list[Member]], batches: tuple[Batch, ...]
+    ) -> dict[int, Features | None]:
+        """The teacher's features on each member's batch, by id(member): one forward per stream for its
+        members that step alone, one per fused group on its streams' distinct batches concatenated (the
+        teacher is in eval mode: each image's features are its own, up to reassociation); a group on one
+        stream shares the stream's."""
+        readers: dict[tuple[int, ...], list[Member]] = {}  # stream indices -> the members reading them
+        for group in self.fused_groups:
+            indices = tuple(dict.fromkeys(self.stream_index(streams, m) for m in group.members))
+            readers.setdefault(indices, []).extend(group.members)
+        fused = {id(m) for group in self.fused_groups for m in group.members}
+        for index, stream in enumerate(streams):
+            alone = [m for m in stream if id(m) not in fused]
+            if alone:
+                readers.setdefault((index,), []).extend(alone)
+        found: dict[int, Features | None] = {}
+        for indices, members in readers.items():
+            images = [batches[i][0] for i in indices]
+            out = self.teacher_forward(images[0] if len(images) == 1 else torch.cat(images), members)
+            parts = (
+                [out] if len(images) == 1 or out is None else split_features(out, [len(x) for x in images])
+            )
+            for member in members:
+                found[id(member)] = parts[indices.index(self.stream_index(streams, member))]
+        return found
+
     def step_members(
         self,
         members: list[Member],
-        batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        batch: Batch,
         teacher_out: Features | None,
         meters: dict[int, EpochMeter],
         epoch: int,
     ) -> None:
-        """Step these members on this batch (the teacher's features computed for all of them): each
-        fused group in one call, every other member alone."""
-        images, labels, indices = batch
-        fused = {id(m) for group in self.fused_groups for m in group.members}
+        """Step the members of one stream on this batch (the teacher's features computed for all of them)."""
+        self.step_streams([members], (batch,), dict.fromkeys(map(id, members), teacher_out), meters, epoch)
+
+    def step_streams(
+        self,
+        streams: list[list[Member]],
+        batches: tuple[Batch, ...],
+        teacher_outs: dict[int, Features | None],
+        meters: dict[int, EpochMeter],
+        epoch: int,
+    ) -> None:
+        """Step the streams' live members, each on its stream's batch: each fused group in one call,
+        every other member alone."""
         for group in self.fused_groups:
-            group.step(batch, teacher_out, meters, epoch, guard)
-        for member in [m for m in members if id(m) not in fused]:
-            meter, start = meters[id(member)], time.perf_counter()
-            with guard(member):
-                where = f"epoch {epoch} step {meter.steps}"
-                meter.add(*member.step(images, labels, indices, where, teacher_out), len(labels))
-            meter.seconds += time.perf_counter() - start
+            own = [batches[self.stream_index(streams, m)] for m in group.members]
+            group.step(own, [teacher_outs[id(m)] for m in group.members], meters, epoch, guard)
+        fused = {id(m) for group in self.fused_groups for m in group.members}
+        for batch, stream in zip(batches, streams, strict=True):
+            images, labels, indices = batch
+            for member in [m for m in stream if m.error is None and id(m) not in fused]:
+                meter, start = meters[id(member)], time.perf_counter()
+                with guard(member):
+                    where = f"epoch {epoch} step {meter.steps}"
+                    meter.add(
+                        *member.step(images, labels, indices, where, teacher_outs[id(member)]), len(labels)
+                    )
+                meter.seconds += time.perf_counter() - start
 
     def finish_epoch(self, member: Member, entry: dict) -> None:
         """Evaluate where the recipe says so, record the epoch, checkpoint it, print its line. The test
@@ -281,6 +370,25 @@ class Trainer:
         (trained,) = self.cohort.run()
         _raise_failure(trained)
         return trained.result
+
+
+def split_features(features: Features, sizes: list[int]) -> list[Features]:
+    """`features` of concatenated batches, cut back into each batch's (`sizes`: their lengths)."""
+
+    def cut(tensor):
+        return [None] * len(sizes) if tensor is None else torch.split(tensor, sizes)
+
+    fields = {name: cut(getattr(features, name)) for name in ("logits", "pooled", "stem")}
+    stages = [cut(t) for t in features.stages]
+    preact = [cut(t) for t in features.preact]
+    return [
+        Features(
+            **{name: parts[i] for name, parts in fields.items()},
+            stages=[parts[i] for parts in stages],
+            preact=[parts[i] for parts in preact],
+        )
+        for i in range(len(sizes))
+    ]
 
 
 def _raise_failure(run: Member | Trained) -> None:

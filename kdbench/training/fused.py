@@ -1,19 +1,25 @@
-"""Fused members: the members of a stream that share a student architecture train as one batched model.
+"""Fused members: members that share a student architecture and wrappers train as one batched model.
 
-Opt-in (`--fuse on`; issue 24). The members of one stream of a cohort (kdbench/training/engine.py)
-see the same batches; those whose method declares `fuses` (methods/base.py), with no wrappers, in
-fp32, uncompiled, in one process, and whose method trains no parameters of its own, are grouped by
-student architecture. A group holds its members' parameters and buffers stacked
-(`torch.func.stack_module_state`) and runs one forward and one backward over all of them:
-`torch.func.vmap` over `functional_call`, whose convolution batching rule is the grouped convolution
-HFTA writes by hand, for any architecture. BatchNorm's running statistics are stacked buffers that
-vmap updates in place, one slice per member. Each member's loss terms are its own method's, on its
-own slice of the outputs; their sum's gradient on a member's slice is that member's own gradient.
-One SGD over the stacked parameters, with the members' momentum, dampening, weight decay, nesterov
-and current lr, is elementwise: each slice steps as the member's own optimizer would.
+Opt-in (`--fuse on`; issue 24). The members of a cohort (kdbench/training/engine.py) whose method
+declares `fuses` (methods/base.py), in fp32, uncompiled, in one process, whose method trains no
+parameters of its own and reads no extra views, are grouped by student architecture and wrapper
+settings (kdbench/training/fused_plan.py), across the cohort's data streams: members of different
+seeds fuse too, each on its own batches. A group holds its members' parameters and buffers stacked
+(`torch.func.stack_module_state`; a wrapper's parameters, VAM's attention logits, are the student's
+and stack with them) and runs one forward and one backward over all of them: `torch.func.vmap` over
+`functional_call`, whose convolution batching rule is the grouped convolution HFTA writes by hand,
+for any architecture. Members of one stream share their batch (one image tensor, not batched);
+members of several streams each read their own (the images stacked). BatchNorm's running statistics
+are stacked buffers that vmap updates in place, one slice per member. Each member's loss terms are
+its own method's on its own slice of the outputs, with its own labels and teacher features, then its
+wrappers' terms on its own slice of the parameters (in the solo order); their sum's gradient on a
+member's slice is that member's own gradient. One SGD over the stacked parameters, a parameter group
+for each of the members' groups (the student's; VAM's, at its own lr and no weight decay) with their
+momentum, dampening, weight decay, nesterov and current lr, is elementwise: each slice steps as the
+member's own optimizer would.
 
-A group lives for one epoch of its stream: built from the members' students and optimizer state
-after `begin_epoch` (so a fused member starts where its solo run starts, and resumes from its own
+A group lives for one epoch: built from the members' students and optimizer state after
+`begin_epoch` (so a fused member starts where its solo run starts, and resumes from its own
 checkpoint), written back before `close_epoch` (parameters, buffers, momentum), so evaluation,
 checkpoints, export and records read each member's own student as they do unfused. The fused
 mathematics is the solo one; the numbers differ by floating-point reassociation only
@@ -34,72 +40,87 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils._pytree import tree_map
 
-from kdbench.core import distributed
 from kdbench.core.features import Features
 from kdbench.training.member import EpochMeter, Member, check_finite
 
 Guard = Callable[[Member], AbstractContextManager]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, indices
 FEATURE_FIELDS = ("logits", "pooled", "stem", "stages", "preact")
+SGD_SETTINGS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
 
-def fusable(member: Member) -> bool:
-    """Whether `member` may train inside a fused group (else it steps alone, as unfused)."""
-    spec = member.spec
-    return (
-        getattr(type(member.method), "fuses", False)
-        and not member.wrappers
-        and not member.extra_views
-        and spec.precision == "fp32"
-        and not spec.compile
-        and distributed.world_size() == 1
-        and not any(p.requires_grad for p in member.method.parameters())
-        and not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in member.student.modules())
-    )
+def _group_settings(member: Member) -> list[dict]:
+    """The SGD settings of each of the member's parameter groups, in order (its lr this epoch included)."""
+    return [{k: group[k] for k in SGD_SETTINGS} for group in member.optimizer.param_groups]
 
 
-def plan_groups(members: list[Member]) -> list[FusedGroup]:
-    """The fused groups of a stream's members: fusable members by student architecture, two or more."""
-    by_student: dict[str, list[Member]] = {}
-    for member in members:
-        if member.error is None and fusable(member):
-            by_student.setdefault(member.spec.student, []).append(member)
-    return [FusedGroup(group) for group in by_student.values() if len(group) > 1]
+def _group_of_parameter(member: Member) -> dict[str, int]:
+    """Which of the member's optimizer groups trains each of its student's parameters, by name."""
+    index = {id(p): g for g, group in enumerate(member.optimizer.param_groups) for p in group["params"]}
+    return {name: index[id(p)] for name, p in member.student.named_parameters()}
 
 
-def _sgd_hyperparameters(member: Member) -> dict:
-    (group,) = member.optimizer.param_groups  # no wrappers: one group, the student's parameters
-    return {k: group[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")}
+class _StudentWithTerms(nn.Module):
+    """The student's forward and its wrappers' loss terms as one call, for `functional_call`: the terms
+    read the same (stacked) parameters the forward does."""
+
+    def __init__(self, student: nn.Module, wrappers: list, fields: tuple[str, ...]):
+        super().__init__()
+        self.student = student
+        self.wrappers = wrappers
+        self.fields = fields
+
+    def forward(self, images: torch.Tensor):
+        if self.fields:
+            features = self.student(images, features=True)
+            out = {name: getattr(features, name) for name in FEATURE_FIELDS}
+        else:
+            out = self.student(images)
+        terms: dict[str, torch.Tensor] = {}
+        for wrapper in self.wrappers:
+            terms.update(wrapper.loss_terms(self.student))
+        return out, terms
 
 
 class FusedGroup:
-    """Members of one student architecture, stacked; `step` trains them all on a batch."""
+    """Members of one student architecture and wrapper set, stacked; `step` trains them all at once."""
 
     def __init__(self, members: list[Member]):
         self.members = members
         # each member's lr this epoch included (its scheduler steps at its `close_epoch`); one recipe
-        # per cohort, so a difference is a bug
-        hyper = [_sgd_hyperparameters(m) for m in members]
-        if any(h != hyper[0] for h in hyper):
-            raise RuntimeError(f"fused members' optimizers differ: {hyper}")
+        # and one wrapper set per group, so a difference is a bug
+        settings = [_group_settings(m) for m in members]
+        if any(s != settings[0] for s in settings):
+            raise RuntimeError(f"fused members' optimizers differ: {settings}")
         self.fields = members[0].student_features
-        self.template = copy.deepcopy(members[0].student).to("meta")  # the architecture, no storage
+        model = copy.deepcopy(members[0].student).to("meta")  # the architecture, no storage
+        self.template = _StudentWithTerms(model, members[0].wrappers, self.fields)
         self.params, self.buffers = stack_module_state([m.student for m in members])
-        self.optimizer = torch.optim.SGD(list(self.params.values()), **hyper[0])
+        group_of = _group_of_parameter(members[0])
+        groups = [
+            {"params": [self.params[n] for n in self.params if group_of[n] == g], **s}
+            for g, s in enumerate(settings[0])
+        ]
+        self.optimizer = torch.optim.SGD([g for g in groups if g["params"]])
         for name, stacked in self.params.items():
             momenta = [m.optimizer.state.get(self._own(m, name), {}).get("momentum_buffer") for m in members]
             if any(b is not None for b in momenta):  # the members have stepped (a later epoch, a resume)
                 self.optimizer.state[stacked]["momentum_buffer"] = torch.stack(momenta)
-        self.batched_forward = vmap(self._forward, in_dims=(0, 0, None), randomness="error")
+        # one batch for all (one stream), or each member's own (several streams: the images stacked)
+        self.shared_forward = vmap(self._forward, in_dims=(0, 0, None), randomness="error")
+        self.own_forward = vmap(self._forward, in_dims=(0, 0, 0), randomness="error")
 
     @staticmethod
     def _own(member: Member, name: str) -> nn.Parameter:
         return member.student.get_parameter(name)
 
+    @property
+    def run_ids(self) -> tuple[str, ...]:
+        return tuple(m.spec.run_id for m in self.members)
+
     def _forward(self, params: dict, buffers: dict, images: torch.Tensor):
-        if not self.fields:
-            return functional_call(self.template, (params, buffers), (images,))
-        out = functional_call(self.template, (params, buffers), (images,), {"features": True})
-        return {name: getattr(out, name) for name in FEATURE_FIELDS}
+        state = {f"student.{name}": value for name, value in {**params, **buffers}.items()}
+        return functional_call(self.template, state, (images,))
 
     def _member_output(self, outputs, index: int) -> Features:
         if not self.fields:
@@ -107,41 +128,63 @@ class FusedGroup:
         mine = tree_map(lambda t: t[index], outputs)
         return Features(**mine).only(self.fields)
 
-    def step(
-        self,
-        batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        teacher_out: Features | None,
-        meters: dict[int, EpochMeter],
-        epoch: int,
-        guard: Guard,
-    ) -> None:
-        """One optimisation step of every live member on `batch`, each with its own loss terms."""
-        images, labels, indices = batch
-        start = time.perf_counter()
+    def outputs(self, batches: list[Batch]):
+        """The batched forward: (outputs, wrapper terms), each stacked over the members."""
+        first = batches[0][0]
+        shared = all(batch[0] is first for batch in batches)
+        images = first if shared else torch.stack([batch[0] for batch in batches])
         with warnings.catch_warnings():
             # vmap runs the adaptive pool's in-place view (as_strided_) member by member and says so;
             # what fusion costs or saves in all is `kdbench bench`'s fusion row
             warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
-            outputs = self.batched_forward(self.params, self.buffers, images)
-        losses, recorded = [], []
+            return (self.shared_forward if shared else self.own_forward)(self.params, self.buffers, images)
+
+    def losses(
+        self,
+        batches: list[Batch],
+        teacher_outs: list[Features | None],
+        meters: dict[int, EpochMeter],
+        epoch: int,
+        guard: Guard,
+    ) -> list[tuple[Member, torch.Tensor, dict]]:
+        """Each live member's (member, loss, terms) on its batch, its method's terms then its wrappers'."""
+        outputs, wrapper_terms = self.outputs(batches)
+        recorded = []
         for index, member in enumerate(self.members):
             if member.error is not None:  # failed earlier: its slice trains no more, nothing of it is kept
                 continue
             with guard(member):
-                teacher = None if member.teacher is None else teacher_out.only(member.teacher_features)
+                _, labels, indices = batches[index]
+                teacher = teacher_outs[index]
+                teacher = None if member.teacher is None else teacher.only(member.teacher_features)
                 terms = member.method.losses(self._member_output(outputs, index), teacher, labels, indices)
+                terms.update({name: value[index] for name, value in wrapper_terms.items()})
                 loss = sum(terms.values())
                 check_finite(loss, f"epoch {epoch} step {meters[id(member)].steps}", terms)
-                losses.append(loss)
                 recorded.append((member, loss, terms))
+        return recorded
+
+    def step(
+        self,
+        batches: list[Batch],
+        teacher_outs: list[Features | None],
+        meters: dict[int, EpochMeter],
+        epoch: int,
+        guard: Guard,
+    ) -> None:
+        """One optimisation step of every live member, each on its own batch (`batches[i]`, with the
+        teacher's features on it, `teacher_outs[i]`) and with its own loss terms."""
+        start = time.perf_counter()
+        recorded = self.losses(batches, teacher_outs, meters, epoch, guard)
         self.optimizer.zero_grad(set_to_none=True)
-        if losses:
-            sum(losses).backward()
+        if recorded:
+            sum(loss for _, loss, _ in recorded).backward()
             self.optimizer.step()
         share = (time.perf_counter() - start) / len(self.members)
         for member, loss, terms in recorded:
             meter = meters[id(member)]
-            meter.add(float(loss.detach()), {n: float(v.detach()) for n, v in terms.items()}, len(labels))
+            images = len(batches[self.members.index(member)][1])
+            meter.add(float(loss.detach()), {n: float(v.detach()) for n, v in terms.items()}, images)
             meter.seconds += share
 
     @torch.no_grad()

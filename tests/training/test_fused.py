@@ -22,7 +22,7 @@ from kdbench.data import PreparedData, load_dataset
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
 from kdbench.training.engine import Cohort, EpochMeter, NonFiniteLossError
-from kdbench.training.fused import fusable, plan_groups
+from kdbench.training.fused_plan import fusable, plan_groups
 
 STEP_TOLERANCE = 1e-5  # one step from one state: losses (relative above 1), gradients, state after it
 RUN_TOLERANCE = 2e-3  # two epochs, fused vs unfused throughout: final weights and statistics, losses
@@ -155,7 +155,7 @@ def test_fusable_methods_are_declared_and_the_others_step_alone(data, teacher, t
     assert {"student", "kd"} <= set(FUSING)
     trained = cohort(data, teacher, tmp_path, fuse=True)
     (group,) = plan_groups(trained.members)
-    assert [m.spec for m in group.members] == SPECS[:-1]
+    assert [m.spec for m in group.members] == sorted(SPECS[:-1], key=lambda s: s.run_id)  # run-id order
     assert not fusable(trained.members[-1])  # fitnet: its connector trains, it reads features
 
 
@@ -251,9 +251,10 @@ def test_a_sweep_with_fuse_on_records_its_fused_members_outside_the_spec(tmp_pat
 
 
 def test_a_member_failing_inside_a_fused_group_is_recorded_and_the_others_go_on(data, teacher, tmp_path):
-    """kd at temperature 0 has a non-finite loss at its first step: recorded failed, as unfused; the
-    members fused beside it end where their unfused runs end."""
-    specs = [spec("student"), spec("kd", temperature=0.0), spec("kd")]
+    """kd weighted by 1e30 passes the cost probe (no update) and its first step, whose update makes its
+    weights infinite: a non-finite loss at its second step, recorded failed, as unfused; the members
+    fused beside it end where their unfused runs end."""
+    specs = [spec("student"), spec("kd", kd_weight=1e30), spec("kd")]
     options = dict(teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
     fused = Cohort(specs, data, out=tmp_path / "on", fuse=True, **options).run()
     plain = Cohort(specs, data, out=tmp_path / "off", **options).run()

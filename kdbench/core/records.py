@@ -280,7 +280,11 @@ RECORD_SCHEMA = _mapping(
         "teacher": _or_null(
             _mapping({"sha256": _SHA256, "test_top1": _PERCENT, "test_top5": _PERCENT}, required=("sha256",))
         ),
-        "environment": _mapping({"threads": _or_null(_number(low=1, whole=True))}),
+        "environment": _mapping(
+            {"threads": _or_null(_number(low=1, whole=True)), "fused_members": _COUNT}
+            # the runs of its fused group (kdbench/training/fused.py), which `kdbench rerun` trains again
+            | {"fused_group": _list_of(_text("[0-9a-f]{12}", "a run id (12 lowercase hex digits)"))}
+        ),
         "created": _text(),
     }
 )

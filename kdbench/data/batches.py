@@ -61,10 +61,30 @@ def _normalization(info: DatasetInfo, device: torch.device) -> tuple[torch.Tenso
 MEMORY_FORMAT = torch.channels_last
 
 
+# How a batch is resized where the run's image size is not the data's own (DatasetInfo.resized_from): the
+# record's `data.resized` says it (`resize_note`)
+RESIZE_MODE = "bilinear"
+
+
+def resize_note(info: DatasetInfo) -> str | None:
+    """What resizing the run's images went through, for its record; None where they are not resized."""
+    if info.resized_from is None:
+        return None
+    (from_h, from_w), (to_h, to_w) = info.resized_from, info.image_size
+    return f"{from_h}x{from_w} -> {to_h}x{to_w}, {RESIZE_MODE}, antialiased, per batch after augmentation"
+
+
 def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
-    """uint8 images -> float32 (x / 255 - mean) / std per channel, channels-last, on their device."""
+    """uint8 images -> float32 (x / 255 - mean) / std per channel, channels-last, on their device;
+    resized to `info.image_size` first where the data is stored at another size (`resized_from`)."""
     scale, shift = _normalization(info, images.device)
-    return images.to(torch.float32, memory_format=MEMORY_FORMAT).mul_(scale).sub_(shift)
+    images = images.to(torch.float32, memory_format=MEMORY_FORMAT)
+    if info.resized_from is not None:
+        images = F.interpolate(
+            images, size=info.image_size, mode=RESIZE_MODE, antialias=True, align_corners=False
+        )
+        images = images.contiguous(memory_format=MEMORY_FORMAT)
+    return images.mul_(scale).sub_(shift)
 
 
 def iterate_batches(

@@ -19,6 +19,7 @@ import torch
 from kdbench.core.errors import ConfigError
 from kdbench.core.registries import DATASETS, lookup
 from kdbench.core.spec import Recipe
+from kdbench.data.batches import resize_note
 from kdbench.data.identity import arrays_digest, folder_digest
 from kdbench.data.image_folder import (
     IMAGE_FOLDERS,
@@ -97,15 +98,12 @@ def resolve_recipe(
         check_image_size(recipe.image_size)
     if recipe.loader == "stream":
         open_stream(dataset, None)  # raises: not an image folder
-    if (
-        recipe.image_size is not None
-        and "image_size" not in inspect.signature(lookup(DATASETS, "dataset", dataset)).parameters
-    ):
-        raise ConfigError(
-            f"--image-size applies to image folders ({', '.join(IMAGE_FOLDERS)}) and synthetic data; "
-            f"{dataset} has a fixed size"
-        )
     return replace(recipe, loader="memory")
+
+
+def _takes_image_size(dataset: str) -> bool:
+    """Whether the dataset's loader makes its images at a size asked for (synthetic data)."""
+    return "image_size" in inspect.signature(lookup(DATASETS, "dataset", dataset)).parameters
 
 
 # The seed of a recipe's training and test subsets and validation split: fixed, not the run's, so every
@@ -127,14 +125,17 @@ class PreparedData:
         )
 
 
-def split_sizes(data: PreparedData) -> dict[str, int]:
+def split_sizes(data: PreparedData) -> dict[str, int | str]:
     """The images a run trained, validated and tested on (a record's `data`): what its recipe's subset
-    and split left of the data, whatever they asked for."""
-    return {
+    and split left of the data, whatever they asked for; and `resized`, how, where the run resized
+    them (a recipe's image size on a dataset of a fixed size; kdbench/data/batches.py `resize_note`)."""
+    sizes: dict[str, int | str] = {
         "train": len(data.train),
         "val": len(data.val) if data.val is not None else 0,
         "test": len(data.test),
     }
+    note = resize_note(data.info)
+    return sizes if note is None else {**sizes, "resized": note}
 
 
 def prepare_data(dataset: str, data_root: str | None, recipe: Recipe) -> PreparedData:
@@ -216,5 +217,10 @@ def _loaded(
         loader = resolve_recipe(dataset, data_root, Recipe(image_size=image_size, loader=loader)).loader
     if loader == "stream":
         return open_stream(dataset, data_root, image_size)
+    if image_size is not None and not _takes_image_size(dataset):
+        # a dataset of a fixed size, trained at another: stored as it is, each batch resized (`normalize`)
+        info, train, test = load_dataset(dataset, data_root)
+        size = (image_size, image_size)
+        return replace(info, image_size=size, resized_from=info.image_size), train, test
     options = {} if image_size is None else {"image_size": image_size}
     return load_dataset(dataset, data_root, **options)

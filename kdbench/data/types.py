@@ -67,7 +67,10 @@ class DatasetInfo:
     mean / std are per channel, on the [0, 1] scale. crop_padding: training images are
     zero-padded by this many pixels per side and randomly cropped back (0 = no crop);
     hflip: training images are mirrored left-right with probability 1/2. data_sha256: the identity
-    of the source data (`data_digest`), set by `load_dataset` and `open_stream`.
+    of the source data (`data_digest`), set by `load_dataset` and `open_stream`. resized_from: the
+    (height, width) the images are stored at when a run trains at another `image_size` (a recipe's
+    image size on a dataset of a fixed size): each batch is resized, after its augmentation
+    (`kdbench.data.batches.normalize`); None, the images are used at their own size.
     """
 
     name: str
@@ -80,6 +83,7 @@ class DatasetInfo:
     hflip: bool
     classes: tuple[str, ...]
     data_sha256: str | None = None
+    resized_from: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not len(self.mean) == len(self.std) == self.in_chans:

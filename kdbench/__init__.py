@@ -1,10 +1,11 @@
 """kdbench: a benchmark suite and leaderboard harness for knowledge distillation.
 
-The Python API (kdbench/api.py): `kdbench.run(...)`, `kdbench.report(...)`, `kdbench.load_records(...)`.
+The Python API (kdbench/api.py): `kdbench.run(...)`, `kdbench.leaderboard(...)` (a pandas DataFrame),
+`kdbench.report(...)`, `kdbench.load_records(...)`.
 """
 
 __version__ = "0.1.0"
-API = ("run", "report", "load_records")
+API = ("run", "leaderboard", "report", "load_records")
 
 
 def __getattr__(name: str):
@@ -15,3 +16,8 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'kdbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's own names and the API's, which `__getattr__` imports on first use (tab completion)."""
+    return sorted({*globals(), *API})

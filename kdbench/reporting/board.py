@@ -67,6 +67,8 @@ class Leaderboard:
     significant: set[tuple[str, str]] = field(default_factory=set)  # (row, "pair Δ"): significant gains
     dataset: str = ""
     wrappers: list[str] = field(default_factory=list)  # every wrapper the records name: its stats columns
+    # the finished runs counted: their records_frame rows, with "row" (their row label)
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def leaderboard(
@@ -77,6 +79,7 @@ def leaderboard(
     records = list(records)  # read twice: the frame, and the teachers' accuracy (teacher_rows)
     frame = records_frame(records)
     dataset = _pick_dataset(frame, dataset)
+    others = sorted(set(frame["dataset"]) - {dataset})
     frame = frame[frame["dataset"] == dataset]
     pairs = _pairs(frame)
     wrappers = wrapper_names(frame["config"])
@@ -101,7 +104,9 @@ def leaderboard(
     )
     notes = _notes(
         frame[frame["status"] != "done"],
-        duplicate_notes + _split_notes(done, differing),
+        [f"the records also hold {', '.join(others)}: a board per dataset (--dataset NAME)"] * bool(others)
+        + duplicate_notes
+        + _split_notes(done, differing),
         measured,
         published,
         sources,
@@ -121,19 +126,21 @@ def leaderboard(
         significant=significant,
         dataset=dataset,
         wrappers=wrappers,
+        runs=done,
     )
 
 
 def _pick_dataset(frame: pd.DataFrame, dataset: str | None) -> str:
-    datasets = sorted(frame["dataset"].unique())
-    if not datasets:
+    """`dataset`, or where none is named the one with most runs (of those, the first by name)."""
+    counts = frame["dataset"].value_counts()
+    if counts.empty:
         raise ConfigError("no run records to report; run `kdbench run` first")
     if dataset is None:
-        if len(datasets) > 1:
-            raise ConfigError(f"records span datasets {', '.join(datasets)}; choose one with --dataset")
-        return datasets[0]
-    if dataset not in datasets:
-        raise ConfigError(f"no run records for dataset '{dataset}'; records have {', '.join(datasets)}")
+        return min(counts.index, key=lambda name: (-counts[name], name))
+    if dataset not in counts:
+        raise ConfigError(
+            f"no run records for dataset '{dataset}'; records have {', '.join(sorted(counts.index))}"
+        )
     return dataset
 
 

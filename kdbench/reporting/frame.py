@@ -26,6 +26,9 @@ OVERHEAD_KEYS = (
     "deploy_params",
     "deploy_flops_per_image",
 )
+# the scalars of a record's `evaluation` (kdbench/core/records.py `Evaluation`): calibration error (%), top-1
+# agreement with the teacher (%), KL(teacher || student) in nats; NaN for old records, which have none
+EVALUATION_KEYS = ("ece", "agreement_top1", "teacher_kl")
 FRAME_COLUMNS = (
     # wrappers: the student wrappers the run applies, by name, joined by "+" ("" for none)
     ("run_id", "method", "label", "teacher", "student", "dataset", "seed", "wrappers", "epochs", "config")
@@ -33,9 +36,10 @@ FRAME_COLUMNS = (
     + METRIC_KEYS
     + ("wall_seconds", "throughput_img_s")
     + OVERHEAD_KEYS
+    + EVALUATION_KEYS
 )
 SPEC_FIELDS = set(RunSpec.__dataclass_fields__) - {"wrappers"}  # a record's spec holds each wrapper by name
-NUMERIC_COLUMNS = METRIC_KEYS + ("wall_seconds", "throughput_img_s") + OVERHEAD_KEYS
+NUMERIC_COLUMNS = METRIC_KEYS + ("wall_seconds", "throughput_img_s") + OVERHEAD_KEYS + EVALUATION_KEYS
 
 
 def _count(value: float) -> str:
@@ -100,6 +104,7 @@ def _frame_row(record: RunRecord) -> dict[str, Any]:
     spec = record["spec"]
     metrics = record.get("metrics") or {}
     overhead = record.get("overhead") or {}
+    evaluation = record.get("evaluation") or {}
     wrappers = applied_wrappers(spec)
     return {
         "run_id": record.get("run_id"),
@@ -118,11 +123,13 @@ def _frame_row(record: RunRecord) -> dict[str, Any]:
         "wall_seconds": record.get("wall_seconds"),
         "throughput_img_s": record.get("throughput_img_s"),
         **{key: overhead.get(key) for key in OVERHEAD_KEYS},
+        **{key: evaluation.get(key) for key in EVALUATION_KEYS},
     }
 
 
 def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
-    """One row per record, flattened: the spec fields tables group by, status/error, metrics, overhead."""
+    """One row per record, flattened: the spec fields tables group by, status/error, metrics, overhead and
+    the evaluation's scalars."""
     rows = [_frame_row(record) for record in records]
     frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
     frame[list(NUMERIC_COLUMNS)] = frame[list(NUMERIC_COLUMNS)].apply(pd.to_numeric)

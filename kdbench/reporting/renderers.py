@@ -1,5 +1,6 @@
 """A leaderboard as text: terminal, markdown or LaTeX (booktabs) tables with caption and notes, an HTML page
-(html.py), or tidy CSV / JSON with one row per cell and numeric columns (`tidy_columns`), for pandas and scripts."""
+(html.py), or tidy CSV / JSON with one row per cell and numeric columns (tidy.py), for pandas and scripts:
+the CSV holds the cells alone, the JSON the caption and notes beside them."""
 
 from __future__ import annotations
 
@@ -14,25 +15,11 @@ from tabulate import tabulate
 from kdbench.core.errors import ConfigError
 from kdbench.core.spec import wrapper_label
 from kdbench.reporting.board import OVERHEAD_COLUMNS, Leaderboard
-from kdbench.reporting.frame import OVERHEAD_KEYS
 from kdbench.reporting.html import leaderboard_page
-from kdbench.reporting.stats import ALPHA, wrapper_columns
+from kdbench.reporting.stats import ALPHA
+from kdbench.reporting.tidy import tidy_frame
 
 FORMATS = ("terminal", "markdown", "csv", "latex", "html", "json")
-
-
-def tidy_columns(wrappers: list[str]) -> list[str]:
-    """The columns of a tidy export, one row per (row, pair) cell: after the method, whether it applies each
-    wrapper (`vam`), and after "best" each wrapper's Δ and its Holm-corrected p (`vam_delta`, `vam_p_value`).
-    Numbers are plain (percent points, counts, FLOPs, seconds, bytes), NaN/empty where a cell has none;
-    booleans are True/False."""
-    applied = [wrapper_columns(wrapper)[0] for wrapper in wrappers]
-    deltas = [column for wrapper in wrappers for column in wrapper_columns(wrapper)[1:]]
-    return [
-        *("method", *applied, "pair", "row", "config", "mean", "std", "n", "ci_low", "ci_high", "delta"),
-        *("p_raw", "p_value", "significant", "best", *deltas, "published"),
-        *OVERHEAD_KEYS,
-    ]
 
 
 SIGNIFICANT_MARK = "†"
@@ -90,15 +77,9 @@ def _render_markdown(board: Leaderboard) -> str:
     return f"{_one_line(board.caption)} (**bold** = best)\n\n{table}\n{notes}\n"
 
 
-def _tidy(board: Leaderboard) -> pd.DataFrame:
-    return board.stats.reindex(columns=tidy_columns(board.wrappers))
-
-
 # What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection"): a text cell that starts with one
 # is written with a leading "'" so that it stays text; numbers (a negative Δ) stay numbers.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-# a field of a comment line as a spreadsheet splits it (',' or ';' by locale, tab), blanks before it skipped
-_FORMULA_FIELD = re.compile(r"(^|[,;\t])(\s*)(?=[=+\-@])")
 
 
 def _csv_cell(value: object) -> object:
@@ -106,14 +87,9 @@ def _csv_cell(value: object) -> object:
 
 
 def _render_csv(board: Leaderboard) -> str:
-    # Caption and notes as leading '#' lines: pandas.read_csv(comment="#") reads the cells back. A '#' or a
-    # line break inside them would end the comment or the line, so none is written; a spreadsheet splits
-    # them into fields, so a field that would start a formula gets its "'" too.
-    lines = [board.caption, *board.notes]
-    header = "".join(
-        _FORMULA_FIELD.sub(r"\1\2'", "# " + _one_line(line).replace("#", "no.")) + "\n" for line in lines
-    )
-    return header + _tidy(board).map(_csv_cell).to_csv(index=False, lineterminator="\n")
+    """The tidy cells alone, a header line then one line per cell: no comment lines, so that any CSV reader
+    reads it as written. The caption and notes are in `--format json` ("caption", "notes")."""
+    return tidy_frame(board).map(_csv_cell).to_csv(index=False, lineterminator="\n")
 
 
 def _json_value(value: object) -> object:
@@ -125,7 +101,7 @@ def _json_value(value: object) -> object:
 def _render_json(board: Leaderboard) -> str:
     cells = [
         {column: _json_value(value) for column, value in row.items()}
-        for row in _tidy(board).to_dict("records")
+        for row in tidy_frame(board).to_dict("records")
     ]
     document = {"caption": board.caption, "notes": board.notes, "cells": cells}
     return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False) + "\n"

@@ -1,12 +1,15 @@
 """The CLI's self-description (--version, examples, defaults, list --verbose) and the Python API."""
 
+import io
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 import kdbench
 from kdbench.cli import EXAMPLES, build_parser, main
+from kdbench.core.errors import ConfigError
 from kdbench.core.registries import METHODS
 
 
@@ -99,4 +102,28 @@ def test_the_python_api_runs_reports_and_loads(tmp_path):
     assert len(kdbench.load_records(tmp_path)) == 3 and len(kdbench.load_records(tmp_path, kind=None)) == 4
     table = kdbench.report(tmp_path, format="markdown", published=False)
     assert "kd (temperature=2.0)" in table and "kd (temperature=4.0)" in table
-    assert "\nmethod,vam,pair," in kdbench.report(records, format="csv", published=False)  # tidy rows
+    text = kdbench.report(records, format="csv", published=False)  # tidy rows, no comment lines
+    assert text.startswith("dataset,teacher,student,method,wrappers,vam,row,pair,epochs,")
+    frame = kdbench.leaderboard(tmp_path, published=False)  # the same rows, as a DataFrame
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame["row"]) == list(pd.read_csv(io.StringIO(text))["row"])
+    assert set(frame.loc[frame["method"] == "kd", "hp.temperature"]) == {2.0, 4.0}
+    assert "last epoch" in frame.attrs["caption"]
+
+
+def test_dir_lists_the_api():
+    assert {"run", "leaderboard", "report", "load_records", "__version__"} <= set(dir(kdbench))
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"epoch": 3, "methodz": "kd"}, "unknown keyword(s): epoch, methodz; kdbench.run takes "),
+        ({"methods": []}, "keyword methods is empty"),
+    ],
+)
+def test_the_api_names_a_wrong_keyword_as_a_keyword(tmp_path, keywords, message):
+    with pytest.raises(ConfigError) as raised:
+        kdbench.run(dataset="synthetic", out=str(tmp_path), **keywords)
+    assert str(raised.value).startswith(message) and "flag" not in str(raised.value)
+    assert not (tmp_path / "runs").exists()

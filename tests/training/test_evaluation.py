@@ -162,3 +162,12 @@ def test_the_teachers_test_outputs_are_computed_once_per_cohort(tiny_data, tmp_p
     alone = evaluate(deployed, tiny_data.test, tiny_data.info, CPU, teacher=fresh)["evaluation"]
     assert (alone["agreement_top1"], alone["teacher_kl"]) == (kd["agreement_top1"], kd["teacher_kl"])
     assert dkd["agreement_top1"] is not None
+
+
+def test_a_run_resumed_after_its_last_epoch_keeps_its_evaluation(tiny_data, tmp_path):
+    recipe = Recipe(epochs=2, batch_size=32, lr_decay_epochs=())
+    first = make_trainer(tiny_data, tmp_path, "kd", recipe=recipe).run()
+    again = make_trainer(tiny_data, tmp_path, "kd", recipe=recipe)
+    resumed = again.run()  # from the checkpoint of epoch 2: no epoch left, no evaluation pass
+    assert again.member.start_epoch == 3
+    assert resumed["evaluation"] == first["evaluation"] and resumed["evaluation"]["epoch"] == 2

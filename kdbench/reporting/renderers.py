@@ -17,6 +17,7 @@ from kdbench.core.spec import wrapper_label
 from kdbench.reporting.board import OVERHEAD_COLUMNS, Leaderboard
 from kdbench.reporting.html import leaderboard_page
 from kdbench.reporting.stats import ALPHA
+from kdbench.reporting.terminal import terminal_table, terminal_width, wrapped
 from kdbench.reporting.tidy import tidy_frame
 
 FORMATS = ("terminal", "markdown", "csv", "latex", "html", "json")
@@ -66,9 +67,10 @@ def _tabulated(
 
 
 def _render_terminal(board: Leaderboard) -> str:
-    notes = "".join(f"\n- {note}" for note in board.notes)
-    table = _tabulated(board, "simple", lambda text: f"{text} *")
-    return f"{board.caption} (* = best)\n\n{table}\n{notes}\n"
+    width = terminal_width()
+    notes = "".join("\n" + wrapped(f"- {note}", width, "  ") for note in board.notes)
+    table = terminal_table(_marked(board, lambda text: f"{text} *"), width)
+    return f"{wrapped(f'{board.caption} (* = best)', width)}\n\n{table}\n{notes}\n"
 
 
 def _render_markdown(board: Leaderboard) -> str:

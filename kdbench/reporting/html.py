@@ -125,8 +125,17 @@ def leaderboard_page(
     return page(title, body, made_by or provenance(), assets=None)
 
 
+def _page_wrappers(boards: Sequence[Leaderboard]) -> list[str]:
+    """Every wrapper the boards' records name: a row's `wrapper_deltas`, in this order."""
+    return sorted({wrapper for board in boards for wrapper in board.wrappers})
+
+
+def _has_delta(rows: list[dict], index: int) -> bool:
+    return any(row["wrapper_deltas"][index][1] is not None for row in rows)
+
+
 def page_rows(boards: Sequence[Leaderboard], records: Sequence[dict], significant_mark: str) -> list[dict]:
-    wrappers = sorted({wrapper for board in boards for wrapper in board.wrappers})
+    wrappers = _page_wrappers(boards)
     return [row for board in boards for row in board_rows(board, records, significant_mark, wrappers)]
 
 
@@ -135,8 +144,9 @@ def board_section(boards: Sequence[Leaderboard], rows: list[dict], cell_links: s
     folder of the cell pages (a site), None where there are none (the report's single page)."""
     escape = html.escape
     several = len({row["dataset"] for row in rows}) > 1
-    wrappers = sorted({wrapper for board in boards for wrapper in board.wrappers})
-    columns = _columns(several, wrappers)
+    wrappers = _page_wrappers(boards)
+    shown = [wrapper for index, wrapper in enumerate(wrappers) if _has_delta(rows, index)]
+    columns = _columns(several, wrappers, shown)
     captions = "".join(f'<p class="caption">{escape(board.caption)} Best in bold.</p>\n' for board in boards)
     notes = [
         escape(f"{board.dataset}: {note}" if several else note) for board in boards for note in board.notes
@@ -160,8 +170,9 @@ def board_section(boards: Sequence[Leaderboard], rows: list[dict], cell_links: s
     )
 
 
-def _columns(several: bool, wrappers: Sequence[str]) -> list[tuple]:
-    """(header, cell of a row -> (text, sort value, css), numeric, first sort order) of each column."""
+def _columns(several: bool, wrappers: Sequence[str], shown: Sequence[str]) -> list[tuple]:
+    """(header, cell of a row -> (text, sort value, css), numeric, first sort order) of each column; a Δ
+    column for each wrapper of `shown` (those of `wrappers`, the rows' `wrapper_deltas`, that some row has)."""
     columns = [
         ("pair", lambda row: (row["pair"], row["pair"], "text"), False, "ascending"),
         ("top-1 (%)", _top1_cell, True, "descending"),
@@ -175,6 +186,8 @@ def _columns(several: bool, wrappers: Sequence[str]) -> list[tuple]:
             0, ("dataset", lambda row: (row["dataset"], row["dataset"], "text"), False, "ascending")
         )
     for index, wrapper in enumerate(wrappers):
+        if wrapper not in shown:
+            continue
         columns.append(
             (
                 f"Δ{wrapper_label(wrapper)}",
@@ -229,7 +242,8 @@ def _table(rows: list[dict], columns: list[tuple], cell_links: str | None) -> st
         cells = []
         for _, cell, _, _ in columns:
             text, _, css = cell(row)
-            fragment = f"<b>{escape(text)}</b>" if css == "best" else escape(text)
+            fragment = escape(text).replace("→", "→<wbr>")  # a pair breaks after its arrow, if at all
+            fragment = f"<b>{fragment}</b>" if css == "best" else fragment
             cells.append(f'<td class="{css}">{fragment}</td>' if css else f"<td>{fragment}</td>")
         css = ' class="published"' if row["published"] else ""
         label = escape(row["label"]) + _links(rows, row, cell_links)
@@ -275,7 +289,13 @@ def chart_spec() -> dict:
     ]
     panels = []
     for field, title, pareto in CHART_COSTS:
-        x = {"field": field, "type": "quantitative", "title": title, "scale": {"zero": False}}
+        x = {
+            "field": field,
+            "type": "quantitative",
+            "title": title,
+            "scale": {"zero": False},
+            "axis": {"format": ".3~g"},
+        }
         panels.append(
             {
                 "width": 400,

@@ -100,7 +100,11 @@ def write_site(
     made_by = provenance(command) | {"stores": ", ".join(map(str, stores))}
     reference = load_published() if published else None
     datasets = sorted({record["spec"]["dataset"] for record in records})
-    boards = [leaderboard(records, reference, dataset=dataset) for dataset in datasets]
+    # each board from its dataset's records alone: the site has a board for every other dataset
+    boards = [
+        leaderboard([r for r in records if r["spec"]["dataset"] == dataset], reference, dataset=dataset)
+        for dataset in datasets
+    ]
     by_id = {record["run_id"]: record for record in records}
     for run_id, record in by_id.items():
         if _RUN_ID.fullmatch(run_id):  # read_record checked it names its file; a page links by it

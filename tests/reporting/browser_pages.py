@@ -56,3 +56,14 @@ def chart_points(page):
 
 def mean(text):
     return float(text.split()[0].rstrip("†")) if text else None
+
+
+def fits_the_window(page):
+    """Nothing on the page reaches past the window's right edge, nor scrolls inside a box."""
+    widest = page.evaluate(
+        "Math.max(...Array.from(document.querySelectorAll('table, svg, #chart, .table-wrap, footer'),"
+        " (element) => Math.max(element.getBoundingClientRect().right, element.scrollWidth)))"
+    )
+    return (
+        page.evaluate("document.documentElement.scrollWidth") <= WINDOW["width"] and widest <= WINDOW["width"]
+    )

@@ -288,13 +288,16 @@ class RunSpec:
 
     @property
     def label(self) -> str:
+        """How progress lines name the run (no part of its run id): `kd +VAM resnet56→resnet20 cifar100 seed=0`;
+        a teacher's training `teacher resnet56 cifar100 seed=0` (its spec is the student baseline's)."""
         wrapped = "".join(f" +{wrapper_label(name)}" for name in self.wrappers)
+        what = f"teacher {self.student}" if self.kind == "teacher" else f"{self.method}{wrapped} {self.pair}"
         mode = "".join(
             f" {m}"
             for m in (self.precision if self.precision != "fp32" else "", "compiled" if self.compile else "")
             if m
         )
-        return f"{self.method}{wrapped} {self.pair} {self.dataset} seed={self.seed}{mode}"
+        return f"{what} {self.dataset} seed={self.seed}{mode}"
 
 
 def registered_wrappers() -> dict[str, type]:

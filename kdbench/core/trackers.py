@@ -2,9 +2,10 @@
 
 `--log tensorboard,mlflow,wandb,aim` sends each epoch's scalars (loss and its terms, accuracy,
 learning rate, throughput, VAM attention entropy) through mmengine's visualisation back-ends, one
-tracker run per kdbench run, under `<store>/trackers/<backend>/<run_id>` (TensorBoard event files;
-an MLflow file store; W&B and Aim in their own offline directories), with the run's spec as its
-config. TensorBoard and Aim receive each epoch as it ends; MLflow and W&B, whose clients keep one
+tracker run per kdbench run, named by what it trains (`tracker_run_name`: method, pair, dataset, seed,
+then its run id, which tells two configurations apart) under `<store>/trackers/<backend>/<name>`
+(TensorBoard event files; an MLflow file store; W&B and Aim in their own offline directories), with the
+run's spec as its config. TensorBoard and Aim receive each epoch as it ends; MLflow and W&B, whose clients keep one
 active run per process, receive a run's epochs when it finishes (a cohort trains several runs at
 once). Each back-end needs its package (`pip install kdbench[trackers]` for TensorBoard and MLflow).
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kdbench.core.errors import ConfigError
+from kdbench.core.spec import wrapper_label
 
 # name -> (mmengine back-end class, the package it needs)
 TRACKERS = {
@@ -50,6 +52,17 @@ def epoch_scalars(entry: dict) -> dict[str, float]:
     return scalars
 
 
+def tracker_run_name(spec) -> str:
+    """A tracker run's name and folder: `kd+VAM_resnet56-resnet20_cifar100_seed0_<run_id>` (a teacher's:
+    `teacher_resnet56_cifar100_seed0_<run_id>`); what is no letter, digit, '.', '+' or '-' becomes '_'."""
+    wrapped = "".join(f"+{wrapper_label(name)}" for name in spec.wrappers)
+    what = "teacher" if spec.kind == "teacher" else f"{spec.method}{wrapped}"
+    pair = f"{spec.teacher}-{spec.student}" if spec.teacher else spec.student
+    return re.sub(
+        r"[^\w.+-]", "_", f"{what}_{pair}_{spec.dataset}_seed{spec.seed}_{spec.run_id}", flags=re.ASCII
+    )
+
+
 # clients that keep one active run per process (a cohort trains several runs at once): they receive a
 # run's scalars, epoch by epoch, when it finishes; the others stream each epoch as it ends
 DEFERRED = ("mlflow", "wandb")
@@ -73,8 +86,10 @@ class RunLog:
         from mmengine.config import Config
         from mmengine.visualization import vis_backend
 
-        save_dir = self.out / "trackers" / name / self.spec.run_id
+        save_dir = self.out / "trackers" / name / tracker_run_name(self.spec)
         options = {}
+        if name == "wandb":
+            options = {"init_kwargs": {"name": tracker_run_name(self.spec)}}
         if name == "mlflow":
             # a file store in the results store (MLflow's default tracking URI for a save_dir)
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")

@@ -11,6 +11,8 @@ import pytest
 
 from kdbench.cli import main
 from kdbench.core import store
+from kdbench.core.spec import RunSpec
+from kdbench.core.trackers import tracker_run_name
 
 TINY = ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "2", "--teacher-epochs", "1"]
 TINY += ["--train-subset", "256", "--vam", "off", "--format", "csv"]
@@ -25,6 +27,36 @@ def logged(tmp_path_factory):
     return out, {r["spec"]["method"]: r for r in store.load_records(out)}
 
 
+def _tracker_dir(out, backend: str, record: dict):
+    return out / "trackers" / backend / tracker_run_name(RunSpec.from_dict(record["spec"]))
+
+
+def test_tracker_runs_are_named_by_method_pair_dataset_and_seed(logged):
+    out, records = logged
+    names = sorted(path.name for path in (out / "trackers" / "tensorboard").iterdir())
+    assert names == sorted(
+        f"{name}_{records[method]['run_id']}"
+        for method, name in (
+            ("at", "at_resnet14-resnet8_synthetic_seed0"),
+            ("kd", "kd_resnet14-resnet8_synthetic_seed0"),
+            ("student", "student_resnet8_synthetic_seed0"),
+        )
+    )
+
+
+def test_a_teachers_training_is_logged_as_the_teachers(tmp_path, capsys):
+    assert (
+        main(
+            ["teacher", "train", "resnet8", "--dataset", "synthetic", "--teacher-epochs", "1"]
+            + ["--train-subset", "128", "--out", str(tmp_path)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr()
+    lines = [line for line in (printed.out + printed.err).splitlines() if "epoch 1/1" in line]
+    assert lines and all("] teacher resnet8 synthetic seed=0 epoch 1/1" in line for line in lines)
+
+
 def test_tensorboard_event_files_hold_each_epochs_scalars(logged):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -32,7 +64,7 @@ def test_tensorboard_event_files_hold_each_epochs_scalars(logged):
     out, records = logged
     for method in ("student", "kd", "at"):
         record = records[method]
-        events = EventAccumulator(str(out / "trackers" / "tensorboard" / record["run_id"]))
+        events = EventAccumulator(str(_tracker_dir(out, "tensorboard", record)))
         events.Reload()
         losses = [(event.step, event.value) for event in events.Scalars("train_loss")]
         expected = [(entry["epoch"], entry["train_loss"]) for entry in record["history"]]
@@ -41,9 +73,7 @@ def test_tensorboard_event_files_hold_each_epochs_scalars(logged):
         assert events.Scalars("test_top1")[-1].value == pytest.approx(record["metrics"]["last_top1"])
     assert (
         "loss/at"
-        in EventAccumulator(str(out / "trackers" / "tensorboard" / records["at"]["run_id"]))
-        .Reload()
-        .Tags()["scalars"]
+        in EventAccumulator(str(_tracker_dir(out, "tensorboard", records["at"]))).Reload().Tags()["scalars"]
     )
 
 
@@ -53,7 +83,7 @@ def test_an_mlflow_file_store_holds_each_run_with_its_spec(logged):
     for method in ("kd", "at"):  # cohort members: each its own MLflow run, never mixed
         record = records[method]
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-        client = mlflow.tracking.MlflowClient(f"file://{out / 'trackers' / 'mlflow' / record['run_id']}")
+        client = mlflow.tracking.MlflowClient(f"file://{_tracker_dir(out, 'mlflow', record)}")
         (run,) = client.search_runs([client.get_experiment_by_name("kdbench").experiment_id])
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert [(m.step, m.value) for m in history] == [

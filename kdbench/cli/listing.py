@@ -48,9 +48,17 @@ def _methods(verbose: bool) -> None:
 
 
 def _models() -> None:
+    from kdbench.core.registries import MODEL_ALIASES
     from kdbench.models import list_models
 
-    print("\n".join(list_models() + ["timm:<any timm model name>"]))
+    # the other code bases' names each model also answers to (RepDistiller, mdistiller)
+    aliases: dict[str, list[str]] = {}
+    for alias, name in sorted(MODEL_ALIASES.items()):
+        aliases.setdefault(name, []).append(alias)
+    for name in list_models():
+        also = f" (alias {', '.join(aliases[name])})" if name in aliases else ""
+        print(f"{name}{also}")
+    print("timm:<any timm model name>")
 
 
 def _datasets() -> None:

@@ -68,6 +68,17 @@ def test_list_methods_verbose_shows_citation_and_hyperparameters(capsys):
     assert "needs no teacher" in facts("tfkd") and "extra views strong" in facts("mlkd")
 
 
+def test_list_models_shows_each_models_aliases(capsys):
+    from kdbench.models import ALIASES
+
+    assert main(["list", "models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for alias, name in ALIASES.items():
+        (line,) = [line for line in lines if line.split()[0] == name]
+        assert alias in line.partition("(alias ")[2]
+    assert "timm:<any timm model name>" in lines
+
+
 def test_teacher_train_takes_only_its_flags(capsys):
     assert pytest.raises(SystemExit, main, ["teacher", "train", "resnet8", "--methods", "kd"]).value.code == 2
     assert "unrecognized arguments: --methods kd" in capsys.readouterr().err

@@ -41,16 +41,17 @@ class TimmModel(nn.Module):
     """Wraps a timm model (`self.model`, so its state_dict keys are timm's under the `model.` prefix).
 
     image_shape: the (C, H, W) of the images it is built for; `forward_from` checks on it, once,
-    that the model's stages chain."""
+    that the model's stages chain. name: its kdbench name without the prefix (constructor arguments
+    included), for messages; default, timm's architecture."""
 
-    def __init__(self, model: nn.Module, image_shape: tuple[int, int, int]):
+    def __init__(self, model: nn.Module, image_shape: tuple[int, int, int], name: str | None = None):
         super().__init__()
         self.model = model
         self.image_shape = tuple(image_shape)
         taps = [model.get_submodule(info["module"]) for info in model.feature_info]
         self.has_stem = bool(taps) and _is_stem_tap(taps[0])
         self._stage_names = [info["module"] for info in model.feature_info[int(self.has_stem) :]]
-        self.architecture = f"timm:{model.default_cfg.get('architecture', type(model).__name__)}"
+        self.architecture = f"timm:{name or model.default_cfg.get('architecture', type(model).__name__)}"
         convolutional = any(
             isinstance(m, nn.Conv2d) for stage in self.stage_modules() for m in stage.modules()
         )
@@ -200,4 +201,4 @@ def build_timm_model(
         )
     size = image_size if image_size is not None else model.pretrained_cfg.get("input_size", (3, 224, 224))[1:]
     height, width = (size, size) if isinstance(size, int) else size
-    return TimmModel(model, (in_chans, height, width))
+    return TimmModel(model, (in_chans, height, width), full_name)

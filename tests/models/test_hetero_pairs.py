@@ -98,6 +98,7 @@ def test_timm_constructor_arguments_follow_the_name():
     )
     model = build_model(TINY_SWIN, num_classes=3, image_size=(32, 32))
     assert model.model.embed_dim == 24 and [len(layer.blocks) for layer in model.model.layers] == [1, 1, 1, 1]
+    assert model.architecture == TINY_SWIN  # what a refusal names it by
     with pytest.raises(ConfigError, match="argument 'depths' is not key=value"):
         build_model("timm:test_vit@depths", num_classes=3)
     with pytest.raises(ConfigError, match="timm:test_resnet@bogus=1.*bogus"):

@@ -1,5 +1,7 @@
-"""BKD: binary-cross-entropy KD, the logit baseline of Hao et al.'s code for "One-for-All: Bridge the
-Gap Between Heterogeneous Architectures in Knowledge Distillation" (NeurIPS 2023).
+"""BKD: binary cross-entropy KD, a logit baseline in the code of Hao et al.'s OFA-KD (NeurIPS 2023).
+
+The code is that of "One-for-All: Bridge the Gap Between Heterogeneous Architectures in Knowledge
+Distillation" (Hao et al., NeurIPS 2023; methods/ofa.py).
 
 Each class is a binary problem whose target is the teacher's softmax probability:
 

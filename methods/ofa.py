@@ -1,5 +1,4 @@
-"""OFA-KD: Hao et al., "One-for-All: Bridge the Gap Between Heterogeneous Architectures in Knowledge
-Distillation", NeurIPS 2023.
+"""OFA-KD: Hao et al., "One-for-All: Bridge the Gap Between Heterogeneous Architectures in Knowledge Distillation", NeurIPS 2023.
 
 Intermediate student stages are projected into the logit space by branches of their own, and every
 branch, and the student's own logits, match the teacher's logits with the OFA loss: with p^t, p^s the

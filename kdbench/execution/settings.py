@@ -281,7 +281,8 @@ _DECLARED = [
     # -- the commands' own ----------------------------------------------------------------------------------
     Setting("format", "leaderboard format printed at the end", FLAG, (RUN, REPORT), default="terminal",
             choices=FORMATS, per_command={REPORT: {"help": "table format; html is one self-contained page, "
-                                                   "csv and json are tidy data"}}),
+                                                   "csv and json are tidy data, one row per configuration and pair (the "
+                                                   "caption and notes: json's)"}}),
     Setting("record", "a run record, STORE/runs/<run_id>.json", FLAG, (RERUN,), positional=True),
     Setting("plot", "also write accuracy-vs-overhead and learning-curve PNGs", FLAG, (REPORT,), metavar="DIR"),
     Setting("no_published", "omit the published reference rows", FLAG, (REPORT, SITE), action="store_true"),

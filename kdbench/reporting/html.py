@@ -294,7 +294,7 @@ def chart_spec() -> dict:
             "type": "quantitative",
             "title": title,
             "scale": {"zero": False},
-            "axis": {"format": ".3~g"},
+            "axis": {"format": ".3~g", "tickCount": 6},
         }
         panels.append(
             {

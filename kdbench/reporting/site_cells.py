@@ -27,7 +27,10 @@ def cell_page(
     """The page of `row` (a measured row of site_rows.board_rows); `records` by run id; `compared` the
     published row it is compared with ({"top1", "delta", "source", "url"}) or None."""
     escape = html.escape
-    runs = [records[run_id] for run_id in row["runs"] if run_id in records]
+    runs = sorted(
+        (records[run_id] for run_id in row["runs"] if run_id in records),
+        key=lambda r: str(r["spec"].get("seed")),
+    )
     title = f"{row['label']} on {row['pair']} ({row['dataset']})"
     figures = [
         ("top-1 (%)", row["top1_text"]),
@@ -43,7 +46,9 @@ def cell_page(
         _published(compared),
         "<h2>Learning curves</h2>",
         '<div id="curves" role="img" aria-label="learning curves of the runs"></div>',
-        f'<script type="application/json" id="kdbench-curves">{script_json(curves_data(runs))}</script>',
+        f'<script type="application/json" data-chart="curves">{script_json(curves_spec(runs))}</script>',
+        "<h2>Evaluation of the deployed student (last epoch, test split)</h2>",
+        *evaluation_part(runs),
         "<h2>Runs</h2>",
         _plain_table(
             ("seed", "run", "last top-1", "best top-1 (epoch)", "epochs", "trained with"), _runs(runs)
@@ -119,18 +124,24 @@ def _record_block(record: RunRecord) -> str:
     )
 
 
-def curves_data(runs: list[RunRecord]) -> dict:
-    """The learning curves' points (one per run and epoch) and their Vega-Lite spec."""
-    points = []
-    for record in runs:
-        seed = f"seed {record['spec'].get('seed')}"
-        for entry in record.get("history") or []:
-            point = {"seed": seed, "epoch": entry.get("epoch")}
-            point["train_loss"] = entry.get("train_loss")
-            point["test_top1"] = entry.get("test_top1")
-            points.append(point)
-    epoch = {"field": "epoch", "type": "quantitative", "title": "epoch", "axis": {"tickMinStep": 1}}
-    color = {"field": "seed", "type": "nominal"}
+def curves_spec(runs: list[RunRecord]) -> dict:
+    """The learning curves' Vega-Lite spec, its points inline (one per run and epoch)."""
+    points = [
+        {
+            "seed": f"seed {record['spec'].get('seed')}",
+            "epoch": entry.get("epoch"),
+            "train_loss": entry.get("train_loss"),
+            "test_top1": entry.get("test_top1"),
+        }
+        for record in runs
+        for entry in record.get("history") or []
+    ]
+    epoch = {
+        "field": "epoch",
+        "type": "quantitative",
+        "title": "epoch",
+        "axis": {"tickMinStep": 1, "format": "d"},
+    }
 
     def panel(field: str, title: str) -> dict:
         return {
@@ -141,16 +152,103 @@ def curves_data(runs: list[RunRecord]) -> dict:
             "encoding": {
                 "x": epoch,
                 "y": {"field": field, "type": "quantitative", "title": title, "scale": {"zero": False}},
-                "color": color,
+                "color": {"field": "seed", "type": "nominal"},
                 "tooltip": [{"field": "seed"}, {"field": "epoch"}, {"field": field}],
             },
         }
 
-    spec = {
+    return {
         "data": {"values": points},
         "hconcat": [
             panel("test_top1", "test top-1 (%) at evaluated epochs"),
             panel("train_loss", "train loss"),
         ],
     }
-    return {"spec": spec, "points": len(points)}
+
+
+MAX_CONFUSION_CLASSES = 100  # a bigger confusion matrix is in the record, not drawn
+
+
+def _figure(value: object, fmt: str = ".2f") -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def evaluation_part(runs: list[RunRecord]) -> list[str]:
+    """Each run's calibration and agreement with its teacher (the record's `evaluation`), and a chart of
+    the per-class top-1 (each run) and the confusion matrix (summed over the runs)."""
+    evaluated = [(record, record["evaluation"]) for record in runs if record.get("evaluation")]
+    if not evaluated:
+        return ["<p>None in these records (written before kdbench recorded it).</p>"]
+    headers = ("seed", "ECE (%)", "top-1 agreement with the teacher (%)", "KL(teacher ‖ student), nats")
+    table = _plain_table(
+        (*headers, "test images", "epoch"),
+        [
+            [
+                str(record["spec"].get("seed")),
+                _figure(evaluation.get("ece")),
+                _figure(evaluation.get("agreement_top1")),
+                _figure(evaluation.get("teacher_kl"), ".4f"),
+                str(evaluation.get("images")),
+                str(evaluation.get("epoch")),
+            ]
+            for record, evaluation in evaluated
+        ],
+    )
+    per_class = [
+        {"seed": f"seed {record['spec'].get('seed')}", "class": index, "top1": value}
+        for record, evaluation in evaluated
+        for index, value in enumerate(evaluation.get("per_class_top1") or [])
+        if value is not None
+    ]
+    panels = [
+        {
+            "width": 420,
+            "height": 220,
+            "data": {"values": per_class},
+            "mark": {"type": "point", "filled": True},
+            "encoding": {
+                "x": {"field": "class", "type": "ordinal", "title": "class index"},
+                "y": {"field": "top1", "type": "quantitative", "title": "per-class top-1 (%)"},
+                "color": {"field": "seed", "type": "nominal"},
+                "tooltip": [{"field": "seed"}, {"field": "class"}, {"field": "top1", "format": ".2f"}],
+            },
+        }
+    ]
+    confusion = _confusion(evaluation for _, evaluation in evaluated)
+    if confusion:
+        panels.append(
+            {
+                "width": 300,
+                "height": 300,
+                "data": {"values": confusion},
+                "mark": "rect",
+                "encoding": {
+                    "x": {"field": "predicted", "type": "ordinal"},
+                    "y": {"field": "true", "type": "ordinal"},
+                    "color": {"field": "count", "type": "quantitative", "scale": {"type": "symlog"}},
+                    "tooltip": [{"field": "true"}, {"field": "predicted"}, {"field": "count"}],
+                },
+            }
+        )
+    spec = {"hconcat": panels}
+    return [
+        table,
+        '<div id="evaluation" role="img" aria-label="per-class top-1 and confusion matrix"></div>',
+        f'<script type="application/json" data-chart="evaluation">{script_json(spec)}</script>',
+    ]
+
+
+def _confusion(evaluations) -> list[dict]:
+    """The confusion matrices of the runs summed, as points; none where a run lacks one, their sizes
+    differ or there are more than MAX_CONFUSION_CLASSES classes."""
+    matrices = [evaluation.get("confusion") for evaluation in evaluations]
+    if not matrices or any(m is None for m in matrices) or len({len(m) for m in matrices}) != 1:
+        return []
+    size = len(matrices[0])
+    if size > MAX_CONFUSION_CLASSES:
+        return []
+    return [
+        {"true": i, "predicted": j, "count": sum(m[i][j] for m in matrices)}
+        for i in range(size)
+        for j in range(size)
+    ]

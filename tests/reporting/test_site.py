@@ -201,6 +201,24 @@ def test_a_row_links_to_its_runs_records_curves_and_published_row(site, open_pag
         assert record["spec"]["method"] == "kd"
     # the curves: a point per run and evaluated epoch (top-1) and per run and epoch (loss)
     assert page.locator("#curves g.mark-symbol.role-mark path").count() >= 2 * 2
+    # the evaluation: each run's ECE and agreement, a point per run and class, the summed confusion matrix
+    evaluation = record["evaluation"]
+    rows = page.locator("table.plain").nth(1).locator("tbody tr")  # figures, evaluation, runs
+    assert rows.count() == 2
+    cells = rows.nth(1).locator("td").all_inner_texts()
+    assert cells[1:3] == [f"{evaluation['ece']:.2f}", f"{evaluation['agreement_top1']:.2f}"]
+    classes = evaluation["classes"]
+    assert page.locator("#evaluation g.mark-symbol.role-mark path").count() == 2 * classes
+    assert page.locator("#evaluation g.mark-rect.role-mark path").count() == classes * classes
+    assert open_page.errors == []
+
+
+@needs_browser
+def test_a_cell_of_records_without_evaluation_says_so(site, open_page):
+    page = open_page(_board(site, "cifar10"))
+    page.locator(f"{TABLE} a", has_text="runs, curves").first.click()
+    page.wait_for_load_state("load")
+    assert "None in these records" in page.locator("body").inner_text()
     assert open_page.errors == []
 
 

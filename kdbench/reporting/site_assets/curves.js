@@ -1,11 +1,15 @@
-// A cell page of kdbench's site (kdbench/reporting/site_cells.py): draws the runs' learning curves from
-// the Vega-Lite spec in #kdbench-curves.
+// A cell page of kdbench's site (kdbench/reporting/site_cells.py): draws each Vega-Lite spec held in a
+// <script type="application/json" data-chart="ID"> into the element of that id (the learning curves, the
+// per-class evaluation).
 (() => {
   "use strict";
-  const data = JSON.parse(document.getElementById("kdbench-curves").textContent);
-  const spec = window.vegaLite.compile(data.spec).spec;
-  const view = new window.vega.View(window.vega.parse(spec, null, { ast: true }), {
-    expr: window.vega.expressionInterpreter, renderer: "svg", container: "#curves", hover: true,
+  const views = Array.from(document.querySelectorAll("script[data-chart]"), (script) => {
+    const spec = window.vegaLite.compile(JSON.parse(script.textContent)).spec;
+    // the expression interpreter: no code generated from strings, as the page's policy requires
+    return new window.vega.View(window.vega.parse(spec, null, { ast: true }), {
+      expr: window.vega.expressionInterpreter, renderer: "svg",
+      container: document.getElementById(script.dataset.chart), hover: true,
+    });
   });
-  window.kdbenchChart = { view, updated: view.runAsync() };
+  window.kdbenchChart = { views, updated: Promise.all(views.map((view) => view.runAsync())) };
 })();

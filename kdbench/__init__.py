@@ -1,11 +1,11 @@
 """kdbench: a benchmark suite and leaderboard harness for knowledge distillation.
 
 The Python API (kdbench/api.py): `kdbench.run(...)`, `kdbench.leaderboard(...)` (a pandas DataFrame),
-`kdbench.report(...)`, `kdbench.load_records(...)`.
+`kdbench.runs_frame(...)` (one row per run), `kdbench.report(...)`, `kdbench.load_records(...)`.
 """
 
 __version__ = "0.1.0"
-API = ("run", "leaderboard", "report", "load_records")
+API = ("run", "leaderboard", "runs_frame", "report", "load_records")
 
 
 def __getattr__(name: str):

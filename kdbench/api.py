@@ -1,5 +1,5 @@
-"""The Python API for notebooks and scripts: `kdbench.run`, `kdbench.leaderboard`, `kdbench.report`,
-`kdbench.load_records`.
+"""The Python API for notebooks and scripts: `kdbench.run`, `kdbench.leaderboard`, `kdbench.runs_frame`,
+`kdbench.report`, `kdbench.load_records`.
 
     import kdbench
     records = kdbench.run(methods=["student", "kd"], seeds=3, recipe={"epochs": 6}, out="store")
@@ -107,6 +107,15 @@ def leaderboard(
     from kdbench import reporting
 
     return reporting.tidy_frame(_board(records, dataset, published))
+
+
+def runs_frame(records: str | Path | list[RunRecord] = settings.DEFAULT_STORE) -> pd.DataFrame:
+    """The per-run form of the data: one row per distillation record of a store (or of given records),
+    failed ones included (`status`, `error`): the spec fields tables group by, the seed, the last- and
+    best-epoch metrics, the costs and the evaluation's scalars (kdbench/reporting/frame.py `FRAME_COLUMNS`)."""
+    from kdbench import reporting
+
+    return reporting.records_frame(records if isinstance(records, list) else load_records(records))
 
 
 def report(

@@ -120,10 +120,13 @@ def test_the_python_api_runs_reports_and_loads(tmp_path):
     assert list(frame["row"]) == list(pd.read_csv(io.StringIO(text))["row"])
     assert set(frame.loc[frame["method"] == "kd", "hp.temperature"]) == {2.0, 4.0}
     assert "last epoch" in frame.attrs["caption"]
+    runs = kdbench.runs_frame(tmp_path)  # the per-run form: one row per record
+    assert sorted(runs["run_id"]) == sorted(record["run_id"] for record in records)
+    assert {"dataset", "teacher", "student", "method", "seed", "last_top1", "ece"} <= set(runs.columns)
 
 
 def test_dir_lists_the_api():
-    assert {"run", "leaderboard", "report", "load_records", "__version__"} <= set(dir(kdbench))
+    assert {"run", "leaderboard", "runs_frame", "report", "load_records", "__version__"} <= set(dir(kdbench))
 
 
 @pytest.mark.parametrize(

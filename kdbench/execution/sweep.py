@@ -35,7 +35,7 @@ from kdbench.execution.backends import Backend, open_backend
 from kdbench.execution.units import RunUnit, TeacherUnit, WorkerSettings
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.models import build_model, list_models
-from kdbench.training import ratios, teachers
+from kdbench.training import teachers
 from kdbench.training.cohort import MAX_COHORT_MEMBERS, plan_cohorts
 from kdbench.training.member import probe_shapes
 from kdbench.wrappers.vam import VAMConfig
@@ -393,6 +393,4 @@ class Sweep:
                 else:
                     getattr(self.summary, outcome.status).append(outcome.run_id)  # done, cached or failed
                     self.bar.update()
-        if distributed.is_main():
-            ratios.fill_time_ratios(self.out, self.summary.done + self.summary.cached)
         return self.summary

@@ -13,6 +13,7 @@ saved-tensor hooks, each storage once). The record says which method gave the nu
 
 `measure_costs` measures a member (kdbench/training/member.py) before its first epoch, on copies
 of its modules and with generators of its own: no state of the run changes, and no random stream.
+On the same batch it times the member's step against its student baseline's (kdbench/training/ratios.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from kdbench.core import distributed
 from kdbench.data import iterate_batches
 from kdbench.training.member import Member
+from kdbench.training.ratios import probe_time_ratio
 
 
 def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
@@ -95,7 +98,8 @@ def measure_train_step(
 
 def measure_costs(member: Member) -> dict:
     """One counted training step of `member` on copies (no state of the real run changes) + the
-    teacher's inference FLOPs and the extra parameters the method and the wrappers train."""
+    teacher's inference FLOPs, the extra parameters the method and the wrappers train, and its step
+    time relative to the student baseline's, timed on the same batch."""
     data, device = member.data, member.device
     info = data.info
     rng_state = torch.get_rng_state()
@@ -132,4 +136,5 @@ def measure_costs(member: Member) -> dict:
     costs["extra_trainable_params"] = parameter_count(method, trainable_only=True) + sum(
         p.numel() for wrapper in member.wrappers for p in wrapper.parameters(member.student)
     )
+    costs.update(probe_time_ratio(member, distributed.shard(images, labels, indices)))
     return costs

@@ -1,0 +1,103 @@
+"""The time ratio to the student (kdbench/training/ratios.py) describes the method, not the schedule:
+
+- kd's and crd's ratios agree, within the probe's noise, whether their sweep trained cohorts or not
+  (the ratio of epoch seconds it replaces did not: a cohort member's epoch shares the loop);
+- the probe changes nothing of the run it times: models, optimizer state, random streams;
+- the student baseline's ratio is 1 by definition (nothing is timed); a wrapped student's is timed;
+  a teacher has none.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import make_trainer
+
+from kdbench.core import store
+from kdbench.core.catalog import Pair
+from kdbench.core.spec import Recipe
+from kdbench.execution.sweep import Sweep, SweepRequest
+from kdbench.training.ratios import TIMED_PAIRS, probe_time_ratio
+from kdbench.wrappers.vam import VAMConfig
+
+TINY = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=192)
+# Two probes of one method on this 2-core machine under a load of 10-12 differ by a few percent
+# (README, "Costs", has the figures); the cohort's ratio of epoch seconds it replaces was off by ~20 %.
+TOLERANCE = 0.12  # |log(ratio with cohorts / ratio without)|
+
+
+def sweep(out, cohort):
+    request = SweepRequest(
+        methods=["student", "kd", "crd"],
+        pairs=[Pair("resnet14", "resnet8")],
+        dataset="synthetic",
+        recipe=TINY,
+        teacher_recipe=TINY,
+        out=out,
+        threads=1,
+        cohort=cohort,
+    )
+    Sweep(request, progress=lambda _line: None).run()
+    return {r["spec"]["method"]: r["overhead"] for r in store.load_records(out)}
+
+
+def test_the_ratio_to_the_student_does_not_depend_on_cohorts(tmp_path):
+    together, alone = sweep(tmp_path / "cohort", cohort=True), sweep(tmp_path / "alone", cohort=False)
+    for method in ("kd", "crd"):
+        on, off = together[method]["time_ratio_vs_student"], alone[method]["time_ratio_vs_student"]
+        assert abs(math.log(on / off)) < TOLERANCE, f"{method}: {on:.3f} with cohorts, {off:.3f} without"
+        assert on > 1 and off > 1, method  # a teacher forward and a method loss on top of the student's step
+    for overhead in (together["kd"], alone["crd"]):
+        probe = overhead["time_probe"]
+        assert overhead["time_ratio_vs_student"] == probe["step_seconds"] / probe["student_step_seconds"]
+        assert probe["pairs"] == TIMED_PAIRS and probe["clock"] == "process_cpu" and probe["seconds"] > 0
+    assert together["student"]["time_ratio_vs_student"] == alone["student"]["time_ratio_vs_student"] == 1.0
+
+
+def optimizer_state(optimizer):
+    return copy.deepcopy(optimizer.state_dict())
+
+
+def test_the_probe_changes_nothing_of_the_run_it_times(tiny_data, tmp_path):
+    trainer = make_trainer(tiny_data, tmp_path, "crd")
+    trainer.prepare()
+    trainer.train_epoch(1)  # momentum buffers and a memory bank that moved
+    member = trainer.member
+    modules = {name: copy.deepcopy(getattr(member, name).state_dict()) for name in ("student", "method")}
+    optimizer, rng = optimizer_state(member.optimizer), torch.get_rng_state()
+    generator = member.generator.get_state()
+    batch = next(iter(member.batches()))
+    member.generator.set_state(generator)
+    probed = probe_time_ratio(member, batch)
+    assert probed["time_ratio_vs_student"] > 0 and probed["time_probe"]["pairs"] == TIMED_PAIRS
+    for name, before in modules.items():
+        after = getattr(member, name).state_dict()
+        assert all(torch.equal(before[key], after[key]) for key in before), name
+    after = optimizer_state(member.optimizer)
+    assert after["param_groups"] == optimizer["param_groups"]
+    assert all(
+        torch.equal(optimizer["state"][key]["momentum_buffer"], after["state"][key]["momentum_buffer"])
+        for key in optimizer["state"]
+    )
+    assert torch.equal(rng, torch.get_rng_state())
+    assert torch.equal(generator, member.generator.get_state())
+
+
+@pytest.mark.parametrize(
+    ("method", "fields", "expected"),
+    [
+        ("student", {}, 1.0),  # the baseline itself: 1 by definition, nothing timed
+        ("student", {"kind": "teacher"}, None),  # a teacher has no student to be compared with
+        ("student", {"wrappers": {"vam": VAMConfig()}}, "timed"),  # VAM's student is not the plain one
+    ],
+)
+def test_the_baseline_is_one_by_definition_and_a_wrapped_student_is_timed(
+    method, fields, expected, tiny_data, tmp_path
+):
+    member = make_trainer(tiny_data, tmp_path, method, **fields).member
+    probed = probe_time_ratio(member, next(iter(member.batches())))
+    if expected == "timed":
+        assert probed["time_ratio_vs_student"] > 0 and probed["time_probe"]["pairs"] == TIMED_PAIRS
+    else:
+        assert probed == {"time_ratio_vs_student": expected, "time_probe": None}

@@ -397,7 +397,9 @@ def _caption(
         f"α = {ALPHA}).{wrapper_deltas} Best: every measured method not significantly below the top mean "
         f"of its pair (one-sided Welch, α = {ALPHA}; where untestable, n < 2 or no variance, the top mean "
         f"only). {CONFIDENCE:.0%} t-intervals and p-values: --format csv or json. Overhead: mean over the "
-        "row's runs; deploy params/FLOPs are those of the exported student (its wrappers exported)."
+        "row's runs; time / student: the run's training step timed against its student baseline's, in turns, "
+        "in the run's own process (the same with cohorts or workers); deploy params/FLOPs are those of the "
+        "exported student (its wrappers exported)."
     )
     if has_published:
         caption += " '(published)': reference numbers from the literature, never averaged with measured runs."

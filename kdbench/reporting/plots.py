@@ -81,6 +81,8 @@ def accuracy_vs_overhead_figure(records: Iterable[RunRecord]) -> Figure:
                 axis.errorbar(x, cell.mean, yerr=spread, fmt=fmt, color=colors[cell.row], capsize=3)
         axis.set_xlabel(title)
         axis.grid(alpha=0.3)
+        if points[column].isna().all():  # records from before it was measured: say so, not a blank panel
+            axis.text(0.5, 0.5, "not in these records", transform=axis.transAxes, ha="center", color="0.4")
     axes[0].set_ylabel("last-epoch top-1 (%)")
     figure.suptitle(
         "accuracy vs overhead: one point per configuration (mean ± std over seeds; ▲ = with a student wrapper)"

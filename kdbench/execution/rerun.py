@@ -1,7 +1,9 @@
 """`kdbench rerun RECORD.json`: train one record's run again from the record alone, and compare.
 
 Everything that can change a number is in the record: the spec (method, pair, hyper-parameters,
-recipe, data subset, VAM, precision, seed), the teacher's SHA-256 and the torch thread count.
+recipe, data subset, VAM, precision, seed), the teacher's SHA-256, the torch thread count, and, for a
+fused run (kdbench/training/fused.py), the runs of its fused group (`environment.fused_group`): their
+records, read from the same store, give their specs, and the group trains fused again, together.
 The teacher is found by its SHA-256 among the store's teachers and saved models, or given with
 `--teacher`. The new record goes to a fresh store (default `<store>/reruns/<run_id>`), and the
 metrics and per-epoch losses are compared with the original's: on the same machine and thread
@@ -74,6 +76,21 @@ def stage_student_init(sha256: str, store_root: Path, given: str | None, out: Pa
     store.atomic_write_bytes(store.student_init_path(out, sha256), source.read_bytes())
 
 
+def fused_group_specs(original: dict, store_root: Path) -> list[RunSpec]:
+    """The specs of the record's fused group, in its order (the record's own alone when it was not fused)."""
+    group = original["environment"].get("fused_group") or [original["run_id"]]
+    specs = []
+    for run_id in group:
+        record = store.find_record(store_root, run_id)
+        if record is None:
+            raise ConfigError(
+                f"record {original['run_id']} was fused with run {run_id}, whose record is not in "
+                f"{store_root}/runs; rerun it from the store that holds its whole fused group"
+            )
+        specs.append(RunSpec.from_dict(record["spec"]))
+    return specs
+
+
 def _differences(original: dict, rerun: dict) -> list[str]:
     found = []
     if rerun["status"] != original["status"]:
@@ -120,23 +137,30 @@ def rerun(
             f"STORE/reruns/{spec.run_id})"
         )
     environment = original["environment"]
+    group = [spec] if spec.kind == "teacher" else fused_group_specs(original, store_root)
     settings = WorkerSettings(
-        out=out, data_root=data_root, device=device, threads=environment.get("threads"), force=True
+        out=out,
+        data_root=data_root,
+        device=device,
+        threads=environment.get("threads"),
+        force=True,
+        fuse="fused_group" in environment,  # trained with --fuse on (fused or not), so again
     )
-    if spec.student_init_sha256:
-        stage_student_init(spec.student_init_sha256, store_root, student_init, out)
-    plugins.load_recorded(spec.plugin_sha256, store_root, plugin_files)
-    plugins.save_sources(out, spec.plugin_sha256)  # the new store can be rerun in its turn
+    for member in group:
+        if member.student_init_sha256:
+            stage_student_init(member.student_init_sha256, store_root, student_init, out)
+        plugins.load_recorded(member.plugin_sha256, store_root, plugin_files)
+        plugins.save_sources(out, member.plugin_sha256)  # the new store can be rerun in its turn
     worker = Worker(settings, progress=progress)
     if spec.kind == "teacher":
         unit = TeacherUnit(spec)
     else:
         path = find_teacher(spec.teacher_sha256, store_root, teacher) if spec.teacher_sha256 else None
-        unit = RunUnit((spec,), str(path) if path else None)
+        unit = RunUnit(tuple(group), str(path) if path else None)
     worker.execute(unit)
     new = store.find_record(out, spec.run_id)
     result = RerunResult(original, new, _differences(original, new))
-    for key in ("threads", "torch", "device"):
+    for key in ("threads", "torch", "device", "fused_group"):
         if environment.get(key) != new["environment"].get(key):
             result.differences.append(
                 f"environment.{key}: {environment.get(key)} -> {new['environment'].get(key)} (numbers may differ)"

@@ -208,9 +208,10 @@ class Worker:
         outcomes = []
         for trained in cohort.run():
             # like the thread count, not part of the spec: a fused run is the same experiment
-            run_environment = (
-                {**environment, "fused_members": trained.fused_members} if self.settings.fuse else environment
-            )
+            run_environment = environment
+            if self.settings.fuse:  # with its group's run ids, which `kdbench rerun` trains together again
+                fused = {"fused_members": trained.fused_members, "fused_group": list(trained.fused_group)}
+                run_environment = {**environment, **fused}
             outcomes.append(
                 self.record(trained.spec, run_environment, error=trained.error)
                 if trained.error or trained.result is None

@@ -14,8 +14,12 @@ import math
 from kdbench.core.spec import RunSpec
 
 
-def cohort_key(spec: RunSpec) -> tuple:
-    """What members of one cohort share: the batches they draw and how the teacher runs on them."""
+def cohort_key(spec: RunSpec, across_seeds: bool = False) -> tuple:
+    """What members of one cohort share: the batches they draw and how the teacher runs on them. Across
+    seeds (fused members, kdbench/training/fused.py), the seed is left out: the cohort's members of each
+    seed are a data stream of their own, which the loop trains in lockstep with the others."""
+    if across_seeds:
+        return (spec.student, spec.dataset, spec.recipe, spec.teacher_sha256, spec.precision, spec.compile)
     return (spec.student, spec.dataset, spec.recipe, spec.seed, spec.precision, spec.compile)
 
 
@@ -26,17 +30,22 @@ MAX_COHORT_MEMBERS = 16
 
 
 def plan_cohorts(
-    specs: list[RunSpec], jobs: int, enabled: bool = True, largest: int = MAX_COHORT_MEMBERS
+    specs: list[RunSpec],
+    jobs: int,
+    enabled: bool = True,
+    largest: int = MAX_COHORT_MEMBERS,
+    across_seeds: bool = False,
 ) -> list[list[RunSpec]]:
     """Specs that can share a data stream and a teacher forward (same student, dataset, recipe,
-    seed, precision, compile), each group cut into cohorts of at most `largest` members, then into
+    seed, precision, compile; any seed `across_seeds`, for fused members, which fuse across the
+    streams of a cohort), each group cut into cohorts of at most `largest` members, then into
     `parts` cohorts: the fewest parts that keep the `jobs` workers busiest (rounds of work per part:
     ceil(groups * parts / jobs) / parts)."""
     if not enabled:
         return [[spec] for spec in specs]
     groups: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
-        groups.setdefault(cohort_key(spec), []).append(spec)
+        groups.setdefault(cohort_key(spec, across_seeds), []).append(spec)
     bounded = []
     for group in groups.values():
         cuts = math.ceil(len(group) / largest)

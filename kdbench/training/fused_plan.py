@@ -1,8 +1,8 @@
 """Which members fuse, into which groups, and how large a group may grow (kdbench/training/fused.py).
 
 A member fuses when its method declares `fuses` (methods/base.py: no data-dependent Python control
-flow, no per-sample memory bank, no init stage), trains no parameters of its own and reads no extra
-views, in fp32, uncompiled, in one process, with no dropout in its student (random draws inside a
+flow, no per-sample memory bank, no init stage), trains no parameters of its own, reads no extra
+views and keeps the default optimizer and step (`Method.build_optimizer`, `Method.optimizer_step`), in fp32, uncompiled, in one process, with no dropout in its student (random draws inside a
 batched forward are refused). Its wrappers fuse with it: VAM's attention logits are parameters of the
 student and stack with them. Members fuse with those of the same student architecture and wrapper
 settings, whatever their seed: each keeps its own batches. A group's members are in run-id order, so
@@ -28,7 +28,7 @@ from torch import nn
 
 from kdbench.core import distributed
 from kdbench.core.features import Features
-from kdbench.methods.base import PairNotSupportedError
+from kdbench.methods.base import Method, PairNotSupportedError
 from kdbench.training.fused import Batch, FusedGroup
 from kdbench.training.measure import _SavedTensorBytes
 from kdbench.training.member import EpochMeter, Member, NonFiniteLossError
@@ -48,6 +48,10 @@ def fusable(member: Member) -> bool:
         and not spec.compile
         and distributed.world_size() == 1
         and not any(p.requires_grad for p in member.method.parameters())
+        # the default SGD and its one backward, one step: the fused SGD over the stacked slices is that
+        and type(member.method).build_optimizer is Method.build_optimizer
+        and type(member.method).optimizer_step is Method.optimizer_step
+        and type(member.optimizer) is torch.optim.SGD
         and not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in member.student.modules())
     )
 

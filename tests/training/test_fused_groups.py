@@ -1,0 +1,185 @@
+"""Fused groups across seeds and with wrappers (kdbench/training/fused.py, fused_plan.py): members of
+different seeds fuse, each on exactly its own batches, the teacher once on their concatenation; VAM
+members fuse, the attention logits stacked with the student's weights; a group larger than the memory
+budget is cut, the budget measured on its first step. Tolerances: tests/training/test_fused.py's.
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from test_fused import (  # noqa: I001  (the sibling test module)
+    FUSING,
+    RECIPE,
+    RUN_TOLERANCE,
+    STEP_TOLERANCE,
+    gradients,
+    quiet,
+    relative_difference,
+    set_state,
+    spec,
+    state_of,
+)
+
+from kdbench.core.spec import RunSpec
+from kdbench.data import PreparedData, load_dataset
+from kdbench.methods.base import method_class
+from kdbench.models import build_model
+from kdbench.training.engine import Cohort, EpochMeter, split_features
+from kdbench.training.fused_plan import fusable, plan_groups, step_bytes
+from kdbench.training.member import forward
+from kdbench.wrappers.vam import VAMConfig
+
+
+@pytest.fixture(scope="module")
+def data():
+    info, train, test = load_dataset("synthetic", num_train=128, num_test=64, image_size=16)
+    return PreparedData(info, train, test, None)
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+    torch.manual_seed(1)
+    return build_model("resnet14", num_classes=data.info.num_classes, in_chans=data.info.in_chans)
+
+
+def options(teacher):
+    return dict(teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
+
+
+def seeded(method, seed, **hp):
+    cls = method_class(method)
+    teacher = "resnet14" if cls.needs_teacher else None
+    return RunSpec(
+        method, "resnet8", "synthetic", teacher=teacher, hp=cls.resolve_hp(hp), recipe=RECIPE, seed=seed
+    )
+
+
+SEEDED = [seeded("kd", 0), seeded("kd", 1), seeded("student", 0), seeded("student", 1)]
+
+
+@pytest.fixture(scope="module")
+def across_seeds(data, teacher, tmp_path_factory):
+    """kd and student at seeds 0 and 1: one fused cohort, twice; each spec alone."""
+    out = tmp_path_factory.mktemp("seeds")
+    fused = [Cohort(SEEDED, data, out=out / name, fuse=True, **options(teacher)) for name in ("on", "again")]
+    solo = [
+        Cohort([s], data, out=out / f"solo{i}", **options(teacher)).run()[0] for i, s in enumerate(SEEDED)
+    ]
+    return [cohort.run() for cohort in fused], solo
+
+
+def test_members_of_different_seeds_fuse_into_one_group_each_on_its_own_batches(across_seeds):
+    (first, again), solo = across_seeds
+    group = tuple(sorted(s.run_id for s in SEEDED))
+    assert [(t.fused_members, t.fused_group) for t in first] == [(4, group)] * 4
+    for on, alone in zip(first, solo, strict=True):
+        assert on.error is None and alone.error is None
+        state_on, state_alone = on.result["final_state"], alone.result["final_state"]
+        assert relative_difference(state_on, state_alone) <= RUN_TOLERANCE, on.spec.label
+        for entry_on, entry_alone in zip(on.result["history"], alone.result["history"], strict=True):
+            assert entry_on["images"] == entry_alone["images"]
+            assert (
+                abs(entry_on["train_loss"] - entry_alone["train_loss"])
+                <= RUN_TOLERANCE * entry_alone["train_loss"]
+            )
+
+
+def test_the_same_fused_group_twice_is_bit_identical(across_seeds):
+    (first, again), _ = across_seeds
+    for one, two in zip(first, again, strict=True):
+        state, state_again = one.result["final_state"], two.result["final_state"]
+        assert all(torch.equal(state[k], state_again[k]) for k in state)
+        assert [e["train_loss"] for e in one.result["history"]] == [
+            e["train_loss"] for e in two.result["history"]
+        ]
+
+
+def test_the_teacher_on_concatenated_batches_is_the_teacher_on_each(data, teacher):
+    """In eval mode each image's features are its own: the concatenated forward cut back equals the
+    per-batch forwards up to reassociation."""
+    teacher.eval()
+    generator = torch.Generator().manual_seed(3)
+    batches = [
+        torch.randn(32, 3, 16, 16, generator=generator),
+        torch.randn(32, 3, 16, 16, generator=generator),
+    ]
+    fields = ("pooled", "stages", "preact")
+    with torch.no_grad():
+        together = split_features(forward(teacher, torch.cat(batches), fields), [32, 32])
+        for part, images in zip(together, batches, strict=True):
+            alone = forward(teacher, images, fields)
+            for name in ("logits", "pooled"):
+                a, b = getattr(part, name), getattr(alone, name)
+                assert float((a - b).norm() / b.norm()) <= STEP_TOLERANCE
+            for a, b in zip(part.stages + part.preact, alone.stages + alone.preact, strict=True):
+                assert float((a - b).norm() / b.norm()) <= STEP_TOLERANCE
+
+
+def vam(method, seed=0):
+    return replace(seeded(method, seed), wrappers={"vam": VAMConfig(groups=2)})
+
+
+@pytest.mark.parametrize("method", FUSING)
+def test_each_fused_step_with_and_without_vam_is_the_members_own_step(method, data, teacher, tmp_path):
+    """The method with VAM and without, each twice (another temperature or seed: a group of two per
+    wrapper set): the first two steps' losses, gradients (VAM's logits too) and the state after them
+    equal the unfused members', each step from one state (as tests/training/test_fused.py's lockstep)."""
+    specs = [vam(method), vam(method, seed=1), seeded(method, 0), seeded(method, 1)]
+    trained = {}
+    for fuse in (True, False):
+        cohort = Cohort(specs, data, out=tmp_path / str(fuse), fuse=fuse, **options(teacher))
+        for member in cohort.members:
+            cohort.prepare_member(member)
+            member.begin_epoch(1)
+        trained[fuse] = cohort
+    fused, plain = trained[True], trained[False]
+    assert all(fusable(m) for m in fused.members)
+    streams = fused.streams(1)
+    draws = [stream[0].batches() for stream in streams]
+    for _, batches in zip(range(2), zip(*draws, strict=True), strict=False):
+        fused.fused_groups = plan_groups(fused.members)
+        assert sorted(len(g.members) for g in fused.fused_groups) == [2, 2]
+        for twin, member in zip(fused.members, plain.members, strict=True):
+            set_state(member, state_of(twin))
+        meters = {id(m): EpochMeter() for m in fused.members + plain.members}
+        fused.step_streams(streams, batches, fused.teacher_forwards(streams, batches), meters, 1)
+        plain_streams = [[plain.members[fused.members.index(m)] for m in s] for s in streams]
+        plain.step_streams(plain_streams, batches, plain.teacher_forwards(plain_streams, batches), meters, 1)
+        for twin, member in zip(fused.members, plain.members, strict=True):
+            assert abs(meters[id(twin)].loss_sum - meters[id(member)].loss_sum) <= STEP_TOLERANCE * max(
+                1.0, meters[id(member)].loss_sum
+            )
+            assert meters[id(twin)].term_sums.keys() == meters[id(member)].term_sums.keys()
+            assert (
+                relative_difference(gradients(twin, fused.fused_groups), gradients(member, []))
+                <= STEP_TOLERANCE
+            )
+        for group in fused.fused_groups:
+            group.write_back()
+        for twin, member in zip(fused.members, plain.members, strict=True):
+            assert relative_difference(state_of(twin), state_of(member)) <= STEP_TOLERANCE, twin.spec.label
+
+
+def test_a_group_larger_than_its_memory_budget_is_cut(data, teacher, tmp_path):
+    """A budget for two members' first step: four kd members train as two groups of two, each member's
+    record says so; with the device's own budget they train as one group of four."""
+    specs = [spec("kd", temperature=t) for t in (1.0, 2.0, 4.0, 8.0)]
+    probe = Cohort(specs, data, out=tmp_path / "probe", fuse=True, **options(teacher))
+    for member in probe.members:
+        probe.prepare_member(member)
+        member.begin_epoch(1)
+    (group,) = probe.fused_groups = plan_groups(probe.members)
+    batch = next(probe.members[0].batches())
+    teacher_outs = probe.teacher_forwards([probe.members], (batch,))
+    share = step_bytes(group, [batch] * 4, [teacher_outs[id(m)] for m in group.members]) / 4
+    cut = Cohort(
+        specs, data, out=tmp_path / "cut", fuse=True, fuse_budget=int(2.5 * share), **options(teacher)
+    )
+    trained = cut.run()
+    assert list(cut.fuse_limits.values()) == [2]
+    ids = sorted(s.run_id for s in specs)
+    assert sorted(t.fused_group for t in trained) == [tuple(ids[:2])] * 2 + [tuple(ids[2:])] * 2
+    assert [t.fused_members for t in trained] == [2] * 4
+    whole = Cohort(specs, data, out=tmp_path / "whole", fuse=True, **options(teacher))
+    assert [t.fused_members for t in whole.run()] == [4] * 4

@@ -30,8 +30,8 @@ from kdbench.core.spec import RunSpec
 from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.training.member import Member
 
-WARMUP_STEPS = 2  # of each step before timing: allocations, momentum buffers, lazy modules, compilation
-TIMED_PAIRS = 10  # timed (method step, student step) pairs, the order of the two alternating
+WARMUP_STEPS = 1  # of each step before timing: allocations, momentum buffers, lazy modules, compilation
+TIMED_PAIRS = 8  # timed (method step, student step) pairs, the order of the two alternating
 
 
 def baseline_spec(spec: RunSpec) -> RunSpec:

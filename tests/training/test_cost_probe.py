@@ -22,9 +22,10 @@ from kdbench.training.ratios import TIMED_PAIRS, probe_time_ratio
 from kdbench.wrappers.vam import VAMConfig
 
 TINY = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=192)
-# Two probes of one method on this 2-core machine under a load of 10-12 differ by a few percent
-# (README, "Costs", has the figures); the cohort's ratio of epoch seconds it replaces was off by ~20 %.
-TOLERANCE = 0.12  # |log(ratio with cohorts / ratio without)|
+# |log(ratio with cohorts / ratio without)|: two probes of one method on the 2-core development machine,
+# ten other processes running, differed by up to 0.10; the ratio of epoch seconds it replaces, by 0.19 to
+# 0.39 (README, "Costs", has the figures and their command)
+TOLERANCE = 0.15
 
 
 def sweep(out, cohort):

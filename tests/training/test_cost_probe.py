@@ -22,9 +22,8 @@ from kdbench.training.ratios import TIMED_PAIRS, probe_time_ratio
 from kdbench.wrappers.vam import VAMConfig
 
 TINY = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=192)
-# |log(ratio with cohorts / ratio without)|: two probes of one method on the 2-core development machine,
-# ten other processes running, differed by up to 0.10; the ratio of epoch seconds it replaces, by 0.19 to
-# 0.39 (README, "Costs", has the figures and their command)
+# |log(ratio with cohorts / ratio without)|: above the spread of two probes of one method on a loaded 2-core
+# machine, below what the ratio of epoch seconds it replaces gave (README, "Costs": figures and command)
 TOLERANCE = 0.15
 
 

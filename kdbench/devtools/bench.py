@@ -8,7 +8,11 @@
 - cohort: the student and the chosen methods trained as one cohort (one data stream, one
   teacher forward) vs the same runs alone, one after another;
 - fusion: M kd runs (temperatures 1, 2, 4, 8) trained as one fused group (`--fuse on`,
-  kdbench/training/fused.py) vs the same cohort unfused;
+  kdbench/training/fused.py) vs the same cohort unfused, and M classic per-image DataLoader KD loops;
+  the two ways to fuse as bare CE steps (kdbench/devtools/fusion_styles.py: torch.func vmap, the
+  engine's, and HFTA's grouped convolutions) vs the M students stepped one after another; on CUDA,
+  the board of issue 24 (13 methods x 3 seeds x 240 epochs of 50,000 images) extrapolated in
+  GPU-hours from the fused group's images/s and from one classic loop's;
 - memory layout: the bare loop in NCHW vs channels-last (the engine's layout);
 - local pool: two 1-thread training processes at once vs the same two one after another with
   every core's thread (what `kdbench run`'s default pool relies on; CPU only);
@@ -32,11 +36,15 @@ import torch
 from kdbench.core.environment import available_cores
 from kdbench.core.spec import Recipe, RunSpec
 from kdbench.data import MEMORY_FORMAT, PreparedData, iterate_batches, load_dataset
+from kdbench.devtools.fusion_styles import fusion_steps
 from kdbench.devtools.reference_loops import bare_epoch, bare_kd_epoch, classic_kd_epoch
 from kdbench.methods.base import method_class
 from kdbench.models import build_model
 from kdbench.training.engine import Cohort, Trainer
 from kdbench.wrappers.vam import VAMConfig
+
+# issue 24's board: 13 methods x 3 seeds x 240 epochs over CIFAR-100's 50,000 training images
+BOARD_IMAGES = 13 * 3 * 240 * 50_000
 
 
 def _synchronize(device: torch.device) -> None:
@@ -228,6 +236,10 @@ def run_bench(
     fused_name = f"fusion: the same {len(temperatures)} as one fused group (--fuse on)"
 
     classic = "classic: per-image DataLoader KD loop"
+    classics = [
+        classic_kd_epoch(student, teacher_model, setup.host_train, info, batch_size) for _ in temperatures
+    ]
+    classic_group = f"fusion: {len(temperatures)} classic per-image DataLoader KD loops"
     measures = [  # (name, work, name of its reference, runs the work trains)
         (bare, bare_epoch(*bare_args, MEMORY_FORMAT), bare, 1),
         ("layout: the bare loop in NCHW", bare_epoch(*bare_args, torch.contiguous_format), bare, 1),
@@ -239,6 +251,8 @@ def run_bench(
         (together, lambda: cohort.train_stream(1, cohort.live()), apart, len(members)),
         (unfused_name, lambda: unfused.train_stream(1, unfused.live()), unfused_name, len(temperatures)),
         (fused_name, lambda: fused.train_stream(1, fused.live()), unfused_name, len(temperatures)),
+        (classic_group, lambda: [epoch() for epoch in classics], unfused_name, len(temperatures)),
+        *_fusion_style_measures(bare_args, len(temperatures)),
         (bare_kd, bare_kd_epoch(*kd_args), bare_kd, 1),
         (engine_kd, epoch_of("kd", vam=False), bare_kd, 1),
         (classic, classic_kd_epoch(student, teacher_model, setup.host_train, info, batch_size), engine_kd, 1),
@@ -271,7 +285,39 @@ def run_bench(
                     "runs": workers * len(members),
                 }
             )
-    return _with_throughput(rows, images=len(train))
+    rows = _with_throughput(rows, images=len(train))
+    if device.type == "cuda":
+        rows += _board_rows(rows, fused_name, classic)
+    return rows
+
+
+def _fusion_style_measures(bare_args: tuple, members: int) -> list[tuple]:
+    """The bare CE steps of M students: one after another, vmap-fused, HFTA-fused (the last left out for
+    a student HFTA's grouping does not cover)."""
+    works = fusion_steps(*bare_args, members, MEMORY_FORMAT)
+    reference = f"fusion, bare CE steps: {members} students one after another"
+    names = {"one after another": reference, "vmap": "fusion, bare CE steps: torch.func vmap (the engine's)"}
+    names["hfta"] = "fusion, bare CE steps: HFTA grouped convolutions"
+    return [(names[key], work, reference, members) for key, work in works.items()]
+
+
+def _board_rows(rows: list[dict], fused_name: str, classic: str) -> list[dict]:
+    """Issue 24's board (BOARD_IMAGES) extrapolated from the fused group's images/s and a classic loop's."""
+    by_name = {row["measure"]: row for row in rows}
+    board = []
+    for name in (classic, fused_name):
+        speed = by_name[name]["images_per_s"]
+        hours = BOARD_IMAGES / speed / 3600
+        board.append(
+            {"measure": f"board: 13 methods x 3 seeds x 240 epochs at {name}'s speed: {hours:.1f} GPU-hours"}
+            | {"seconds": hours * 3600, "runs": 13 * 3, "images": BOARD_IMAGES, "images_per_s": speed}
+            | {"gpu_hours": hours}
+        )
+    for row in board:
+        row["reference"] = board[0]["measure"]
+        row["ratio"] = row["seconds"] / board[0]["seconds"]
+        row["throughput_x"] = row["images_per_s"] / board[0]["images_per_s"]
+    return board
 
 
 def _with_throughput(rows: list[dict], images: int) -> list[dict]:

@@ -38,9 +38,16 @@ run $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 export CUBLAS_WORKSPACE_CONFIG=:4096:8
 run timeout 160 $PY -m pytest -q -p no:cacheprovider -o addopts="" -vv tests/training/test_cuda.py
 # 2. engine vs bare fp32 KD vs the classic per-image DataLoader loop; cohort vs alone; bf16 and
-# compile vs fp32; several cohorts at once on the card (CIFAR-100-shaped synthetic data, batch 64)
-run timeout 170 "$KDBENCH" bench --device cuda --teacher resnet32x4 --student resnet8x4 --batch-size 64 \
+# compile vs fp32; several cohorts at once on the card (CIFAR-100-shaped synthetic data, batch 64);
+# fused members (issue 24): a fused group of 4 kd runs vs the same 4 unfused vs 4 classic loops, vmap
+# vs HFTA grouped convolutions, and the board (13 methods x 3 seeds x 240 epochs) in GPU-hours. The
+# card's utilisation and memory are sampled every second meanwhile (nvidia-smi), summarised below.
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 > "$OUT/smi.csv" 2>/dev/null &
+SMI=$!
+run timeout 240 "$KDBENCH" bench --device cuda --teacher resnet32x4 --student resnet8x4 --batch-size 64 \
   --num-classes 100 --image-size 32 --images 4096 --repeats 2 --methods kd,crd --concurrent 4,8,16
+kill "$SMI" 2>/dev/null
+run awk -F', ' '{u += $1; if ($1 > um) um = $1; if ($2 > mm) mm = $2; n++} END {if (n) printf "nvidia-smi during the bench: %d samples, utilisation mean %.0f%% max %d%%, memory max %d MiB\n", n, u / n, um, mm}' "$OUT/smi.csv"
 run timeout 150 "$KDBENCH" bench --device cuda --teacher resnet56 --student resnet20 --batch-size 64 \
   --num-classes 100 --image-size 32 --images 4096 --repeats 2 --methods kd,crd --concurrent 4
 # 3. torchrun with one process on the card: the run joins an NCCL process group (the record says so)
@@ -50,4 +57,8 @@ run $PY -c "import json, glob; r = [json.load(open(p)) for p in glob.glob('$OUT/
 # 4. a short sweep on the card, cohorts on, several at once, and its wall time
 run timeout 90 "$KDBENCH" run --device cuda --dataset synthetic --pairs resnet32x4:resnet8x4 \
   --methods student,kd,crd,dkd --vam both --seeds 2 --epochs 2 --teacher-epochs 2 --jobs 4 --out "$OUT/sweep"
+# 5. the same sweep's fusable methods fused (--fuse on), each record saying its group, and its wall time
+run timeout 90 "$KDBENCH" run --device cuda --dataset synthetic --pairs resnet32x4:resnet8x4 \
+  --methods student,kd,dkd,nkd --vam both --seeds 2 --epochs 2 --teacher-epochs 2 --jobs 1 --fuse on --out "$OUT/fused"
+run $PY -c "import json, glob; r = [json.load(open(p)) for p in glob.glob('$OUT/fused/runs/*.json')]; print([(x['spec']['method'], x['spec']['seed'], x['status'], x['environment'].get('fused_members')) for x in r])"
 log; log "done"

@@ -165,7 +165,9 @@ def learning_curves_figure(records: Iterable[RunRecord]) -> Figure:
     ]
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
-    figure = Figure(figsize=(5.5 * columns, 6.5 * rows), layout="constrained")
+    # each panel's legend beside it: one column of labels, two beyond _LEGEND_ROWS configurations
+    legend_columns = 1 if points.groupby(["dataset", "pair"]).size().max() <= _LEGEND_ROWS else 2
+    figure = Figure(figsize=((5 + 2.8 * legend_columns) * columns, 6.5 * rows), layout="constrained")
     grid = figure.subplots(2 * rows, columns, squeeze=False, sharex="col")
     for index, (dataset, teacher, student) in enumerate(panels):
         accuracy, loss = (
@@ -195,6 +197,10 @@ def _mean_curve(runs: Iterable[str], history: dict[str | None, pd.DataFrame], ke
     return pd.concat(curves, axis=1).mean(axis=1).dropna().sort_index()
 
 
+_MARKERS = ("o", "s", "^", "D", "v")
+_LEGEND_ROWS = 20
+
+
 def _plot_pair(
     accuracy: Axes,
     loss: Axes,
@@ -202,24 +208,25 @@ def _plot_pair(
     runs: pd.DataFrame,
     history: dict[str | None, pd.DataFrame],
 ) -> None:
-    """A pair's two panels: each configuration's mean test top-1 and training loss, one color each."""
+    """A pair's two panels: each configuration's mean test top-1 and training loss, a color and marker each
+    (ten colors, then the next marker), the legend beside the panels."""
     for index, cell in enumerate(cells.itertuples()):
         run_ids = runs.loc[runs["config"] == cell.config, "run_id"]
-        style = {"color": f"C{index % 10}", "linestyle": "--" if cell.wrappers else "-"}
+        style = {
+            "color": f"C{index % 10}",
+            "marker": _MARKERS[index // 10 % len(_MARKERS)],
+            "markersize": 4,
+            "linestyle": "--" if cell.wrappers else "-",
+        }
         tested = _mean_curve(run_ids, history, "test_top1")
-        accuracy.plot(
-            tested.index,
-            tested.values,
-            marker="o",
-            markersize=4,
-            label=f"{cell.row} (n={cell.n:.0f})",
-            **style,
-        )
+        accuracy.plot(tested.index, tested.values, label=f"{cell.row} (n={cell.n:.0f})", **style)
         trained = _mean_curve(run_ids, history, "train_loss")
-        loss.plot(trained.index, trained.values, marker=".", markersize=4, **style)
+        loss.plot(trained.index, trained.values, **style)
     accuracy.set_ylabel("test top-1 (%)")
     accuracy.grid(alpha=0.3)
-    accuracy.legend(fontsize=6, ncols=2 if len(cells) > 8 else 1)
+    accuracy.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), ncols=1 if len(cells) <= 20 else 2
+    )
     loss.set_xlabel("epoch")
     loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss.set_ylabel("training loss")

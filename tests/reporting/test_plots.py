@@ -111,6 +111,19 @@ def test_thirty_labels_do_not_overlap(store):
         assert not overlapping, [(axis.texts[a].get_text(), axis.texts[b].get_text()) for a, b in overlapping]
 
 
+def test_thirty_curves_keep_their_legend_off_the_panel(store):
+    figure = learning_curves_figure(store + _thirty_configurations(store))
+    figure.canvas.draw()
+    accuracy = figure.axes[0]
+    legend = accuracy.get_legend()
+    assert (
+        len(legend.get_texts()) == 31
+    )  # the student and 30 temperatures (the copies at 2 and 4 join their runs)
+    assert not legend.get_window_extent().overlaps(accuracy.get_window_extent())
+    markers = {(line.get_color(), line.get_marker()) for line in accuracy.lines}
+    assert len(markers) == len(accuracy.lines)  # no two curves look alike
+
+
 def test_plots_write_pngs(store, tmp_path):
     for plot in (reporting.plot_accuracy_vs_overhead, reporting.plot_learning_curves):
         path = plot(store, tmp_path / "plots" / f"{plot.__name__}.png")

@@ -33,8 +33,9 @@ it to d_s; a width not divisible by 4 heads takes 1 head. Which stages: every st
 most 4 (their --ofa-stage 1 2 3 4 of 4-stage models); for more (a ViT's or a Mixer's blocks), the ends
 of a 2:2:6:2 split, as their `stage_info` taps blocks 2, 4, 10 and 12 of a 12-block ViT or Mixer
 (custom_forward/vision_transformer.py, mlp_mixer.py). Their CIFAR-100 recipe (configs/cifar/cnn.yaml:
-300 epochs, label smoothing 0.1, images resized to 224 px) is theirs for every method; kdbench keeps its
-own recipe for all methods alike.
+300 epochs, label smoothing 0.1; train.py's timm loaders resize the images to the model's 224 px input)
+is theirs for every method; kdbench keeps its own recipe for all methods alike (`--image-size 224`
+resizes, kdbench/data/batches.py).
 """
 
 from __future__ import annotations

@@ -180,8 +180,9 @@ _DECLARED = [
             into=(("recipe", "lr"),)),
     Setting("val_split", "hold out this fraction of train as validation", FIELD, (RUN,),
             parse=number(low=0, below=1), into=(("recipe", "val_split"),)),
-    Setting("image_size", "image side to train at (image folders; default: declared for the dataset, else "
-            "the first image's)", FIELD, (RUN, BENCH), parse=whole(1), into=_both("image_size"),
+    Setting("image_size", "image side to train at (image folders: decoded at it; default: declared for the "
+            "dataset, else the first image's; a fixed-size dataset is resized per batch after augmentation, "
+            "bilinear, as a heterogeneous pair may need: the record's data.resized says so)", FIELD, (RUN, BENCH), parse=whole(1), into=_both("image_size"),
             per_command={BENCH: {"parse": whole(8), "into": (("recipe", "image_size"),),
                                  "help": "synthetic data only: image side (32 = CIFAR)"}}),
     Setting("loader", "decode the dataset into memory, stream it from disk with DataLoader workers, or auto "

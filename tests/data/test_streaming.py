@@ -224,7 +224,6 @@ TINY = ["--pairs", "resnet14:resnet8", "--methods", "student", "--epochs", "1", 
         (["--dataset", "imagefolder", "--data-root", "{no_images}"], "no images in"),
         (["--dataset", "synthetic", "--loader", "stream"], "streaming loader reads image folders"),
         (["--dataset", "synthetic", "--image-size", "16", "--loader", "stream"], "image folders"),
-        (["--dataset", "fashion-mnist", "--image-size", "64"], "fashion-mnist has a fixed size"),
         (["--dataset", "imagefolder", "--data-root", "{corrupt}", "--loader", "stream"], "cannot be decoded"),
     ],
 )

@@ -16,6 +16,7 @@ from conftest import make_trainer
 
 from kdbench.core import store
 from kdbench.core.catalog import Pair
+from kdbench.core.records import record_problem
 from kdbench.core.spec import Recipe
 from kdbench.execution.sweep import Sweep, SweepRequest
 from kdbench.training.ratios import TIMED_PAIRS, probe_time_ratio
@@ -39,11 +40,18 @@ def sweep(out, cohort):
         cohort=cohort,
     )
     Sweep(request, progress=lambda _line: None).run()
-    return {r["spec"]["method"]: r["overhead"] for r in store.load_records(out)}
+    return {r["spec"]["method"]: r for r in store.load_records(out)}
 
 
-def test_the_ratio_to_the_student_does_not_depend_on_cohorts(tmp_path):
-    together, alone = sweep(tmp_path / "cohort", cohort=True), sweep(tmp_path / "alone", cohort=False)
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """{method: record} of one sweep with cohorts and one without."""
+    out = tmp_path_factory.mktemp("probe")
+    return sweep(out / "cohort", cohort=True), sweep(out / "alone", cohort=False)
+
+
+def test_the_ratio_to_the_student_does_not_depend_on_cohorts(swept):
+    together, alone = ({m: r["overhead"] for m, r in records.items()} for records in swept)
     for method in ("kd", "crd"):
         on, off = together[method]["time_ratio_vs_student"], alone[method]["time_ratio_vs_student"]
         assert abs(math.log(on / off)) < TOLERANCE, f"{method}: {on:.3f} with cohorts, {off:.3f} without"
@@ -53,6 +61,31 @@ def test_the_ratio_to_the_student_does_not_depend_on_cohorts(tmp_path):
         assert overhead["time_ratio_vs_student"] == probe["step_seconds"] / probe["student_step_seconds"]
         assert probe["pairs"] == TIMED_PAIRS and probe["clock"] == "process_cpu" and probe["seconds"] > 0
     assert together["student"]["time_ratio_vs_student"] == alone["student"]["time_ratio_vs_student"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("pairs", -1, "overhead.time_probe.pairs must be a whole number >= 0"),
+        ("seconds", math.inf, "overhead.time_probe.seconds must be a finite number >= 0"),
+        ("ratio_quartiles", "1.2", "overhead.time_probe.ratio_quartiles must be a list"),
+        ("clock", None, "overhead.time_probe has no clock"),
+    ],
+)
+def test_a_record_s_probe_is_checked_where_it_is_read_and_older_records_have_none(
+    swept, field, value, problem
+):
+    record = copy.deepcopy(swept[0]["kd"])
+    name = f"{record['run_id']}.json"
+    assert record_problem(record, name) is None
+    probe = record["overhead"]["time_probe"]
+    if value is None:
+        del probe[field]
+    else:
+        probe[field] = value
+    assert record_problem(record, name).startswith(problem)
+    del record["overhead"]["time_probe"]  # a record written before the probe
+    assert record_problem(record, name) is None
 
 
 def optimizer_state(optimizer):

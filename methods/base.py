@@ -44,14 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.core.errors import ConfigError, KdbenchError
+from kdbench.core.errors import ConfigError, PairNotSupportedError
 from kdbench.core.features import Features, FeatureShapes
 from kdbench.core.registries import METHODS, RegistrationError, UnknownNameError, lookup
 from kdbench.methods._shared import standardized_pair
-
-
-class PairNotSupportedError(KdbenchError, ValueError):
-    """A method cannot serve this teacher/student pair; raised before training starts."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,11 @@ class ConfigError(KdbenchError, ValueError):
     """A flag, preset or spec value that is malformed or out of range."""
 
 
+class PairNotSupportedError(KdbenchError, ValueError):
+    """A method or a student wrapper cannot serve this teacher/student pair; raised before training
+    starts, and recorded as that run's failure (the sweep's other runs go on)."""
+
+
 # how much of a value a message echoes: a 100 KB `--methods` must not become a 100 KB error line
 SHOWN_CHARS = 80
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from kdbench.core.errors import ConfigError
+from kdbench.core.errors import ConfigError, PairNotSupportedError
 
 # the settings are a `VAMConfig` (kdbench/wrappers/vam.py, which imports this module where a student is
 # wrapped; importing it back would make a cycle)
@@ -83,6 +83,12 @@ def wrap(student: nn.Module, config: VAMSettings) -> list[str]:
             attention = VirtualAttention(module.out_channels, module.in_channels, config)
             parametrize.register_parametrization(module, "weight", attention.to(module.weight.device))
             names.append(name)
+    if not wrapped_ids:
+        raise PairNotSupportedError(
+            f"VAM re-weights convolutions and the student {getattr(student, 'architecture', type(student).__name__)} "
+            f"has none in its last {config.last_stages} stage(s) (a token model: ViT / Swin / MLP-Mixer); "
+            "VAM serves CNN students (--vam off for this pair)"
+        )
     if not names:
         raise ConfigError(
             f"VAM found no convolution to wrap in the last {config.last_stages} stage(s) with "

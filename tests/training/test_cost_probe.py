@@ -4,7 +4,9 @@
   (the ratio of epoch seconds it replaces did not: a cohort member's epoch shares the loop);
 - the probe changes nothing of the run it times: models, optimizer state, random streams;
 - the student baseline's ratio is 1 by definition (nothing is timed); a wrapped student's is timed;
-  a teacher has none.
+  a teacher has none;
+- a record's probe is checked where it is read, and a record written before the probe has none;
+- on CUDA (skipped without it) the probe times synchronized wall seconds and keeps the CUDA stream.
 """
 
 import copy
@@ -134,3 +136,13 @@ def test_the_baseline_is_one_by_definition_and_a_wrapped_student_is_timed(
         assert probed["time_ratio_vs_student"] > 0 and probed["time_probe"]["pairs"] == TIMED_PAIRS
     else:
         assert probed == {"time_ratio_vs_student": expected, "time_probe": None}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_probe_times_synchronized_wall_seconds_and_keeps_the_cuda_stream(tiny_data, tmp_path):
+    member = make_trainer(tiny_data, tmp_path, "kd", device="cuda").member
+    cuda_rng = torch.cuda.get_rng_state()
+    probed = probe_time_ratio(member, next(iter(member.batches())))
+    assert probed["time_probe"]["clock"] == "cuda_synchronized_wall" and probed["time_ratio_vs_student"] > 0
+    assert torch.equal(cuda_rng, torch.cuda.get_rng_state())

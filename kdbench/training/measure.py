@@ -1,4 +1,4 @@
-"""Cost measurements: parameters, FLOPs, peak training memory, throughput.
+"""Cost measurements: parameters, FLOPs, peak training memory, step time relative to the student.
 
 FLOPs are counted, not estimated: `torch.utils.flop_counter.FlopCounterMode` records every
 convolution / matmul the step actually executes (forward and backward), and reports

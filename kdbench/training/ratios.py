@@ -1,4 +1,4 @@
-"""Epoch time relative to the plain student baseline: a timed probe of the run's own step.
+"""Training time relative to the plain student baseline: a timed probe of the run's own step.
 
 Before its first epoch, a distillation run times its own training step (the teacher forward, the
 student forward and the method's loss, the backward, the optimizer step) against the step of its

@@ -58,6 +58,8 @@ def read_stores(stores: Sequence[Path]) -> list[RunRecord]:
     """The distillation records of every store, each run once (the first store holding a run id wins)."""
     records: dict[str, RunRecord] = {}
     for folder in stores:
+        if store.runs_dir(folder).is_symlink():  # its records would be read from outside the store
+            raise ConfigError(f"STORE {folder}: runs/ is a symbolic link; give the folder it points to")
         if not store.runs_dir(folder).is_dir():
             raise ConfigError(
                 f"STORE {folder}: no runs/ folder there; is it a results store (kdbench run --out)?"

@@ -33,6 +33,7 @@ from kdbench import cli
 from kdbench.core import store
 from kdbench.core.environment import git_commit
 from kdbench.core.spec import RunSpec
+from kdbench.reporting.site import write_site
 
 HOSTILE = "<img src=x onerror=window.pwned=1>"
 TINY_RUN = [
@@ -229,3 +230,28 @@ def test_screenshot_of_a_board(site, open_page, tmp_path):
     target = Path(os.environ.get("KDBENCH_SITE_SCREENSHOT") or tmp_path / "site.png")
     page.screenshot(path=str(target), full_page=True)
     assert target.stat().st_size > 20_000  # a drawn page, not a blank one
+
+
+def test_a_hostile_dataset_name_stays_inside_the_site_and_is_text(tmp_path):
+    name = "../../<b>evil</b>"
+    for record in seeds([50.0, 51.0, 52.0], dataset=name, method="student", teacher=None) + seeds(
+        [55.0, 56.0, 54.0], dataset=name
+    ):
+        store.write_record(tmp_path / "store", record)
+    write_site([tmp_path / "store"], tmp_path / "site")
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert all(
+        path.is_relative_to(tmp_path / "store") or path.is_relative_to(tmp_path / "site") for path in written
+    )
+    pages = list((tmp_path / "site").rglob("*.html"))
+    assert len(pages) == 1 + 2 + 2  # the index, the board and its pair's, two cells
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert "<b>evil" not in text and "&lt;b&gt;evil&lt;/b&gt;" in text
+
+
+def test_a_store_whose_runs_folder_is_a_link_is_refused(stores, tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "runs").symlink_to(stores[1] / "runs")
+    code, stderr = _main("site", str(tmp_path / "store"), "--out", str(tmp_path / "site"))
+    assert code == 2 and "symbolic link" in stderr and stderr.count("\n") == 1

@@ -28,7 +28,14 @@ from importlib import resources
 from kdbench.core.environment import git_commit
 from kdbench.core.spec import wrapper_label
 from kdbench.reporting.board import OVERHEAD_COLUMNS, Leaderboard
-from kdbench.reporting.site_rows import CHART_COSTS, NO_WRAPPER, board_rows, filter_values, published_anchor
+from kdbench.reporting.site_rows import (
+    CHART_COSTS,
+    EVALUATION_SHOWN,
+    NO_WRAPPER,
+    board_rows,
+    filter_values,
+    published_anchor,
+)
 
 # the vendored libraries, in load order (vega-interpreter adds vega.expressionInterpreter to vega)
 LIBRARIES = ("vega.min.js", "vega-interpreter.min.js", "vega-lite.min.js")
@@ -146,7 +153,10 @@ def board_section(boards: Sequence[Leaderboard], rows: list[dict], cell_links: s
     several = len({row["dataset"] for row in rows}) > 1
     wrappers = _page_wrappers(boards)
     shown = [wrapper for index, wrapper in enumerate(wrappers) if _has_delta(rows, index)]
-    columns = _columns(several, wrappers, shown)
+    evaluation = [
+        shown for shown in EVALUATION_SHOWN if any(row["evaluation"][shown[0]] is not None for row in rows)
+    ]
+    columns = _columns(several, wrappers, shown, evaluation)
     captions = "".join(f'<p class="caption">{escape(board.caption)} Best in bold.</p>\n' for board in boards)
     notes = [
         escape(f"{board.dataset}: {note}" if several else note) for board in boards for note in board.notes
@@ -170,9 +180,12 @@ def board_section(boards: Sequence[Leaderboard], rows: list[dict], cell_links: s
     )
 
 
-def _columns(several: bool, wrappers: Sequence[str], shown: Sequence[str]) -> list[tuple]:
+def _columns(
+    several: bool, wrappers: Sequence[str], shown: Sequence[str], evaluation: Sequence[tuple]
+) -> list[tuple]:
     """(header, cell of a row -> (text, sort value, css), numeric, first sort order) of each column; a Δ
-    column for each wrapper of `shown` (those of `wrappers`, the rows' `wrapper_deltas`, that some row has)."""
+    column for each wrapper of `shown` (those of `wrappers`, the rows' `wrapper_deltas`, that some row has)
+    and one for each figure of `evaluation` (site_rows.EVALUATION_SHOWN)."""
     columns = [
         ("pair", lambda row: (row["pair"], row["pair"], "text"), False, "ascending"),
         ("top-1 (%)", _top1_cell, True, "descending"),
@@ -196,11 +209,18 @@ def _columns(several: bool, wrappers: Sequence[str], shown: Sequence[str]) -> li
                 "descending",
             )
         )
+    for key, title, first in evaluation:
+        columns.append((title, lambda row, k=key: _evaluation_cell(row, k), True, first))
     for header, column, _ in OVERHEAD_COLUMNS:
         columns.append(
             (header, lambda row, c=column: (row["costs"][c][1], row["costs"][c][0], ""), True, "ascending")
         )
     return columns
+
+
+def _evaluation_cell(row: dict, key: str) -> tuple[str, float | None, str]:
+    value = row["evaluation"][key]
+    return ("" if value is None else f"{value:.2f}"), value, ""
 
 
 def _top1_cell(row: dict) -> tuple[str, float | None, str]:

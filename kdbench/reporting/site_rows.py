@@ -25,6 +25,12 @@ CHART_COSTS = (
     ("train_gflops", "train GFLOPs / image (teacher forward included)", "pareto_train"),
     ("deploy_gflops", "deploy GFLOPs / image (the exported student)", "pareto_deploy"),
 )
+# the record's evaluation (kdbench/core/records.py) a board shows, mean over a row's runs: (key, header,
+# first sort order); a row whose records predate it has none
+EVALUATION_SHOWN = (
+    ("ece", "ECE (%)", "ascending"),
+    ("agreement_top1", "agrees with teacher (%)", "descending"),
+)
 _CHART_FIELDS = {
     "train_gflops": ("train_flops_per_image", 1e-9),
     "deploy_gflops": ("deploy_flops_per_image", 1e-9),
@@ -92,6 +98,7 @@ def board_rows(
     order = {label: index for index, label in enumerate(board.table.index)}
     stats = board.stats.assign(_order=board.stats["row"].map(order)).sort_values("_order", kind="stable")
     runs = _run_ids(records, board.dataset)
+    evaluations = {record["run_id"]: record.get("evaluation") or {} for record in records}
     published = {
         (cell["method"], cell["pair"]): cell["row"] for cell in stats.to_dict("records") if cell["published"]
     }
@@ -99,8 +106,19 @@ def board_rows(
         _row(board, cell, display, runs, published, wrappers, index)
         for index, cell in enumerate(stats.to_dict("records"))
     ]
+    for row in rows:
+        row["evaluation"] = _mean_evaluation([evaluations.get(run_id, {}) for run_id in row["runs"]])
     _mark_pareto(rows)
     return rows
+
+
+def _mean_evaluation(evaluations: list[dict]) -> dict[str, float | None]:
+    """The mean of each EVALUATION_SHOWN figure over the runs that have it (None where none has)."""
+    means = {}
+    for key, _, _ in EVALUATION_SHOWN:
+        values = [evaluation[key] for evaluation in evaluations if evaluation.get(key) is not None]
+        means[key] = sum(values) / len(values) if values else None
+    return means
 
 
 def _run_ids(records: Sequence[dict], dataset: str) -> dict[str, list[str]]:

@@ -255,3 +255,18 @@ def test_a_store_whose_runs_folder_is_a_link_is_refused(stores, tmp_path):
     (tmp_path / "store" / "runs").symlink_to(stores[1] / "runs")
     code, stderr = _main("site", str(tmp_path / "store"), "--out", str(tmp_path / "site"))
     assert code == 2 and "symbolic link" in stderr and stderr.count("\n") == 1
+
+
+@needs_browser
+def test_the_board_shows_the_runs_evaluation_where_records_have_it(stores, site, open_page):
+    kd = [record for record in store.load_records(stores[0]) if record["spec"]["method"] == "kd"]
+    page = open_page(_board(site, "synthetic"))
+    shown = dict(zip(labels(page), column(page, "ECE (%)"), strict=True))
+    assert shown["kd"] == f"{sum(record['evaluation']['ece'] for record in kd) / len(kd):.2f}"
+    agreement = dict(zip(labels(page), column(page, "agrees with teacher (%)"), strict=True))
+    assert agreement["student"] == ""  # no teacher, no agreement
+    header(page, "ECE (%)").click()  # the best calibrated first
+    eces = [float(text) for text in column(page, "ECE (%)") if text]
+    assert eces == sorted(eces)
+    page = open_page(_board(site, "cifar10"))  # records written before the evaluation: no column
+    assert "ECE (%)" not in page.locator(f"{TABLE} thead").inner_text()

@@ -146,7 +146,7 @@ def test_the_teachers_accuracy_is_measured_and_cached_per_test_subset(tmp_path):
 def test_a_run_on_a_test_subset_records_its_count_and_the_board_says_so(capsys, tmp_path):
     out = tmp_path / "store"
     code, stdout, err = run_cli(
-        capsys, "run", *TINY, "--methods", "kd", "--seeds", "2", "--test-subset", "50", "--format", "csv",
+        capsys, "run", *TINY, "--methods", "kd", "--seeds", "2", "--test-subset", "50", "--format", "markdown",
         "--out", str(out),
     )  # fmt: skip
     assert code == 0, err
@@ -166,7 +166,18 @@ def test_a_run_on_a_test_subset_records_its_count_and_the_board_says_so(capsys, 
 
 
 def test_a_subset_as_large_as_the_split_is_the_whole_splits_run(capsys, tmp_path):
-    argv = ["run", *TINY, "--methods", "student", "--seeds", "1", "--format", "csv", "--out", str(tmp_path)]
+    argv = [
+        "run",
+        *TINY,
+        "--methods",
+        "student",
+        "--seeds",
+        "1",
+        "--format",
+        "markdown",
+        "--out",
+        str(tmp_path),
+    ]
     code, stdout, err = run_cli(capsys, *argv)
     assert code == 0 and "1 trained" in err, err
     assert "on the test split," in stdout

@@ -4,7 +4,8 @@ Before its first epoch, a distillation run times its own training step (the teac
 student forward and the method's loss, the backward, the optimizer step) against the step of its
 student baseline (`baseline_spec`: the same student architecture, recipe, precision and device; cross
 entropy only, no wrapper) on one batch, in its own process, in turns after a warm-up (`step_clock`:
-synchronized wall seconds on CUDA, the process's CPU seconds on CPU). The ratio of their median
+synchronized wall seconds on CUDA, the process's CPU seconds on CPU; `timed_pairs`: 2 to 8 pairs,
+half the run's own steps). The ratio of their median
 seconds is the record's `overhead.time_ratio_vs_student`; `overhead.time_probe` says how it was
 measured and how much the per-pair ratios spread. Both steps run on twins, members built afresh
 from the two specs under a forked random stream, so the run's modules, optimizer and every random
@@ -18,6 +19,7 @@ a teacher run has none.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import warnings
@@ -31,7 +33,15 @@ from kdbench.methods.base import BASELINE_METHOD, method_class
 from kdbench.training.member import Member
 
 WARMUP_STEPS = 1  # of each step before timing: allocations, momentum buffers, lazy modules, compilation
-TIMED_PAIRS = 8  # timed (method step, student step) pairs, the order of the two alternating
+# timed (method step, student step) pairs, the order of the two alternating: half the run's own steps
+# within these bounds, so that the probe never costs a smoke run more than its training does
+MIN_TIMED_PAIRS, MAX_TIMED_PAIRS = 2, 8
+
+
+def timed_pairs(spec: RunSpec, train_images: int) -> int:
+    """How many pairs the probe of `spec`, training on `train_images` images, times."""
+    run_steps = spec.recipe.epochs * math.ceil(train_images / spec.recipe.batch_size)
+    return min(MAX_TIMED_PAIRS, max(MIN_TIMED_PAIRS, run_steps // 2))
 
 
 def baseline_spec(spec: RunSpec) -> RunSpec:
@@ -92,7 +102,7 @@ def interleaved_ratio(
     method_step: Callable[[], object],
     student_step: Callable[[], object],
     device: torch.device,
-    pairs: int = TIMED_PAIRS,
+    pairs: int,
     warmup: int = WARMUP_STEPS,
 ) -> dict:
     """Time the two steps in turns (A B, B A, A B, ...) after `warmup` untimed steps of each: the ratio
@@ -142,6 +152,7 @@ def probe_time_ratio(member: Member, batch: tuple[torch.Tensor, torch.Tensor, to
             lambda: distilled.step(*batch, "the cost probe"),
             lambda: plain.step(*batch, "the cost probe"),
             member.device,
+            timed_pairs(spec, len(member.data.train.labels)),
         )
     probe["seconds"] = time.perf_counter() - started
     return {"time_ratio_vs_student": probe.pop("ratio"), "time_probe": probe}

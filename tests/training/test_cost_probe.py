@@ -19,12 +19,14 @@ from conftest import make_trainer
 from kdbench.core import store
 from kdbench.core.catalog import Pair
 from kdbench.core.records import record_problem
-from kdbench.core.spec import Recipe
+from kdbench.core.spec import Recipe, RunSpec
 from kdbench.execution.sweep import Sweep, SweepRequest
-from kdbench.training.ratios import TIMED_PAIRS, probe_time_ratio
+from kdbench.training.ratios import MAX_TIMED_PAIRS, MIN_TIMED_PAIRS, probe_time_ratio, timed_pairs
 from kdbench.wrappers.vam import VAMConfig
 
-TINY = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=192)
+# 2 epochs of synthetic's 512 training images at batch 64: 16 steps, so the probe times its most pairs
+TINY = Recipe(epochs=2, batch_size=64, lr=0.05, lr_decay_epochs=())
+TEACHER = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_subset=192)
 # |log(ratio with cohorts / ratio without)|: above the spread of two probes of one method on a loaded 2-core
 # machine, below what the ratio of epoch seconds it replaces gave (README, "Costs": figures and command)
 TOLERANCE = 0.15
@@ -36,7 +38,7 @@ def sweep(out, cohort):
         pairs=[Pair("resnet14", "resnet8")],
         dataset="synthetic",
         recipe=TINY,
-        teacher_recipe=TINY,
+        teacher_recipe=TEACHER,
         out=out,
         threads=1,
         cohort=cohort,
@@ -61,7 +63,7 @@ def test_the_ratio_to_the_student_does_not_depend_on_cohorts(swept):
     for overhead in (together["kd"], alone["crd"]):
         probe = overhead["time_probe"]
         assert overhead["time_ratio_vs_student"] == probe["step_seconds"] / probe["student_step_seconds"]
-        assert probe["pairs"] == TIMED_PAIRS and probe["clock"] == "process_cpu" and probe["seconds"] > 0
+        assert probe["pairs"] == MAX_TIMED_PAIRS and probe["clock"] == "process_cpu" and probe["seconds"] > 0
     assert together["student"]["time_ratio_vs_student"] == alone["student"]["time_ratio_vs_student"] == 1.0
 
 
@@ -105,7 +107,7 @@ def test_the_probe_changes_nothing_of_the_run_it_times(tiny_data, tmp_path):
     batch = next(iter(member.batches()))
     member.generator.set_state(generator)
     probed = probe_time_ratio(member, batch)
-    assert probed["time_ratio_vs_student"] > 0 and probed["time_probe"]["pairs"] == TIMED_PAIRS
+    assert probed["time_ratio_vs_student"] > 0 and probed["time_probe"]["pairs"] == MIN_TIMED_PAIRS
     for name, before in modules.items():
         after = getattr(member, name).state_dict()
         assert all(torch.equal(before[key], after[key]) for key in before), name
@@ -117,6 +119,16 @@ def test_the_probe_changes_nothing_of_the_run_it_times(tiny_data, tmp_path):
     )
     assert torch.equal(rng, torch.get_rng_state())
     assert torch.equal(generator, member.generator.get_state())
+
+
+@pytest.mark.parametrize(
+    ("epochs", "images", "pairs"), [(1, 64, 2), (1, 256, 4), (2, 512, 8), (240, 50_000, 8)]
+)
+def test_the_probe_times_half_the_run_s_steps_within_its_bounds(epochs, images, pairs):
+    spec = RunSpec(
+        "kd", "resnet8", "synthetic", teacher="resnet14", recipe=Recipe(epochs=epochs, batch_size=32)
+    )
+    assert timed_pairs(spec, images) == pairs
 
 
 @pytest.mark.parametrize(
@@ -133,7 +145,7 @@ def test_the_baseline_is_one_by_definition_and_a_wrapped_student_is_timed(
     member = make_trainer(tiny_data, tmp_path, method, **fields).member
     probed = probe_time_ratio(member, next(iter(member.batches())))
     if expected == "timed":
-        assert probed["time_ratio_vs_student"] > 0 and probed["time_probe"]["pairs"] == TIMED_PAIRS
+        assert probed["time_ratio_vs_student"] > 0 and probed["time_probe"]["pairs"] == MIN_TIMED_PAIRS
     else:
         assert probed == {"time_ratio_vs_student": expected, "time_probe": None}
 

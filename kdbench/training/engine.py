@@ -5,8 +5,10 @@ streams and checkpoint); the loop trains members that share one seed, recipe, te
 lockstep, and a run alone is a cohort of one. Each epoch it draws each batch once, runs the frozen
 teacher once on it (the union of the members' feature taps), steps every member on it, then
 evaluates each member, records its epoch and checkpoints it. Members whose batch generators are in
-different states (an init stage drew batches of its own, or a member resumed from another epoch)
-train as separate streams of the same cohort. A member that fails (non-finite loss, a pair its
+different states (an init stage drew batches of its own, a member resumed from another epoch, or a
+member of another seed where fused members train across seeds) train as separate streams of the same
+cohort: one after another, or, with `fuse`, in lockstep, so that fused groups
+(kdbench/training/fused.py) span them. A member that fails (non-finite loss, a pair its
 method cannot serve) is recorded as failed with its error; the others go on. Each member keeps its
 own global random stream, swapped in around everything it does, so a member's record is
 bit-identical to the same spec trained alone (tests/training/test_cohort.py): cohorts are an execution
@@ -74,8 +76,8 @@ def guard(member: Member) -> Iterator[None]:
 
 
 class Cohort:
-    """Train `specs` (one seed, one recipe, one teacher, one data) in lockstep; `run()` returns
-    each spec's `Trained`, in order."""
+    """Train `specs` (one recipe, one teacher, one data; one seed, or several where `fuse`) in
+    lockstep; `run()` returns each spec's `Trained`, in order."""
 
     def __init__(
         self,

@@ -190,3 +190,15 @@ def test_a_group_larger_than_its_memory_budget_is_cut(data, teacher, tmp_path):
     assert [t.fused_members for t in trained] == [2] * 4
     whole = Cohort(specs, data, out=tmp_path / "whole", fuse=True, **options(teacher))
     assert [t.fused_members for t in whole.run()] == [4] * 4
+
+
+def test_cohorts_across_seeds_hold_every_seed_of_a_student_and_recipe():
+    """The planner (kdbench/training/cohort.py) puts one seed in a cohort, or, across seeds (for fused
+    members), every seed that shares the student, data, recipe, teacher, precision and compile."""
+    from kdbench.training.cohort import plan_cohorts
+
+    assert sorted(len(c) for c in plan_cohorts(SEEDED, jobs=1)) == [2, 2]
+    (together,) = plan_cohorts(SEEDED, jobs=1, across_seeds=True)
+    assert sorted(s.run_id for s in together) == sorted(s.run_id for s in SEEDED)
+    other_recipe = replace(SEEDED[0], recipe=replace(RECIPE, lr=0.01))
+    assert len(plan_cohorts([*SEEDED, other_recipe], jobs=1, across_seeds=True)) == 2

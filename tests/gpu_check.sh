@@ -36,7 +36,8 @@ run $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 # 1. the tests that exercise CUDA (marked cuda; skipped elsewhere): every method's training step,
 # bf16/fp16, compile, the VAM fold, cohort members vs solo runs under deterministic kernels
 export CUBLAS_WORKSPACE_CONFIG=:4096:8
-run timeout 160 $PY -m pytest -q -p no:cacheprovider -o addopts="" -vv tests/training/test_cuda.py
+run timeout 160 $PY -m pytest -q -p no:cacheprovider -o addopts="" -vv tests/training/test_cuda.py \
+    tests/training/test_cost_probe.py::test_on_cuda_the_probe_times_synchronized_wall_seconds_and_keeps_the_cuda_stream
 # 2. engine vs bare fp32 KD vs the classic per-image DataLoader loop; cohort vs alone; bf16 and
 # compile vs fp32; several cohorts at once on the card (CIFAR-100-shaped synthetic data, batch 64);
 # fused members (issue 24): a fused group of 4 kd runs vs the same 4 unfused vs 4 classic loops, vmap

@@ -4,8 +4,9 @@
 
 A refactor that claims to change no number is checked with it: train the same sweep with the old
 and the new code into two stores and compare. Records must be equal in every field except the
-timings (wall time, throughput, epoch seconds, the time ratio derived from them), their creation
-date and the git commit of the code that wrote them (comparing two commits is the point); model files (`*.pt`: teachers, checkpoints, exports) must hold equal tensors under the same
+timings (wall time, throughput, epoch seconds, the timed probe and the time ratio it gives), their
+creation date and the git commit of the code that wrote them (comparing two commits is the point); model
+files (`*.pt`: teachers, checkpoints, exports) must hold equal tensors under the same
 relative paths. Both are read through the store's own readers (`store.read_record`, which checks a
 record, and `store.read_checkpoint`, weights only). Exit status 0 when the stores agree, 1 with one
 line per difference otherwise, 2 with one line naming the file when a store holds something unreadable.
@@ -26,7 +27,7 @@ from kdbench.core.errors import KdbenchError
 
 # What a record may differ in between two trainings of the same spec on one machine: timings only.
 TIMING_KEYS = frozenset(
-    {"wall_seconds", "throughput_img_s", "epoch_seconds", "time_ratio_vs_student", "created"}
+    {"wall_seconds", "throughput_img_s", "epoch_seconds", "time_ratio_vs_student", "time_probe", "created"}
 )
 IGNORED_KEYS = TIMING_KEYS | {"git_commit"}  # and which commit wrote the record
 

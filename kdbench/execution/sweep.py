@@ -303,7 +303,10 @@ class Sweep:
         alone = distributed.world_size() > 1  # the ranks of a torchrun run train one run at a time
         cohort = self.request.cohort
         largest = MAX_COHORT_MEMBERS if cohort is True else cohort
-        for members in plan_cohorts(specs, self.request.jobs, bool(cohort) and not alone, largest):
+        fuse_seeds = bool(self.request.fuse)  # fused members fuse across the seeds of a cohort
+        for members in plan_cohorts(
+            specs, self.request.jobs, bool(cohort) and not alone, largest, across_seeds=fuse_seeds
+        ):
             backend.submit(RunUnit(tuple(members), teacher_path))
 
     def announce(self, ready: int, to_train: dict[str, RunSpec]) -> None:

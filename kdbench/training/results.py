@@ -41,7 +41,6 @@ def train_result(member: Member) -> TrainResult:
         "overhead": {
             **member.costs,
             "epoch_seconds": member.train_seconds / len(history),
-            "time_ratio_vs_student": None,
             "deploy_params": parameter_count(deployed),
             "deploy_flops_per_image": inference_flops(deployed, example),
             "export_max_abs_error": export_error,

@@ -19,6 +19,7 @@ METHODS = ["student", "kd", "fitnet", "crd", "ab"]
 TIMING = {
     "epoch_seconds",
     "time_ratio_vs_student",
+    "time_probe",
     "wall_seconds",
     "throughput_img_s",
     "created",

@@ -7,7 +7,8 @@ averaged in. Failed runs are never averaged either: they are listed in the notes
 
 Modules: `frame` (records as a pandas frame, labels, the published numbers), `board` (the `Leaderboard`),
 `stats` (the statistics of its cells), `reference_rows` (teacher and published rows), `tidy` (the cells as
-tidy data), `renderers` (text formats), `html` (the page), `plots` (figures), `summaries` (a student
+tidy data), `renderers` (text formats), `terminal` (the board fitted to a terminal), `html` (the board page, shared
+by the report and the site), `site`, `site_rows`, `site_cells` (`kdbench site`: the static site), `plots` (figures), `summaries` (a student
 wrapper's findings, e.g. VAM's attention entropies) and `check` (the regression baseline). A cell is one configuration (the full spec but
 the seed), the same in the leaderboard and the regression gate; its statistics are in `Leaderboard.stats`
 (`STATS_COLUMNS`, then each wrapper's: applied, its Δ and p); `tidy` makes them tidy rows with what

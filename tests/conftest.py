@@ -14,6 +14,10 @@ for _folder in sorted(
     if str(_folder) not in sys.path:
         sys.path.append(str(_folder))
 
+# the headless Chromium fixtures of the HTML tests, registered here rather than in a
+# tests/reporting/conftest.py, which would shadow this module where tests import its helpers as `conftest`
+from browser_pages import browser, open_page  # noqa: E402, F401
+
 
 @pytest.fixture(autouse=True)
 def _one_thread_and_seed():

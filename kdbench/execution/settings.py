@@ -231,10 +231,15 @@ _DECLARED = [
             choices=("fp32", "bf16", "fp16"), annotation="str", field_default="fp32"),
     Setting("compile", "torch.compile the student's and teacher's training forward", commands=(RUN,),
             action="store_true", annotation="bool", field_default=False),
-    Setting("fuse", "train a cohort's members of one student architecture whose method fuses (`kdbench list "
-            "methods --verbose`) as one batched student, fp32, without wrappers (default off); each "
-            "member's numbers equal its unfused run's up to fp32 reassociation, and its record says it was "
-            "fused", commands=(RUN,), parse=on_off, metavar="on|off", annotation="bool", field_default=False),
+    Setting("fuse", "train a cohort's members of one student architecture and wrapper set whose method fuses "
+            "(`kdbench list methods --verbose`) as one batched student, fp32, across seeds (default off); "
+            "each member's numbers equal its unfused run's up to fp32 reassociation, and its record names "
+            "its fused group", commands=(RUN,), parse=on_off, metavar="on|off", annotation="bool",
+            field_default=False),
+    Setting("time_probe", "time each run's training step against its student baseline's, in turns, in the "
+            "run's own process: the board's time / student (default on; off leaves it null and saves the "
+            "probe's steps, e.g. for a gate that reads accuracy only; no other number changes)",
+            commands=(RUN,), parse=on_off, metavar="on|off", annotation="bool", field_default=True),
     # -- how and where it trains --------------------------------------------------------------------------
     Setting("device", "torch device (cpu, cuda, cuda:1)", commands=(RUN, RERUN, TEACHER, EXPLAIN, BENCH),
             default="cpu", parse=device, filled=True, annotation="str"),
@@ -409,7 +414,17 @@ def with_settings(*setting_names: str):
 
 
 # the settings every unit of a sweep shares on a worker, and those a command passes on to its sweeps
-WORKER = ("out", "data_root", "device", "threads", "force", "plugins", "trackers", "fuse")
+WORKER = ("out", "data_root", "device", "threads", "force", "plugins", "trackers", "fuse", "time_probe")
 EXECUTION = ("out", "data_root", "device", "force", "jobs", "threads", "backend", "ray_address", "slurm")
 # a sweep's own: how its runs are grouped, limited, computed, extended and logged
-SWEEP_REQUEST = (*EXECUTION, "cohort", "max_runs", "precision", "compile", "fuse", "plugins", "trackers")
+SWEEP_REQUEST = (
+    *EXECUTION,
+    "cohort",
+    "max_runs",
+    "precision",
+    "compile",
+    "fuse",
+    "time_probe",
+    "plugins",
+    "trackers",
+)

@@ -117,12 +117,15 @@ def count_runs(request: SweepRequest) -> int:
 
 def check_size(request: SweepRequest) -> int:
     """The number of runs planned (`count_runs`), or a ConfigError when it is over `max_runs`; also
-    checks the cohort and fuse settings."""
+    checks the cohort, fuse and time_probe settings."""
     cohort = request.cohort
     if not isinstance(cohort, bool) and not (isinstance(cohort, int) and cohort >= 1):
         raise ConfigError(f"cohort takes on, off or a whole number >= 1 (runs per cohort), got {cohort!r}")
-    if not isinstance(request.fuse, bool):
-        raise ConfigError(f"fuse takes on or off (true or false in a sweep file), got {request.fuse!r}")
+    for name in ("fuse", "time_probe"):
+        if not isinstance(getattr(request, name), bool):
+            raise ConfigError(
+                f"{name} takes on or off (true or false in a sweep file), got {getattr(request, name)!r}"
+            )
     if isinstance(request.max_runs, bool) or not isinstance(request.max_runs, int) or request.max_runs < 1:
         raise ConfigError(f"max_runs (--max-runs) must be a whole number >= 1, got {request.max_runs!r}")
     total = count_runs(request)

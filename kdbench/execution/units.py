@@ -204,6 +204,7 @@ class Worker:
             progress_bar=self.progress_bar,
             on_epoch=logs.on_epoch,
             fuse=self.settings.fuse,
+            time_probe=self.settings.time_probe,
         )
         outcomes = []
         for trained in cohort.run():

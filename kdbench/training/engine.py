@@ -92,8 +92,10 @@ class Cohort:
         on_epoch: Callable[[RunSpec, dict], None] | None = None,
         fuse: bool = False,
         fuse_budget: int | None = None,
+        time_probe: bool = True,
     ):
         self.data, self.teacher, self.device = data, teacher, device
+        self.time_probe = time_probe  # time / student measured (kdbench/training/ratios.py), or left null
         self.fuse = fuse  # fusable members of a stream train as one batched model (kdbench/training/fused.py)
         self.fused_groups: list[FusedGroup] = []  # the current epoch's
         # bytes a fused group may take (None: the device's free memory, kdbench/training/fused_plan.py),
@@ -149,7 +151,7 @@ class Cohort:
     def prepare_member(self, member: Member) -> None:
         """Everything before the first epoch: resume from a checkpoint, measure costs, init stage."""
         member.try_resume()
-        member.costs = measure_costs(member)
+        member.costs = measure_costs(member, self.time_probe)
         if not member.init_done:
             member.run_init_stage()
             member.save_checkpoint(0)

@@ -96,10 +96,10 @@ def measure_train_step(
     }
 
 
-def measure_costs(member: Member) -> dict:
+def measure_costs(member: Member, time_probe: bool = True) -> dict:
     """One counted training step of `member` on copies (no state of the real run changes) + the
     teacher's inference FLOPs, the extra parameters the method and the wrappers train, and its step
-    time relative to the student baseline's, timed on the same batch."""
+    time relative to the student baseline's, timed on the same batch (null where `time_probe` is off)."""
     data, device = member.data, member.device
     info = data.info
     rng_state = torch.get_rng_state()
@@ -136,5 +136,8 @@ def measure_costs(member: Member) -> dict:
     costs["extra_trainable_params"] = parameter_count(method, trainable_only=True) + sum(
         p.numel() for wrapper in member.wrappers for p in wrapper.parameters(member.student)
     )
-    costs.update(probe_time_ratio(member, distributed.shard(images, labels, indices)))
+    if time_probe:
+        costs.update(probe_time_ratio(member, distributed.shard(images, labels, indices)))
+    else:  # not measured (--time-probe off): no ratio rather than one from another schedule
+        costs.update(time_ratio_vs_student=None, time_probe=None)
     return costs

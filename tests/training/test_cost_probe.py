@@ -32,7 +32,7 @@ TEACHER = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_sub
 TOLERANCE = 0.15
 
 
-def sweep(out, cohort):
+def sweep(out, cohort, **settings):
     request = SweepRequest(
         methods=["student", "kd", "crd"],
         pairs=[Pair("resnet14", "resnet8")],
@@ -42,6 +42,7 @@ def sweep(out, cohort):
         out=out,
         threads=1,
         cohort=cohort,
+        **settings,
     )
     Sweep(request, progress=lambda _line: None).run()
     return {r["spec"]["method"]: r for r in store.load_records(out)}
@@ -90,6 +91,18 @@ def test_a_record_s_probe_is_checked_where_it_is_read_and_older_records_have_non
     assert record_problem(record, name).startswith(problem)
     del record["overhead"]["time_probe"]  # a record written before the probe
     assert record_problem(record, name) is None
+
+
+def test_with_the_probe_off_no_ratio_is_recorded_and_no_other_number_changes(swept, tmp_path):
+    unprobed = sweep(tmp_path, cohort=True, time_probe=False)
+    for method, record in unprobed.items():
+        assert (
+            record["overhead"]["time_ratio_vs_student"] is None and record["overhead"]["time_probe"] is None
+        )
+        probed = swept[0][method]
+        assert record["run_id"] == probed["run_id"]  # a measurement setting, not part of the experiment
+        assert record["history"][-1]["train_loss"] == probed["history"][-1]["train_loss"]
+        assert record["metrics"] == probed["metrics"] and record["evaluation"] == probed["evaluation"]
 
 
 def optimizer_state(optimizer):

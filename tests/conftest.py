@@ -36,18 +36,30 @@ def tiny_data():
     return PreparedData(info, train, test, None)
 
 
+def fresh_teacher(info):
+    """The tests' teacher: a fresh resnet14 for `info`'s images, initialised at seed 1 (untrained)."""
+    from kdbench.models import build_model
+
+    torch.manual_seed(1)
+    return build_model("resnet14", num_classes=info.num_classes, in_chans=info.in_chans)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_data):
+    """`fresh_teacher` for `tiny_data`, shared by a module's tests."""
+    return fresh_teacher(tiny_data.info)
+
+
 def make_trainer(data, out, method, device="cpu", teacher=None, **fields):
     """A Trainer of resnet8 (from a fresh resnet14 teacher, seed 1, when the method needs one):
     1 epoch at batch 32 unless `fields` says otherwise (RunSpec fields; `recipe` replaces it)."""
     from kdbench.core.spec import Recipe, RunSpec
     from kdbench.methods.base import method_class
-    from kdbench.models import build_model
     from kdbench.training.engine import Trainer
 
     cls = method_class(method)
     if cls.needs_teacher and teacher is None:
-        torch.manual_seed(1)
-        teacher = build_model("resnet14", num_classes=data.info.num_classes, in_chans=data.info.in_chans)
+        teacher = fresh_teacher(data.info)
     fields.setdefault("recipe", Recipe(epochs=1, batch_size=32, lr_decay_epochs=()))
     spec = RunSpec(
         method=method,

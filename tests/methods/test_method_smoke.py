@@ -7,26 +7,12 @@ import torch
 
 from kdbench.core.registries import METHODS
 from kdbench.core.spec import Recipe, RunSpec
-from kdbench.data import PreparedData, load_dataset
 from kdbench.methods.base import method_class
-from kdbench.models import build_model
 from kdbench.training.engine import Trainer
 from kdbench.wrappers import virtual_attention
 from kdbench.wrappers.vam import VAMConfig
 
 ALL_METHODS = sorted(name for name in METHODS.module_dict if "+" not in name) + ["crd+kd"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    info, train, test = load_dataset("synthetic", num_train=128, num_test=64, image_size=16)
-    return PreparedData(info, train, test, None)
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_data):
-    torch.manual_seed(1)
-    return build_model("resnet14", num_classes=tiny_data.info.num_classes, in_chans=tiny_data.info.in_chans)
 
 
 def test_at_least_seventeen_methods():
@@ -50,7 +36,7 @@ def test_the_cuda_battery_trains_every_method():
 
 @pytest.mark.parametrize("vam_on", [False, True], ids=["plain", "vam"])
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_method_trains_through_the_engine(method, vam_on, tiny_data, teacher, tmp_path):
+def test_method_trains_through_the_engine(method, vam_on, tiny_data, tiny_teacher, tmp_path):
     method_cls = method_class(method)
     spec = RunSpec(
         method=method,
@@ -64,7 +50,7 @@ def test_method_trains_through_the_engine(method, vam_on, tiny_data, teacher, tm
     trainer = Trainer(
         spec,
         tiny_data,
-        teacher=teacher if method_cls.needs_teacher else None,
+        teacher=tiny_teacher if method_cls.needs_teacher else None,
         device=torch.device("cpu"),
         out=tmp_path,
         progress=lambda line: None,

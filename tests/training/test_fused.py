@@ -18,9 +18,7 @@ import torch
 
 from kdbench.core.registries import METHODS
 from kdbench.core.spec import Recipe, RunSpec
-from kdbench.data import PreparedData, load_dataset
 from kdbench.methods.base import method_class
-from kdbench.models import build_model
 from kdbench.training.engine import Cohort, EpochMeter, NonFiniteLossError
 from kdbench.training.fused_plan import fusable, plan_groups
 
@@ -32,18 +30,6 @@ FUSING = sorted(name for name in METHODS.module_dict if getattr(method_class(nam
 
 def quiet(_line):
     pass
-
-
-@pytest.fixture(scope="module")
-def data():
-    info, train, test = load_dataset("synthetic", num_train=128, num_test=64, image_size=16)
-    return PreparedData(info, train, test, None)
-
-
-@pytest.fixture(scope="module")
-def teacher(data):
-    torch.manual_seed(1)
-    return build_model("resnet14", num_classes=data.info.num_classes, in_chans=data.info.in_chans)
 
 
 def spec(method, **hp):
@@ -151,18 +137,18 @@ def lockstep(data, teacher, out, steps=3):
     return compared
 
 
-def test_fusable_methods_are_declared_and_the_others_step_alone(data, teacher, tmp_path):
+def test_fusable_methods_are_declared_and_the_others_step_alone(tiny_data, tiny_teacher, tmp_path):
     assert {"student", "kd"} <= set(FUSING)
-    trained = cohort(data, teacher, tmp_path, fuse=True)
+    trained = cohort(tiny_data, tiny_teacher, tmp_path, fuse=True)
     (group,) = plan_groups(trained.members)
     assert [m.spec for m in group.members] == sorted(SPECS[:-1], key=lambda s: s.run_id)  # run-id order
     assert not fusable(trained.members[-1])  # fitnet: its connector trains, it reads features
 
 
-def test_each_fused_step_is_the_members_own_step(data, teacher, tmp_path):
+def test_each_fused_step_is_the_members_own_step(tiny_data, tiny_teacher, tmp_path):
     """Losses, gradients, and the state after the step (weights by the member's SGD with momentum and
     weight decay, its own BatchNorm statistics, its momentum) of each of the first three steps."""
-    for step in lockstep(data, teacher, tmp_path):
+    for step in lockstep(tiny_data, tiny_teacher, tmp_path):
         for spec_, (loss_on, loss_off, grads_on, grads_off, after_on, after_off) in zip(
             SPECS, step, strict=True
         ):
@@ -176,16 +162,16 @@ def test_each_fused_step_is_the_members_own_step(data, teacher, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def runs(data, teacher, tmp_path_factory):
+def runs(tiny_data, tiny_teacher, tmp_path_factory):
     """The cohort trained to the end unfused, fused, and fused again."""
     out = tmp_path_factory.mktemp("fused")
-    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    teacher_state = {k: v.clone() for k, v in tiny_teacher.state_dict().items()}
     trained = {
-        name: cohort(data, teacher, out / name, fuse).run()
+        name: cohort(tiny_data, tiny_teacher, out / name, fuse).run()
         for name, fuse in (("off", False), ("on", True), ("again", True))
     }
-    assert all(torch.equal(teacher_state[k], v) for k, v in teacher.state_dict().items())
-    assert not teacher.training  # the teacher stays frozen, in eval mode
+    assert all(torch.equal(teacher_state[k], v) for k, v in tiny_teacher.state_dict().items())
+    assert not tiny_teacher.training  # the teacher stays frozen, in eval mode
     return trained
 
 
@@ -250,14 +236,16 @@ def test_a_sweep_with_fuse_on_records_its_fused_members_outside_the_spec(tmp_pat
     assert {m: r["run_id"] for m, r in fused.items()} == {m: r["run_id"] for m, r in plain.items()}
 
 
-def test_a_member_failing_inside_a_fused_group_is_recorded_and_the_others_go_on(data, teacher, tmp_path):
+def test_a_member_failing_inside_a_fused_group_is_recorded_and_the_others_go_on(
+    tiny_data, tiny_teacher, tmp_path
+):
     """kd weighted by 1e30 passes the cost probe (no update) and its first step, whose update makes its
     weights infinite: a non-finite loss at its second step, recorded failed, as unfused; the members
     fused beside it end where their unfused runs end."""
     specs = [spec("student"), spec("kd", kd_weight=1e30), spec("kd")]
-    options = dict(teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
-    fused = Cohort(specs, data, out=tmp_path / "on", fuse=True, **options).run()
-    plain = Cohort(specs, data, out=tmp_path / "off", **options).run()
+    options = dict(teacher=tiny_teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
+    fused = Cohort(specs, tiny_data, out=tmp_path / "on", fuse=True, **options).run()
+    plain = Cohort(specs, tiny_data, out=tmp_path / "off", **options).run()
     assert (
         [type(t.error) for t in fused]
         == [type(t.error) for t in plain]

@@ -22,25 +22,11 @@ from test_fused import (  # noqa: I001  (the sibling test module)
 )
 
 from kdbench.core.spec import RunSpec
-from kdbench.data import PreparedData, load_dataset
 from kdbench.methods.base import method_class
-from kdbench.models import build_model
 from kdbench.training.engine import Cohort, EpochMeter, split_features
 from kdbench.training.fused_plan import fusable, plan_groups, step_bytes
 from kdbench.training.member import forward
 from kdbench.wrappers.vam import VAMConfig
-
-
-@pytest.fixture(scope="module")
-def data():
-    info, train, test = load_dataset("synthetic", num_train=128, num_test=64, image_size=16)
-    return PreparedData(info, train, test, None)
-
-
-@pytest.fixture(scope="module")
-def teacher(data):
-    torch.manual_seed(1)
-    return build_model("resnet14", num_classes=data.info.num_classes, in_chans=data.info.in_chans)
 
 
 def options(teacher):
@@ -59,12 +45,16 @@ SEEDED = [seeded("kd", 0), seeded("kd", 1), seeded("student", 0), seeded("studen
 
 
 @pytest.fixture(scope="module")
-def across_seeds(data, teacher, tmp_path_factory):
+def across_seeds(tiny_data, tiny_teacher, tmp_path_factory):
     """kd and student at seeds 0 and 1: one fused cohort, twice; each spec alone."""
     out = tmp_path_factory.mktemp("seeds")
-    fused = [Cohort(SEEDED, data, out=out / name, fuse=True, **options(teacher)) for name in ("on", "again")]
+    fused = [
+        Cohort(SEEDED, tiny_data, out=out / name, fuse=True, **options(tiny_teacher))
+        for name in ("on", "again")
+    ]
     solo = [
-        Cohort([s], data, out=out / f"solo{i}", **options(teacher)).run()[0] for i, s in enumerate(SEEDED)
+        Cohort([s], tiny_data, out=out / f"solo{i}", **options(tiny_teacher)).run()[0]
+        for i, s in enumerate(SEEDED)
     ]
     return [cohort.run() for cohort in fused], solo
 
@@ -95,10 +85,10 @@ def test_the_same_fused_group_twice_is_bit_identical(across_seeds):
         ]
 
 
-def test_the_teacher_on_concatenated_batches_is_the_teacher_on_each(data, teacher):
+def test_the_teacher_on_concatenated_batches_is_the_teacher_on_each(tiny_data, tiny_teacher):
     """In eval mode each image's features are its own: the concatenated forward cut back equals the
     per-batch forwards up to reassociation."""
-    teacher.eval()
+    tiny_teacher.eval()
     generator = torch.Generator().manual_seed(3)
     batches = [
         torch.randn(32, 3, 16, 16, generator=generator),
@@ -106,9 +96,9 @@ def test_the_teacher_on_concatenated_batches_is_the_teacher_on_each(data, teache
     ]
     fields = ("pooled", "stages", "preact")
     with torch.no_grad():
-        together = split_features(forward(teacher, torch.cat(batches), fields), [32, 32])
+        together = split_features(forward(tiny_teacher, torch.cat(batches), fields), [32, 32])
         for part, images in zip(together, batches, strict=True):
-            alone = forward(teacher, images, fields)
+            alone = forward(tiny_teacher, images, fields)
             for name in ("logits", "pooled"):
                 a, b = getattr(part, name), getattr(alone, name)
                 assert float((a - b).norm() / b.norm()) <= STEP_TOLERANCE
@@ -121,7 +111,9 @@ def vam(method, seed=0):
 
 
 @pytest.mark.parametrize("method", FUSING)
-def test_each_fused_step_with_and_without_vam_is_the_members_own_step(method, data, teacher, tmp_path):
+def test_each_fused_step_with_and_without_vam_is_the_members_own_step(
+    method, tiny_data, tiny_teacher, tmp_path
+):
     """The method with VAM and without, each twice (another temperature or seed: a group of two per
     wrapper set): the first two steps' losses, gradients (VAM's logits too) and the state after them
     equal the unfused members', each step from one state (as tests/training/test_fused.py's lockstep).
@@ -132,7 +124,7 @@ def test_each_fused_step_with_and_without_vam_is_the_members_own_step(method, da
     specs = [vam(method), vam(method, seed=1), seeded(method, 0), seeded(method, 1)]
     trained = {}
     for fuse in (True, False):
-        cohort = Cohort(specs, data, out=tmp_path / str(fuse), fuse=fuse, **options(teacher))
+        cohort = Cohort(specs, tiny_data, out=tmp_path / str(fuse), fuse=fuse, **options(tiny_teacher))
         for member in cohort.members:
             cohort.prepare_member(member)
             member.begin_epoch(1)
@@ -168,11 +160,11 @@ def test_each_fused_step_with_and_without_vam_is_the_members_own_step(method, da
             assert relative_difference(state_of(twin), state_of(member)) <= tolerance, twin.spec.label
 
 
-def test_a_group_larger_than_its_memory_budget_is_cut(data, teacher, tmp_path):
+def test_a_group_larger_than_its_memory_budget_is_cut(tiny_data, tiny_teacher, tmp_path):
     """A budget for two members' first step: four kd members train as two groups of two, each member's
     record says so; with the device's own budget they train as one group of four."""
     specs = [spec("kd", temperature=t) for t in (1.0, 2.0, 4.0, 8.0)]
-    probe = Cohort(specs, data, out=tmp_path / "probe", fuse=True, **options(teacher))
+    probe = Cohort(specs, tiny_data, out=tmp_path / "probe", fuse=True, **options(tiny_teacher))
     for member in probe.members:
         probe.prepare_member(member)
         member.begin_epoch(1)
@@ -181,14 +173,19 @@ def test_a_group_larger_than_its_memory_budget_is_cut(data, teacher, tmp_path):
     teacher_outs = probe.teacher_forwards([probe.members], (batch,))
     share = step_bytes(group, [batch] * 4, [teacher_outs[id(m)] for m in group.members]) / 4
     cut = Cohort(
-        specs, data, out=tmp_path / "cut", fuse=True, fuse_budget=int(2.5 * share), **options(teacher)
+        specs,
+        tiny_data,
+        out=tmp_path / "cut",
+        fuse=True,
+        fuse_budget=int(2.5 * share),
+        **options(tiny_teacher),
     )
     trained = cut.run()
     assert list(cut.fuse_limits.values()) == [2]
     ids = sorted(s.run_id for s in specs)
     assert sorted(t.fused_group for t in trained) == [tuple(ids[:2])] * 2 + [tuple(ids[2:])] * 2
     assert [t.fused_members for t in trained] == [2] * 4
-    whole = Cohort(specs, data, out=tmp_path / "whole", fuse=True, **options(teacher))
+    whole = Cohort(specs, tiny_data, out=tmp_path / "whole", fuse=True, **options(tiny_teacher))
     assert [t.fused_members for t in whole.run()] == [4] * 4
 
 

@@ -136,8 +136,5 @@ def measure_costs(member: Member, time_probe: bool = True) -> dict:
     costs["extra_trainable_params"] = parameter_count(method, trainable_only=True) + sum(
         p.numel() for wrapper in member.wrappers for p in wrapper.parameters(member.student)
     )
-    if time_probe:
-        costs.update(probe_time_ratio(member, distributed.shard(images, labels, indices)))
-    else:  # not measured (--time-probe off): no ratio rather than one from another schedule
-        costs.update(time_ratio_vs_student=None, time_probe=None)
+    costs.update(probe_time_ratio(member, distributed.shard(images, labels, indices), time_probe))
     return costs

@@ -135,11 +135,14 @@ def interleaved_ratio(
     }
 
 
-def probe_time_ratio(member: Member, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict:
+def probe_time_ratio(
+    member: Member, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], enabled: bool = True
+) -> dict:
     """`time_ratio_vs_student` of `member` and, where measured, its `time_probe` (the probe's
-    figures, its own wall seconds included), timed on `batch`."""
+    figures, its own wall seconds included), timed on `batch`; neither for a teacher, nor where the
+    probe is not `enabled` (`--time-probe off`: no ratio rather than one from another schedule)."""
     spec = member.spec
-    if spec.kind == "teacher":
+    if spec.kind == "teacher" or not enabled:
         return {"time_ratio_vs_student": None, "time_probe": None}
     baseline = baseline_spec(spec)
     if baseline == spec:

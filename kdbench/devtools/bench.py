@@ -8,7 +8,8 @@
 - cohort: the student and the chosen methods trained as one cohort (one data stream, one
   teacher forward) vs the same runs alone, one after another;
 - fusion: M kd runs (temperatures 1, 2, 4, 8) trained as one fused group (`--fuse on`,
-  kdbench/training/fused.py) vs the same cohort unfused, and M classic per-image DataLoader KD loops;
+  kdbench/training/fused.py; in the style the engine chooses, and by vmap) vs the same cohort unfused,
+  and M classic per-image DataLoader KD loops;
   the two ways to fuse as bare CE steps (kdbench/devtools/fusion_styles.py: torch.func vmap, the
   engine's, and HFTA's grouped convolutions) vs the M students stepped one after another; on CUDA,
   the board of issue 24 (13 methods x 3 seeds x 240 epochs of 50,000 images) extrapolated in
@@ -172,12 +173,12 @@ class _Setup:
         specs = [self.spec(m, False) for m in members]
         return Cohort(specs, self.data, teacher=self.teacher_model, device=self.device, out=self.out)
 
-    def kd_cohort(self, temperatures: tuple[float, ...], fuse: bool) -> Cohort:
-        """kd at each temperature, one cohort: the members of one fused group where `fuse`."""
+    def kd_cohort(self, temperatures: tuple[float, ...], fuse: bool, style: str | None = None) -> Cohort:
+        """kd at each temperature, one cohort: the members of one fused group where `fuse` (in `style`,
+        or the engine's choice)."""
         specs = [self.spec("kd", False, hp={"temperature": t}) for t in temperatures]
-        return Cohort(
-            specs, self.data, teacher=self.teacher_model, device=self.device, out=self.out, fuse=fuse
-        )
+        options = dict(teacher=self.teacher_model, device=self.device, out=self.out)
+        return Cohort(specs, self.data, fuse=fuse, fuse_style=style, **options)
 
 
 def run_bench(
@@ -232,8 +233,10 @@ def run_bench(
 
     temperatures = (1.0, 2.0, 4.0, 8.0)
     unfused, fused = setup.kd_cohort(temperatures, fuse=False), setup.kd_cohort(temperatures, fuse=True)
+    vmapped = setup.kd_cohort(temperatures, fuse=True, style="vmap")
     unfused_name = f"fusion: {len(temperatures)} kd runs, one cohort unfused"
     fused_name = f"fusion: the same {len(temperatures)} as one fused group (--fuse on)"
+    vmapped_name = f"fusion: the same {len(temperatures)} fused by torch.func vmap"
 
     classic = "classic: per-image DataLoader KD loop"
     classics = [
@@ -251,6 +254,7 @@ def run_bench(
         (together, lambda: cohort.train_stream(1, cohort.live()), apart, len(members)),
         (unfused_name, lambda: unfused.train_stream(1, unfused.live()), unfused_name, len(temperatures)),
         (fused_name, lambda: fused.train_stream(1, fused.live()), unfused_name, len(temperatures)),
+        (vmapped_name, lambda: vmapped.train_stream(1, vmapped.live()), unfused_name, len(temperatures)),
         (classic_group, lambda: [epoch() for epoch in classics], unfused_name, len(temperatures)),
         *_fusion_style_measures(bare_args, len(temperatures)),
         (bare_kd, bare_kd_epoch(*kd_args), bare_kd, 1),

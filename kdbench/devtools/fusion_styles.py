@@ -1,13 +1,9 @@
 """Two ways to fuse M same-architecture students, as bare training steps for `kdbench bench` (issue 24
 asks for both measured before one is chosen): `torch.func.vmap` over `functional_call` on stacked
-parameters (kdbench/training/fused.py's way), and HFTA's (Wang et al., MLSys 2021) by hand: one model
-whose convolutions have M times the channels in M groups, whose BatchNorms normalise M x C channels
-(one member's statistics per channel) and whose linear layers are batched matrix products; the
-members' images are stacked along the channels. Both against the M students stepped one after another.
-
-The HFTA model is built for models made of Conv2d, BatchNorm2d and Linear layers and channel-wise
-operations (the CIFAR ResNets); for another model (`NotFusable`), or one whose fused output is not the
-members' own (checked before it is timed), the HFTA row is left out.
+parameters (kdbench/training/fused.py's `VmapGroup`), and HFTA's (Wang et al., MLSys 2021) channel
+grouping (kdbench/training/fused_channels.py's `hfta_model`, the loop's `ChannelGroup`). Both against
+the M students stepped one after another. For a model HFTA's grouping does not cover (`NotFusable`),
+or one whose fused output is not the members' own (checked before it is timed), the HFTA row is left out.
 """
 
 from __future__ import annotations
@@ -22,68 +18,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdbench.models import build_model
-
-
-class NotFusable(ValueError):
-    """The model has a layer or an operation HFTA's channel grouping does not cover."""
-
-
-class BatchedLinear(nn.Module):
-    """M linear layers on (N, M x in) inputs: (N, M x out), one batched product."""
-
-    def __init__(self, linears: list[nn.Linear]):
-        super().__init__()
-        self.members = len(linears)
-        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in linears]))
-        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in linears]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        x = x.reshape(n, self.members, -1)
-        return (torch.einsum("nmi,moi->nmo", x, self.weight) + self.bias).reshape(n, -1)
-
-
-def _grouped(layer: nn.Module, parts: list[nn.Module]) -> nn.Module | None:
-    """The layer of the fused model standing for `parts` (the members' layers at one name)."""
-    m = len(parts)
-    if isinstance(layer, nn.Conv2d):
-        fused = nn.Conv2d(
-            layer.in_channels * m,
-            layer.out_channels * m,
-            layer.kernel_size,
-            layer.stride,
-            layer.padding,
-            layer.dilation,
-            groups=layer.groups * m,
-            bias=layer.bias is not None,
-        )
-        fused.weight.data = torch.cat([p.weight.detach() for p in parts])
-        if layer.bias is not None:
-            fused.bias.data = torch.cat([p.bias.detach() for p in parts])
-        return fused
-    if isinstance(layer, nn.BatchNorm2d):
-        fused = nn.BatchNorm2d(layer.num_features * m, layer.eps, layer.momentum)
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(fused, name).data = torch.cat([getattr(p, name).detach() for p in parts])
-        return fused
-    if isinstance(layer, nn.Linear) and layer.bias is not None:
-        return BatchedLinear(parts)
-    if any(True for _ in layer.parameters(recurse=False)) or any(True for _ in layer.buffers(recurse=False)):
-        raise NotFusable(f"{type(layer).__name__} has no HFTA counterpart here")
-    return None
-
-
-def hfta_model(models: list[nn.Module]) -> nn.Module:
-    """One model computing every member's forward on channel-stacked inputs (see the module's text)."""
-    fused = copy.deepcopy(models[0])
-    for name, layer in list(fused.named_modules()):
-        if not name:
-            continue
-        replacement = _grouped(layer, [m.get_submodule(name) for m in models])
-        if replacement is not None:
-            parent, _, child = name.rpartition(".")
-            setattr(fused.get_submodule(parent) if parent else fused, child, replacement)
-    return fused
+from kdbench.training.fused_channels import NotFusable, hfta_model
 
 
 def fusion_steps(

@@ -45,7 +45,14 @@ from kdbench.data import PreparedData
 from kdbench.methods.base import PairNotSupportedError
 from kdbench.training.evaluation import evaluate, teacher_outputs
 from kdbench.training.fused import Batch, FusedGroup
-from kdbench.training.fused_plan import free_memory_bytes, group_key, plan_groups, size_limit
+from kdbench.training.fused_plan import (
+    choose_style,
+    free_memory_bytes,
+    group_key,
+    partition,
+    plan_groups,
+    size_limit,
+)
 from kdbench.training.measure import measure_costs
 from kdbench.training.member import EpochMeter, Member, NonFiniteLossError, forward
 from kdbench.training.results import train_result
@@ -92,6 +99,7 @@ class Cohort:
         on_epoch: Callable[[RunSpec, dict], None] | None = None,
         fuse: bool = False,
         fuse_budget: int | None = None,
+        fuse_style: str | None = None,
         time_probe: bool = True,
     ):
         self.data, self.teacher, self.device = data, teacher, device
@@ -102,6 +110,10 @@ class Cohort:
         # and the most members a group of each key holds within them, measured on its first step
         self.fuse_budget = fuse_budget
         self.fuse_limits: dict[tuple, int] = {}
+        # how each key's groups fuse (kdbench/training/fused_plan.py `choose_style`), chosen on its first
+        # batch; `fuse_style` ("vmap", "channels") sets it for every key (`kdbench bench` compares them)
+        self.fuse_style = fuse_style
+        self.fuse_styles: dict[tuple, str] = {}
         self.fused_with: dict[str, tuple[str, ...]] = {}  # run id -> the largest fused group it trained in
         self.progress = progress or to_stderr
         # a live bar for people at a terminal (None: when stderr is one); logs get per-epoch lines
@@ -204,10 +216,16 @@ class Cohort:
         return entries
 
     def plan_fused(self, streams: list[list[Member]], batches: tuple[Batch, ...]) -> list[FusedGroup]:
-        """The epoch's fused groups (kdbench/training/fused_plan.py), each within the memory budget: a
-        group of a kind not measured yet is measured on this first batch, then planned again."""
+        """The epoch's fused groups (kdbench/training/fused_plan.py), each in its style and within the
+        memory budget: a group of a kind not seen yet chooses its style and is measured on this first
+        batch, then planned again."""
         live = [m for stream in streams for m in stream if m.error is None]
-        groups = plan_groups(live, self.fuse_limits)
+        for part in partition(live, self.fuse_limits):
+            key = group_key(part[0])
+            if key not in self.fuse_styles:
+                images = batches[self.stream_index(streams, part[0])][0]
+                self.fuse_styles[key] = self.fuse_style or choose_style(part, images)
+        groups = plan_groups(live, self.fuse_limits, self.fuse_styles)
         unmeasured = [g for g in groups if group_key(g.members[0]) not in self.fuse_limits]
         if unmeasured:
             self.fused_groups = groups  # what the teacher forwards serve
@@ -217,7 +235,8 @@ class Cohort:
                 own = [batches[self.stream_index(streams, m)] for m in group.members]
                 limit = size_limit(group, own, [teacher_outs[id(m)] for m in group.members], budget)
                 self.fuse_limits[group_key(group.members[0])] = limit
-            groups = plan_groups(live, self.fuse_limits)  # anew: the trial step moved the stacked copies
+            # anew: the trial step moved the fused copies
+            groups = plan_groups(live, self.fuse_limits, self.fuse_styles)
         for group in groups:
             for member in group.members:
                 if len(group.members) > member.fused_members:

@@ -83,9 +83,17 @@ class _StudentWithTerms(nn.Module):
 
 
 class FusedGroup:
-    """Members of one student architecture and wrapper set, stacked; `step` trains them all at once."""
+    """Members of one student architecture and wrapper set, fused; `step` trains them all at once. A
+    style (`VmapGroup` here, `ChannelGroup` in kdbench/training/fused_channels.py) holds the fused
+    parameters and buffers, `params` and `buffers` by the student's names, each a tensor whose view
+    (M, *own shape) holds member i's at [i], and gives the batched forward (`outputs`) and a member's
+    part of it (`member_output`); the optimizer, the loss terms and the write-back are this class's."""
 
-    def __init__(self, members: list[Member]):
+    style = ""
+
+    def __init__(
+        self, members: list[Member], params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]
+    ):
         self.members = members
         # each member's lr this epoch included (its scheduler steps at its `close_epoch`); one recipe
         # and one wrapper set per group, so a difference is a bug
@@ -93,51 +101,45 @@ class FusedGroup:
         if any(s != settings[0] for s in settings):
             raise RuntimeError(f"fused members' optimizers differ: {settings}")
         self.fields = members[0].student_features
-        model = copy.deepcopy(members[0].student).to("meta")  # the architecture, no storage
-        self.template = _StudentWithTerms(model, members[0].wrappers, self.fields)
-        self.params, self.buffers = stack_module_state([m.student for m in members])
+        self.params, self.buffers = params, buffers
         group_of = _group_of_parameter(members[0])
         groups = [
             {"params": [self.params[n] for n in self.params if group_of[n] == g], **s}
             for g, s in enumerate(settings[0])
         ]
         self.optimizer = torch.optim.SGD([g for g in groups if g["params"]])
-        for name, stacked in self.params.items():
+        for name, fused in self.params.items():
             momenta = [m.optimizer.state.get(self._own(m, name), {}).get("momentum_buffer") for m in members]
             if any(b is not None for b in momenta):  # the members have stepped (a later epoch, a resume)
-                self.optimizer.state[stacked]["momentum_buffer"] = torch.stack(momenta)
-        # one batch for all (one stream), or each member's own (several streams: the images stacked)
-        self.shared_forward = vmap(self._forward, in_dims=(0, 0, None), randomness="error")
-        self.own_forward = vmap(self._forward, in_dims=(0, 0, 0), randomness="error")
+                self.optimizer.state[fused]["momentum_buffer"] = torch.stack(momenta).view(fused.shape)
 
     @staticmethod
     def _own(member: Member, name: str) -> nn.Parameter:
         return member.student.get_parameter(name)
 
+    def mine(self, fused: torch.Tensor, own: torch.Tensor, index: int) -> torch.Tensor:
+        """Member `index`'s slice of a fused tensor shaped like its own `own`: a view of `fused`; where
+        `fused` is one value for all (a channel-grouped BatchNorm's step count), that value."""
+        if fused.shape == own.shape:
+            return fused
+        return fused.view(len(self.members), *own.shape)[index]
+
+    def member_gradients(self, index: int) -> dict[str, torch.Tensor]:
+        """Member `index`'s gradients after a step's backward, by parameter name (copies)."""
+        own = dict(self.members[index].student.named_parameters())
+        return {name: self.mine(p.grad, own[name], index).clone() for name, p in self.params.items()}
+
     @property
     def run_ids(self) -> tuple[str, ...]:
         return tuple(m.spec.run_id for m in self.members)
 
-    def _forward(self, params: dict, buffers: dict, images: torch.Tensor):
-        state = {f"student.{name}": value for name, value in {**params, **buffers}.items()}
-        return functional_call(self.template, state, (images,))
-
-    def _member_output(self, outputs, index: int) -> Features:
-        if not self.fields:
-            return Features(logits=outputs[index], pooled=None)
-        mine = tree_map(lambda t: t[index], outputs)
-        return Features(**mine).only(self.fields)
-
     def outputs(self, batches: list[Batch]):
-        """The batched forward: (outputs, wrapper terms), each stacked over the members."""
-        first = batches[0][0]
-        shared = all(batch[0] is first for batch in batches)
-        images = first if shared else torch.stack([batch[0] for batch in batches])
-        with warnings.catch_warnings():
-            # vmap runs the adaptive pool's in-place view (as_strided_) member by member and says so;
-            # what fusion costs or saves in all is `kdbench bench`'s fusion row
-            warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
-            return (self.shared_forward if shared else self.own_forward)(self.params, self.buffers, images)
+        """The batched forward of every member on its batch: (outputs, wrapper terms stacked)."""
+        raise NotImplementedError
+
+    def member_output(self, outputs, index: int) -> Features:
+        """Member `index`'s features out of `outputs`."""
+        raise NotImplementedError
 
     def losses(
         self,
@@ -157,7 +159,7 @@ class FusedGroup:
                 _, labels, indices = batches[index]
                 teacher = teacher_outs[index]
                 teacher = None if member.teacher is None else teacher.only(member.teacher_features)
-                terms = member.method.losses(self._member_output(outputs, index), teacher, labels, indices)
+                terms = member.method.losses(self.member_output(outputs, index), teacher, labels, indices)
                 terms.update({name: value[index] for name, value in wrapper_terms.items()})
                 loss = sum(terms.values())
                 check_finite(loss, f"epoch {epoch} step {meters[id(member)].steps}", terms)
@@ -194,11 +196,47 @@ class FusedGroup:
             if member.error is not None:
                 continue
             for name, own in member.student.named_parameters():
-                own.copy_(self.params[name][index])
+                own.copy_(self.mine(self.params[name], own, index))
                 momentum = self.optimizer.state.get(self.params[name], {}).get("momentum_buffer")
                 if momentum is not None:
-                    member.optimizer.state[own]["momentum_buffer"] = momentum[index].clone()
+                    member.optimizer.state[own]["momentum_buffer"] = self.mine(momentum, own, index).clone()
             for name, own in member.student.named_buffers():
-                own.copy_(self.buffers[name][index])
+                own.copy_(self.mine(self.buffers[name], own, index))
             # its step was taken here: tells its lr scheduler so (torch warns of a schedule stepped first)
             member.optimizer._opt_called = True
+
+
+class VmapGroup(FusedGroup):
+    """A fused group as stacked parameters and buffers under `torch.func.vmap` over `functional_call`:
+    any architecture and wrapper set (see the module's text)."""
+
+    style = "vmap"
+
+    def __init__(self, members: list[Member]):
+        fields = members[0].student_features
+        model = copy.deepcopy(members[0].student).to("meta")  # the architecture, no storage
+        self.template = _StudentWithTerms(model, members[0].wrappers, fields)
+        super().__init__(members, *stack_module_state([m.student for m in members]))
+        # one batch for all (one stream), or each member's own (several streams: the images stacked)
+        self.shared_forward = vmap(self._forward, in_dims=(0, 0, None), randomness="error")
+        self.own_forward = vmap(self._forward, in_dims=(0, 0, 0), randomness="error")
+
+    def _forward(self, params: dict, buffers: dict, images: torch.Tensor):
+        state = {f"student.{name}": value for name, value in {**params, **buffers}.items()}
+        return functional_call(self.template, state, (images,))
+
+    def member_output(self, outputs, index: int) -> Features:
+        if not self.fields:
+            return Features(logits=outputs[index], pooled=None)
+        mine = tree_map(lambda t: t[index], outputs)
+        return Features(**mine).only(self.fields)
+
+    def outputs(self, batches: list[Batch]):
+        first = batches[0][0]
+        shared = all(batch[0] is first for batch in batches)
+        images = first if shared else torch.stack([batch[0] for batch in batches])
+        with warnings.catch_warnings():
+            # vmap runs the adaptive pool's in-place view (as_strided_) member by member and says so;
+            # what fusion costs or saves in all is `kdbench bench`'s fusion row
+            warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
+            return (self.shared_forward if shared else self.own_forward)(self.params, self.buffers, images)

@@ -29,7 +29,8 @@ from torch import nn
 from kdbench.core import distributed
 from kdbench.core.features import Features
 from kdbench.methods.base import Method, PairNotSupportedError
-from kdbench.training.fused import Batch, FusedGroup
+from kdbench.training.fused import Batch, FusedGroup, VmapGroup
+from kdbench.training.fused_channels import ChannelGroup, channel_group
 from kdbench.training.measure import _SavedTensorBytes
 from kdbench.training.member import EpochMeter, Member, NonFiniteLossError
 
@@ -61,17 +62,35 @@ def group_key(member: Member) -> tuple:
     return member.spec.student, tuple((name, repr(config)) for name, config in member.spec.wrappers.items())
 
 
-def plan_groups(members: list[Member], limits: dict[tuple, int] | None = None) -> list[FusedGroup]:
-    """The fused groups of these members: fusable members by `group_key`, in run-id order, cut to at
-    most `limits[key]` members where a limit is known; a group of one is no group."""
+def partition(members: list[Member], limits: dict[tuple, int] | None = None) -> list[list[Member]]:
+    """Which members fuse together: fusable members by `group_key`, in run-id order, cut to at most
+    `limits[key]` members where a limit is known; a group of one is no group."""
     by_key: dict[tuple, list[Member]] = {}
     for member in sorted(members, key=lambda m: m.spec.run_id):
         if member.error is None and fusable(member):
             by_key.setdefault(group_key(member), []).append(member)
-    groups = []
+    parts = []
     for key, together in by_key.items():
-        groups += [part for part in cut(together, (limits or {}).get(key)) if len(part) > 1]
-    return [FusedGroup(group) for group in groups]
+        parts += [part for part in cut(together, (limits or {}).get(key)) if len(part) > 1]
+    return parts
+
+
+def choose_style(members: list[Member], images: torch.Tensor) -> str:
+    """How these members fuse: channel-grouped (HFTA) where that computes each member's own features on
+    `images`, the faster way where measured (kdbench/training/fused_channels.py), else vmap."""
+    return "channels" if channel_group(members, images) is not None else "vmap"
+
+
+def plan_groups(
+    members: list[Member], limits: dict[tuple, int] | None = None, styles: dict[tuple, str] | None = None
+) -> list[FusedGroup]:
+    """The fused groups of these members (`partition`), each in its key's style (`choose_style`; vmap
+    where none is given)."""
+    styles = styles or {}
+    return [
+        ChannelGroup(part) if styles.get(group_key(part[0])) == "channels" else VmapGroup(part)
+        for part in partition(members, limits)
+    ]
 
 
 def cut(members: list[Member], largest: int | None) -> list[list[Member]]:

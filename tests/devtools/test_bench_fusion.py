@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from kdbench.devtools.bench import BOARD_IMAGES, _board_rows
-from kdbench.devtools.fusion_styles import NotFusable, fusion_steps, hfta_model
+from kdbench.devtools.fusion_styles import fusion_steps
 from kdbench.models import build_model
+from kdbench.training.fused_channels import NotFusable, hfta_model
 
 
 def test_the_hfta_model_is_its_members_and_trains_them():

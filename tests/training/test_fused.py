@@ -20,7 +20,7 @@ from kdbench.core.registries import METHODS
 from kdbench.core.spec import Recipe, RunSpec
 from kdbench.methods.base import method_class
 from kdbench.training.engine import Cohort, EpochMeter, NonFiniteLossError
-from kdbench.training.fused_plan import fusable, plan_groups
+from kdbench.training.fused_plan import fusable, group_key, plan_groups
 
 STEP_TOLERANCE = 1e-5  # one step from one state: losses (relative above 1), gradients, state after it
 RUN_TOLERANCE = 2e-3  # two epochs, fused vs unfused throughout: final weights and statistics, losses
@@ -47,16 +47,17 @@ def cohort(data, teacher, out, fuse):
     return Cohort(SPECS, data, out=out, fuse=fuse, **options)
 
 
-def started(trained, fuse):
+def started(trained, fuse, style="vmap"):
     """`trained`'s members prepared for epoch 1, member i's weights scaled by 1 + i / 100 (each starts
-    elsewhere); its fused groups planned where `fuse`."""
+    elsewhere); its fused groups planned where `fuse`, in `style`."""
     for index, member in enumerate(trained.members):
         trained.prepare_member(member)
         member.begin_epoch(1)
         with torch.no_grad():
             for parameter in member.student.parameters():
                 parameter.mul_(1 + index / 100)
-    trained.fused_groups = plan_groups(trained.members) if fuse else []
+    styles = {group_key(m): style for m in trained.members}
+    trained.fused_groups = plan_groups(trained.members, styles=styles) if fuse else []
     return trained
 
 
@@ -80,8 +81,7 @@ def set_state(member, state: dict) -> None:
 def gradients(member, groups) -> dict:
     for group in groups:
         if member in group.members:
-            index = group.members.index(member)
-            return {name: stacked.grad[index].clone() for name, stacked in group.params.items()}
+            return group.member_gradients(group.members.index(member))
     return {name: p.grad.clone() for name, p in member.student.named_parameters()}
 
 
@@ -95,15 +95,16 @@ def relative_difference(a: dict, b: dict) -> float:
     return float(difference.norm() / torch.cat([b[k].double().flatten() for k in floats]).norm())
 
 
-def lockstep(data, teacher, out, steps=3):
+def lockstep(data, teacher, out, style, steps=3):
     """The cohort fused and unfused, stepped side by side on the same batches. Before each step every
     unfused member is set to its fused twin's state (weights, BatchNorm statistics, momentum), so each
     step compares the fused step with the member's own from one state: a difference of a step is that
     step's, not one carried over a ReLU's kink from an earlier reassociation. For each step and member:
     (loss fused, loss unfused, gradients fused, unfused, state after the step fused, unfused)."""
-    fused = started(cohort(data, teacher, out / "on", fuse=True), fuse=True)
+    fused = started(cohort(data, teacher, out / "on", fuse=True), fuse=True, style=style)
     plain = started(cohort(data, teacher, out / "off", fuse=False), fuse=False)
     (group,) = fused.fused_groups
+    assert group.style == style
     compared = []
     for _, batch, same in zip(
         range(steps), fused.members[0].batches(), plain.members[0].batches(), strict=False
@@ -145,10 +146,12 @@ def test_fusable_methods_are_declared_and_the_others_step_alone(tiny_data, tiny_
     assert not fusable(trained.members[-1])  # fitnet: its connector trains, it reads features
 
 
-def test_each_fused_step_is_the_members_own_step(tiny_data, tiny_teacher, tmp_path):
+@pytest.mark.parametrize("style", ["vmap", "channels"])
+def test_each_fused_step_is_the_members_own_step(style, tiny_data, tiny_teacher, tmp_path):
     """Losses, gradients, and the state after the step (weights by the member's SGD with momentum and
-    weight decay, its own BatchNorm statistics, its momentum) of each of the first three steps."""
-    for step in lockstep(tiny_data, tiny_teacher, tmp_path):
+    weight decay, its own BatchNorm statistics, its momentum) of each of the first three steps, fused
+    either way (kdbench/training/fused.py `VmapGroup`, fused_channels.py `ChannelGroup`)."""
+    for step in lockstep(tiny_data, tiny_teacher, tmp_path, style):
         for spec_, (loss_on, loss_off, grads_on, grads_off, after_on, after_off) in zip(
             SPECS, step, strict=True
         ):

@@ -24,7 +24,7 @@ from test_fused import (  # noqa: I001  (the sibling test module)
 from kdbench.core.spec import RunSpec
 from kdbench.methods.base import method_class
 from kdbench.training.engine import Cohort, EpochMeter, split_features
-from kdbench.training.fused_plan import fusable, plan_groups, step_bytes
+from kdbench.training.fused_plan import fusable, step_bytes
 from kdbench.training.member import forward
 from kdbench.wrappers.vam import VAMConfig
 
@@ -135,8 +135,8 @@ def test_each_fused_step_with_and_without_vam_is_the_members_own_step(
     draws = [stream[0].batches() for stream in streams]
     for step, batches in zip(range(2), zip(*draws, strict=True), strict=False):
         tolerance = STEP_TOLERANCE if step == 0 else RUN_TOLERANCE
-        fused.fused_groups = plan_groups(fused.members)
-        assert sorted(len(g.members) for g in fused.fused_groups) == [2, 2]
+        fused.fused_groups = fused.plan_fused(streams, batches)  # the engine's styles: VAM's by vmap
+        assert sorted((g.style, len(g.members)) for g in fused.fused_groups) == [("channels", 2), ("vmap", 2)]
         for twin, member in zip(fused.members, plain.members, strict=True):
             set_state(member, state_of(twin))
         meters = {id(m): EpochMeter() for m in fused.members + plain.members}
@@ -168,8 +168,8 @@ def test_a_group_larger_than_its_memory_budget_is_cut(tiny_data, tiny_teacher, t
     for member in probe.members:
         probe.prepare_member(member)
         member.begin_epoch(1)
-    (group,) = probe.fused_groups = plan_groups(probe.members)
     batch = next(probe.members[0].batches())
+    (group,) = probe.fused_groups = probe.plan_fused([probe.members], (batch,))  # the style the run takes
     teacher_outs = probe.teacher_forwards([probe.members], (batch,))
     share = step_bytes(group, [batch] * 4, [teacher_outs[id(m)] for m in group.members]) / 4
     cut = Cohort(

@@ -1,0 +1,72 @@
+"""Which way a fused group fuses (kdbench/training/fused_plan.py `choose_style`): channel-grouped (HFTA,
+kdbench/training/fused_channels.py) where the grouped model computes each member's own features,
+else vmap (kdbench/training/fused.py). That the channel-grouped step is each member's own step is
+tests/training/test_fused.py's lockstep test; across seeds, test_fused_groups.py's."""
+
+import pytest
+import torch
+from test_fused import RECIPE, quiet  # noqa: I001  (the sibling test module)
+
+from kdbench.core.spec import RunSpec
+from kdbench.data import PreparedData, load_dataset
+from kdbench.methods.base import method_class
+from kdbench.training.engine import Cohort
+from kdbench.training.fused_channels import ChannelGroup, NotFusable, member_features, stack_channels
+from kdbench.training.fused_plan import choose_style, fusable
+from kdbench.wrappers.vam import VAMConfig
+
+
+@pytest.fixture(scope="module")
+def cifar_sized():
+    """ShuffleNets need 32x32 images."""
+    info, train, test = load_dataset("synthetic", num_train=64, num_test=32, image_size=32)
+    return PreparedData(info, train, test, None)
+
+
+def started_members(data, student, tmp_path, wrappers=None):
+    """Two student-baseline members of `student` (seeds 0 and 1), begun, and their first batch's images."""
+    hp = method_class("student").resolve_hp({})
+    specs = [
+        RunSpec("student", student, "synthetic", hp=hp, recipe=RECIPE, seed=seed, wrappers=wrappers or {})
+        for seed in (0, 1)
+    ]
+    options = dict(teacher=None, device=torch.device("cpu"), progress=quiet, progress_bar=False)
+    cohort = Cohort(specs, data, out=tmp_path, fuse=True, **options)
+    for member in cohort.members:
+        member.begin_epoch(1)
+    assert all(fusable(m) for m in cohort.members)
+    return cohort.members, next(cohort.members[0].batches())[0]
+
+
+@pytest.mark.parametrize(
+    ("student", "wrappers", "style"),
+    [
+        ("resnet8", None, "channels"),
+        ("mobile_half", None, "channels"),  # depthwise convolutions: groups x M
+        ("resnet8", {"vam": VAMConfig(groups=2)}, "vmap"),  # VAM's attended convolutions
+        ("ShuffleV1", None, "vmap"),  # its channel shuffle mixes the members' channels
+    ],
+)
+def test_a_group_fuses_by_channels_where_they_are_its_members_own(
+    student, wrappers, style, cifar_sized, tmp_path
+):
+    members, images = started_members(cifar_sized, student, tmp_path, wrappers)
+    assert choose_style(members, images) == style
+
+
+def test_a_shuffle_that_mixes_the_members_channels_is_seen_on_the_first_batch(cifar_sized, tmp_path):
+    """ShuffleV1 has only layers HFTA groups, so the model builds; its features on the first batch are
+    not its members' own, which is what sends it to vmap."""
+    members, images = started_members(cifar_sized, "ShuffleV1", tmp_path)
+    group = ChannelGroup(members)
+    assert not group.matches_members(images)
+    with torch.no_grad():
+        fused = group.model(stack_channels([images, images]), features=True)
+        own = members[1].student(images, features=True)
+    assert not torch.allclose(member_features(fused, 2, 1).logits, own.logits, atol=1e-3)
+
+
+def test_wrappers_and_layers_without_a_grouped_form_are_refused(cifar_sized, tmp_path):
+    members, _ = started_members(cifar_sized, "resnet8", tmp_path, {"vam": VAMConfig(groups=2)})
+    with pytest.raises(NotFusable, match="vam"):
+        ChannelGroup(members)

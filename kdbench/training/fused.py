@@ -1,30 +1,30 @@
 """Fused members: members that share a student architecture and wrappers train as one batched model.
 
-Opt-in (`--fuse on`; issue 24). The members of a cohort (kdbench/training/engine.py) whose method
-declares `fuses` (methods/base.py), in fp32, uncompiled, in one process, whose method trains no
-parameters of its own and reads no extra views, are grouped by student architecture and wrapper
-settings (kdbench/training/fused_plan.py), across the cohort's data streams: members of different
-seeds fuse too, each on its own batches. A group holds its members' parameters and buffers stacked
-(`torch.func.stack_module_state`; a wrapper's parameters, VAM's attention logits, are the student's
-and stack with them) and runs one forward and one backward over all of them: `torch.func.vmap` over
-`functional_call`, whose convolution batching rule is the grouped convolution HFTA writes by hand,
-for any architecture. Members of one stream share their batch (one image tensor, not batched);
-members of several streams each read their own (the images stacked). BatchNorm's running statistics
-are stacked buffers that vmap updates in place, one slice per member. Each member's loss terms are
-its own method's on its own slice of the outputs, with its own labels and teacher features, then its
-wrappers' terms on its own slice of the parameters (in the solo order); their sum's gradient on a
-member's slice is that member's own gradient. One SGD over the stacked parameters, a parameter group
-for each of the members' groups (the student's; VAM's, at its own lr and no weight decay) with their
-momentum, dampening, weight decay, nesterov and current lr, is elementwise: each slice steps as the
-member's own optimizer would.
+Opt-in (`--fuse on`; issue 24). The members of a cohort (kdbench/training/engine.py) that fuse
+(kdbench/training/fused_plan.py `fusable`) are grouped by student architecture and wrapper settings,
+across the cohort's data streams: members of different seeds fuse too, each on its own batches. A
+group runs one forward and one backward over all its members, in one of two styles:
+- channel-grouped (HFTA; `ChannelGroup`, kdbench/training/fused_channels.py), where the student is
+  made of layers it groups and its grouped features are the members' own: the faster on CPU;
+- `VmapGroup` here, for any architecture and wrapper set: the members' parameters and buffers stacked
+  (`torch.func.stack_module_state`; a wrapper's parameters, VAM's attention logits, are the student's
+  and stack with them), `torch.func.vmap` over `functional_call`. Members of one stream share their
+  batch (one image tensor, not batched); members of several streams each read their own (stacked).
+Either way BatchNorm's running statistics are each member's own slice of the fused buffers. Each
+member's loss terms are its own method's on its own slice of the outputs, with its own labels and
+teacher features, then its wrappers' terms on its own slice of the parameters (in the solo order);
+their sum's gradient on a member's slice is that member's own gradient. One SGD over the fused
+parameters, a parameter group for each of the members' groups (the student's; VAM's, at its own lr
+and no weight decay) with their momentum, dampening, weight decay, nesterov and current lr, is
+elementwise: each slice steps as the member's own optimizer would.
 
 A group lives for one epoch: built from the members' students and optimizer state after
 `begin_epoch` (so a fused member starts where its solo run starts, and resumes from its own
 checkpoint), written back before `close_epoch` (parameters, buffers, momentum), so evaluation,
 checkpoints, export and records read each member's own student as they do unfused. The fused
 mathematics is the solo one; the numbers differ by floating-point reassociation only
-(tests/training/test_fused.py measures the tolerance). Random draws inside the forward are refused
-(`randomness="error"`): a member's stream cannot be reproduced inside a batched forward.
+(tests/training/test_fused.py measures the tolerance). Random draws inside a vmapped forward are
+refused (`randomness="error"`): a member's stream cannot be reproduced inside a batched forward.
 """
 
 from __future__ import annotations

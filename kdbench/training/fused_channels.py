@@ -15,6 +15,12 @@ Member i's slice of a fused tensor is `fused.view(M, *own.shape)[i]`, for every 
 (convolution and BatchNorm tensors are the members' concatenated along dimension 0, linear ones are
 stacked), as for vmap's stacked ones: the optimizer, the write-back and the tests read both alike.
 BatchNorm's step count is one scalar, equal for members that step in lockstep.
+
+Compiled members (`--compile on`) fuse this way only: the grouped model is compiled with static shapes,
+and on CUDA in torch.compile's reduce-overhead mode, which replays the step's kernels from CUDA graphs
+(launch overhead is what a fused step of small students spends its time on there). Methods covered:
+those that fuse (`kdbench list methods --verbose`); their loss terms run eagerly around the compiled
+forward. On CPU it is the default compiled mode.
 """
 
 from __future__ import annotations
@@ -150,10 +156,24 @@ class ChannelGroup(FusedGroup):
             raise NotFusable(f"wrappers {[w.name for w in members[0].wrappers]} have no HFTA counterpart")
         self.model = hfta_model([m.student for m in members])
         super().__init__(members, dict(self.model.named_parameters()), dict(self.model.named_buffers()))
+        self.graphs = members[0].spec.compile and self.model_device.type == "cuda"
+        self.forward = self.model
+        if members[0].spec.compile:
+            # static shapes: the last, partial batch compiles once more (and is captured again on CUDA);
+            # a new group each epoch reuses the compiled code (the weights are its inputs, not constants)
+            self.forward = torch.compile(
+                self.model, dynamic=False, mode="reduce-overhead" if self.graphs else None
+            )
+
+    @property
+    def model_device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def outputs(self, batches: list[Batch]):
         images = stack_channels([batch[0] for batch in batches])
-        return (self.model(images, features=True) if self.fields else self.model(images)), {}
+        if self.graphs:  # a new training step: the previous step's graph outputs are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
+        return (self.forward(images, features=True) if self.fields else self.forward(images)), {}
 
     def member_output(self, outputs, index: int) -> Features:
         if not self.fields:

@@ -2,11 +2,14 @@
 
 A member fuses when its method declares `fuses` (methods/base.py: no data-dependent Python control
 flow, no per-sample memory bank, no init stage), trains no parameters of its own, reads no extra
-views and keeps the default optimizer and step (`Method.build_optimizer`, `Method.optimizer_step`), in fp32, uncompiled, in one process, with no dropout in its student (random draws inside a
-batched forward are refused). Its wrappers fuse with it: VAM's attention logits are parameters of the
-student and stack with them. Members fuse with those of the same student architecture and wrapper
-settings, whatever their seed: each keeps its own batches. A group's members are in run-id order, so
-the same runs make the same group, in the same order, wherever they are trained (`kdbench rerun`).
+views and keeps the default optimizer and step (`Method.build_optimizer`, `Method.optimizer_step`),
+in fp32, in one process, with no dropout in its student (random draws inside a batched forward are
+refused). Its wrappers fuse with it: VAM's attention logits are parameters of the student and stack
+with them. Members fuse with those of the same student architecture and wrapper settings, whatever
+their seed: each keeps its own batches. A group's members are in run-id order, so the same runs make
+the same group, in the same order, wherever they are trained (`kdbench rerun`). A group fuses
+channel-grouped (kdbench/training/fused_channels.py) where that computes its members' own features on
+its first batch, else by vmap (kdbench/training/fused.py); compiled members fuse channel-grouped only.
 
 A group's size is bounded by memory measured, not guessed: on its first batch each planned group runs
 one step without the update (on its stacked copies; the members' state and random streams untouched),
@@ -46,7 +49,6 @@ def fusable(member: Member) -> bool:
         getattr(type(member.method), "fuses", False)
         and not member.extra_views
         and spec.precision == "fp32"
-        and not spec.compile
         and distributed.world_size() == 1
         and not any(p.requires_grad for p in member.method.parameters())
         # the default SGD and its one backward, one step: the fused SGD over the stacked slices is that
@@ -85,12 +87,14 @@ def plan_groups(
     members: list[Member], limits: dict[tuple, int] | None = None, styles: dict[tuple, str] | None = None
 ) -> list[FusedGroup]:
     """The fused groups of these members (`partition`), each in its key's style (`choose_style`; vmap
-    where none is given)."""
-    styles = styles or {}
-    return [
-        ChannelGroup(part) if styles.get(group_key(part[0])) == "channels" else VmapGroup(part)
-        for part in partition(members, limits)
-    ]
+    where none is given); compiled members (`--compile on`) whose style is not channels step alone."""
+    styles, groups = styles or {}, []
+    for part in partition(members, limits):
+        if styles.get(group_key(part[0])) == "channels":
+            groups.append(ChannelGroup(part))
+        elif not part[0].spec.compile:  # compiled members fuse as one compiled grouped model only
+            groups.append(VmapGroup(part))
+    return groups
 
 
 def cut(members: list[Member], largest: int | None) -> list[list[Member]]:

@@ -3,14 +3,23 @@ kdbench/training/fused_channels.py) where the grouped model computes each member
 else vmap (kdbench/training/fused.py). That the channel-grouped step is each member's own step is
 tests/training/test_fused.py's lockstep test; across seeds, test_fused_groups.py's."""
 
+from dataclasses import replace
+
 import pytest
 import torch
-from test_fused import RECIPE, quiet  # noqa: I001  (the sibling test module)
+from test_fused import (  # noqa: I001  (the sibling test module)
+    RECIPE,
+    STEP_TOLERANCE,
+    gradients,
+    quiet,
+    relative_difference,
+    spec,
+)
 
 from kdbench.core.spec import RunSpec
 from kdbench.data import PreparedData, load_dataset
 from kdbench.methods.base import method_class
-from kdbench.training.engine import Cohort
+from kdbench.training.engine import Cohort, EpochMeter
 from kdbench.training.fused_channels import ChannelGroup, NotFusable, member_features, stack_channels
 from kdbench.training.fused_plan import choose_style, fusable
 from kdbench.wrappers.vam import VAMConfig
@@ -70,3 +79,32 @@ def test_wrappers_and_layers_without_a_grouped_form_are_refused(cifar_sized, tmp
     members, _ = started_members(cifar_sized, "resnet8", tmp_path, {"vam": VAMConfig(groups=2)})
     with pytest.raises(NotFusable, match="vam"):
         ChannelGroup(members)
+
+
+def test_compiled_members_fuse_as_one_compiled_grouped_model(tiny_data, tiny_teacher, tmp_path):
+    """`--compile on` kd members: one compiled channel-grouped model (static shapes; CUDA graphs on
+    CUDA), whose first step's losses and gradients are each compiled member's own unfused ones."""
+    specs = [replace(spec("kd", temperature=t), compile=True) for t in (1.0, 4.0)]
+    options = dict(teacher=tiny_teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
+    trained = {}
+    for fuse in (True, False):
+        cohort = Cohort(specs, tiny_data, out=tmp_path / str(fuse), fuse=fuse, time_probe=False, **options)
+        for member in cohort.members:
+            cohort.prepare_member(member)
+            member.begin_epoch(1)
+        trained[fuse] = cohort
+    fused, plain = trained[True], trained[False]
+    batch = next(fused.members[0].batches())
+    (group,) = fused.fused_groups = fused.plan_fused([fused.members], (batch,))
+    assert isinstance(group, ChannelGroup) and group.forward is not group.model  # compiled
+    losses = {}
+    for cohort in (fused, plain):
+        meters = {id(m): EpochMeter() for m in cohort.members}
+        teacher_out = cohort.teacher_forward(batch[0], cohort.members)
+        cohort.step_members(cohort.members, batch, teacher_out, meters, 1)
+        losses[id(cohort)] = [meters[id(m)].loss_sum for m in cohort.members]
+    for twin, member, on, off in zip(
+        fused.members, plain.members, losses[id(fused)], losses[id(plain)], strict=True
+    ):
+        assert abs(on - off) <= STEP_TOLERANCE * max(1.0, off)
+        assert relative_difference(gradients(twin, [group]), gradients(member, [])) <= STEP_TOLERANCE

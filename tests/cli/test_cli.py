@@ -72,7 +72,7 @@ def test_report_without_records(capsys, tmp_path):
 def test_small_run_then_report_and_check(capsys, tmp_path):
     out = str(tmp_path)
     common = ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "1", "--out", out]
-    common += ["--seeds", "3"]  # a regression baseline needs >= 3 seeds per cell
+    common += ["--seeds", "3", "--train-subset", "256"]  # a regression baseline needs >= 3 seeds per cell
     code, board, _ = run_cli(
         capsys, "run", "--methods", "kd,crd", "--vam", "on", "--teacher-epochs", "1", *common
     )
@@ -113,6 +113,7 @@ def _start_pooled_run(out: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "kdbench", "run", "--methods", "student,kd", "--vam", "both"]
     argv += ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "4"]
     argv += ["--teacher-epochs", "1", "--jobs", "2", "--out", str(out)]
+    argv += ["--train-subset", "256", "--time-probe", "off"]  # what is tested is the pool's processes
     # a session of its own: the test can signal the whole group, as a terminal's Ctrl-C does; SIGINT
     # at its default, as at a terminal (a shell's background job, e.g. a CI runner's, inherits it ignored)
     return subprocess.Popen(

@@ -23,6 +23,7 @@ def logged(tmp_path_factory):
     """student alone and kd + at as one cohort (their epochs interleave), logged to both trackers."""
     out = tmp_path_factory.mktemp("store")
     args = ["run", *TINY, "--methods", "student,kd,at", "--jobs", "1", "--log", "tensorboard,mlflow"]
+    args += ["--time-probe", "off"]  # the trackers log the epochs; the probe times none of them
     assert main([*args, "--out", str(out)]) == 0
     return out, {r["spec"]["method"]: r for r in store.load_records(out)}
 
@@ -131,7 +132,7 @@ def _on_a_terminal(args: list[str]) -> str:
 
 @pytest.mark.slow
 def test_a_progress_bar_shows_on_a_terminal(tmp_path):
-    base = [*TINY[:-2], "--methods", "student,kd", "--cohort", "off"]
+    base = [*TINY[:-2], "--methods", "student,kd", "--cohort", "off", "--time-probe", "off"]
     in_process = _on_a_terminal(["run", *base, "--jobs", "1", "--out", str(tmp_path / "a")])
     assert "step/s" in in_process or "s/step" in in_process  # the engine's epoch bar
     pooled = _on_a_terminal(["run", *base, "--jobs", "2", "--out", str(tmp_path / "b")])

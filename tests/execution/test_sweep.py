@@ -19,6 +19,8 @@ TEACHER = Recipe(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=(), train_sub
 
 
 def request(out, **changes):
+    # time_probe off unless a test reads time / student (those say time_probe=True): the probe's
+    # steps would double these tiny runs, and what it measures is tests/training/test_cost_probe.py's
     base = SweepRequest(
         methods=["student", "kd"],
         pairs=[Pair("resnet14", "resnet8")],
@@ -26,6 +28,7 @@ def request(out, **changes):
         recipe=TINY,
         teacher_recipe=TEACHER,
         out=out,
+        time_probe=False,
     )
     return replace(base, **changes)
 
@@ -39,7 +42,7 @@ def records_by_method(out):
 
 
 def test_sweep_writes_one_complete_record_per_run(tmp_path):
-    summary = Sweep(request(tmp_path, vam_modes=[False, True]), progress=quiet).run()
+    summary = Sweep(request(tmp_path, vam_modes=[False, True], time_probe=True), progress=quiet).run()
     assert len(summary.done) == 4 and not summary.failed
     records = records_by_method(tmp_path)
     assert set(records) == {("student", False), ("student", True), ("kd", False), ("kd", True)}
@@ -76,10 +79,9 @@ def test_rerun_is_a_cache_hit_and_same_seed_reproduces(tmp_path):
 
 
 def test_a_pool_of_workers_gives_the_numbers_of_one_process(tmp_path):
-    serial = Sweep(request(tmp_path / "serial", vam_modes=[False, True], threads=1), progress=quiet).run()
-    pooled = Sweep(
-        request(tmp_path / "pool", vam_modes=[False, True], threads=1, jobs=2), progress=quiet
-    ).run()
+    shared = dict(vam_modes=[False, True], threads=1)
+    serial = Sweep(request(tmp_path / "serial", **shared), progress=quiet).run()
+    pooled = Sweep(request(tmp_path / "pool", jobs=2, time_probe=True, **shared), progress=quiet).run()
     # equal run ids: the teacher trained in a worker has the checkpoint (SHA-256) of the serial one
     assert sorted(pooled.done) == sorted(serial.done) and len(serial.done) == 4
     a, b = records_by_method(tmp_path / "serial"), records_by_method(tmp_path / "pool")

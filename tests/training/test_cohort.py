@@ -28,6 +28,8 @@ TIMING = {
 
 
 def request(out, **changes):
+    # time_probe off: these tests compare records without their timings, and the probe's own
+    # guarantee (it changes nothing, cohort or not) is tests/training/test_cost_probe.py's
     base = SweepRequest(
         methods=METHODS,
         pairs=[Pair("resnet14", "resnet8")],
@@ -37,6 +39,7 @@ def request(out, **changes):
         vam_modes=[False, True],
         out=out,
         threads=1,
+        time_probe=False,
     )
     return replace(base, **changes)
 
@@ -152,7 +155,9 @@ def test_the_loop_records_each_members_failure_and_trains_the_others_as_alone(tm
         return RunSpec(method, "resnet8", "synthetic", teacher="vgg8", hp=cls.resolve_hp(hp), recipe=recipe)
 
     refused, diverging, healthy = spec("at"), spec("kd", temperature=0.0), spec("kd")
-    options = dict(teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
+    options = dict(
+        teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False, time_probe=False
+    )
     trained = Cohort([refused, diverging, healthy], data, out=tmp_path / "cohort", **options).run()
     assert [t.spec for t in trained] == [refused, diverging, healthy]
     assert isinstance(trained[0].error, PairNotSupportedError) and trained[0].result is None

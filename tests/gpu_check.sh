@@ -34,23 +34,23 @@ run nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 run $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), torch.get_num_threads(), 'threads')"
 
 # 1. the tests that exercise CUDA (marked cuda; skipped elsewhere): every method's training step,
-# bf16/fp16, compile, the VAM fold, cohort members vs solo runs under deterministic kernels
+# bf16/fp16, compile, the VAM fold, cohort members vs solo runs under deterministic kernels, fused
+# members vs unfused (channel-grouped, by vmap with VAM, compiled under CUDA graphs)
 export CUBLAS_WORKSPACE_CONFIG=:4096:8
-run timeout 160 $PY -m pytest -q -p no:cacheprovider -o addopts="" -vv tests/training/test_cuda.py \
+run timeout 200 $PY -m pytest -q -p no:cacheprovider -o addopts="" -vv tests/training/test_cuda.py \
     tests/training/test_cost_probe.py::test_on_cuda_the_probe_times_synchronized_wall_seconds_and_keeps_the_cuda_stream
 # 2. engine vs bare fp32 KD vs the classic per-image DataLoader loop; cohort vs alone; bf16 and
 # compile vs fp32; several cohorts at once on the card (CIFAR-100-shaped synthetic data, batch 64);
-# fused members (issue 24): a fused group of 4 kd runs vs the same 4 unfused vs 4 classic loops, vmap
-# vs HFTA grouped convolutions, and the board (13 methods x 3 seeds x 240 epochs) in GPU-hours. The
+# fused members (issue 24): a fused group of 4 kd runs (channel-grouped; by vmap; compiled, under CUDA
+# graphs) vs the same 4 unfused vs 4 classic loops, vmap vs HFTA grouped convolutions as bare steps,
+# and the board (13 methods x 3 seeds x 240 epochs) in GPU-hours at each speed. The
 # card's utilisation and memory are sampled every second meanwhile (nvidia-smi), summarised below.
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 > "$OUT/smi.csv" 2>/dev/null &
 SMI=$!
-run timeout 240 "$KDBENCH" bench --device cuda --teacher resnet32x4 --student resnet8x4 --batch-size 64 \
+run timeout 300 "$KDBENCH" bench --device cuda --teacher resnet32x4 --student resnet8x4 --batch-size 64 \
   --num-classes 100 --image-size 32 --images 4096 --repeats 2 --methods kd,crd --concurrent 4,8,16
 kill "$SMI" 2>/dev/null
 run awk -F', ' '{u += $1; if ($1 > um) um = $1; if ($2 > mm) mm = $2; n++} END {if (n) printf "nvidia-smi during the bench: %d samples, utilisation mean %.0f%% max %d%%, memory max %d MiB\n", n, u / n, um, mm}' "$OUT/smi.csv"
-run timeout 150 "$KDBENCH" bench --device cuda --teacher resnet56 --student resnet20 --batch-size 64 \
-  --num-classes 100 --image-size 32 --images 4096 --repeats 2 --methods kd,crd --concurrent 4
 # 3. torchrun with one process on the card: the run joins an NCCL process group (the record says so)
 run timeout 60 "$TORCHRUN" --nproc-per-node 1 -m kdbench run --device cuda --dataset synthetic \
   --pairs resnet14:resnet8 --methods student,kd --vam off --epochs 1 --teacher-epochs 1 --out "$OUT/ddp"

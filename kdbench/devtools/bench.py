@@ -9,7 +9,8 @@
   teacher forward) vs the same runs alone, one after another;
 - fusion: M kd runs (temperatures 1, 2, 4, 8) trained as one fused group (`--fuse on`,
   kdbench/training/fused.py; in the style the engine chooses, and by vmap) vs the same cohort unfused,
-  and M classic per-image DataLoader KD loops;
+  and M classic per-image DataLoader KD loops; the same M compiled, fused (one compiled grouped model,
+  under CUDA graphs on CUDA) vs unfused;
   the two ways to fuse as bare CE steps (kdbench/devtools/fusion_styles.py: torch.func vmap, the
   engine's, and HFTA's grouped convolutions) vs the M students stepped one after another; on CUDA,
   the board of issue 24 (13 methods x 3 seeds x 240 epochs of 50,000 images) extrapolated in
@@ -173,10 +174,12 @@ class _Setup:
         specs = [self.spec(m, False) for m in members]
         return Cohort(specs, self.data, teacher=self.teacher_model, device=self.device, out=self.out)
 
-    def kd_cohort(self, temperatures: tuple[float, ...], fuse: bool, style: str | None = None) -> Cohort:
-        """kd at each temperature, one cohort: the members of one fused group where `fuse` (in `style`,
-        or the engine's choice)."""
-        specs = [self.spec("kd", False, hp={"temperature": t}) for t in temperatures]
+    def kd_cohort(
+        self, temperatures: tuple[float, ...], fuse: bool, style: str | None = None, compile: bool = False
+    ) -> Cohort:
+        """kd at each temperature, one cohort (compiled where `compile`): the members of one fused group
+        where `fuse` (in `style`, or the engine's choice)."""
+        specs = [self.spec("kd", False, compile=compile, hp={"temperature": t}) for t in temperatures]
         options = dict(teacher=self.teacher_model, device=self.device, out=self.out)
         return Cohort(specs, self.data, fuse=fuse, fuse_style=style, **options)
 
@@ -237,6 +240,10 @@ def run_bench(
     unfused_name = f"fusion: {len(temperatures)} kd runs, one cohort unfused"
     fused_name = f"fusion: the same {len(temperatures)} as one fused group (--fuse on)"
     vmapped_name = f"fusion: the same {len(temperatures)} fused by torch.func vmap"
+    compiled = [setup.kd_cohort(temperatures, fuse=fuse, compile=True) for fuse in (False, True)]
+    compiled_name = f"fusion: {len(temperatures)} kd runs compiled, one cohort unfused"
+    graphs = " (CUDA graphs)" if setup.device.type == "cuda" else ""
+    compiled_fused_name = f"fusion: the same {len(temperatures)} compiled as one fused group{graphs}"
 
     classic = "classic: per-image DataLoader KD loop"
     classics = [
@@ -255,6 +262,10 @@ def run_bench(
         (unfused_name, lambda: unfused.train_stream(1, unfused.live()), unfused_name, len(temperatures)),
         (fused_name, lambda: fused.train_stream(1, fused.live()), unfused_name, len(temperatures)),
         (vmapped_name, lambda: vmapped.train_stream(1, vmapped.live()), unfused_name, len(temperatures)),
+        *(
+            (name, lambda c=c: c.train_stream(1, c.live()), compiled_name, len(temperatures))
+            for name, c in zip((compiled_name, compiled_fused_name), compiled, strict=True)
+        ),
         (classic_group, lambda: [epoch() for epoch in classics], unfused_name, len(temperatures)),
         *_fusion_style_measures(bare_args, len(temperatures)),
         (bare_kd, bare_kd_epoch(*kd_args), bare_kd, 1),
@@ -291,7 +302,7 @@ def run_bench(
             )
     rows = _with_throughput(rows, images=len(train))
     if device.type == "cuda":
-        rows += _board_rows(rows, fused_name, classic)
+        rows += _board_rows(rows, classic, fused_name, compiled_fused_name)
     return rows
 
 
@@ -300,16 +311,16 @@ def _fusion_style_measures(bare_args: tuple, members: int) -> list[tuple]:
     a student HFTA's grouping does not cover)."""
     works = fusion_steps(*bare_args, members, MEMORY_FORMAT)
     reference = f"fusion, bare CE steps: {members} students one after another"
-    names = {"one after another": reference, "vmap": "fusion, bare CE steps: torch.func vmap (the engine's)"}
-    names["hfta"] = "fusion, bare CE steps: HFTA grouped convolutions"
+    names = {"one after another": reference, "vmap": "fusion, bare CE steps: torch.func vmap"}
+    names["hfta"] = "fusion, bare CE steps: HFTA grouped convolutions (the engine's where they cover it)"
     return [(names[key], work, reference, members) for key, work in works.items()]
 
 
-def _board_rows(rows: list[dict], fused_name: str, classic: str) -> list[dict]:
-    """Issue 24's board (BOARD_IMAGES) extrapolated from the fused group's images/s and a classic loop's."""
+def _board_rows(rows: list[dict], classic: str, *fused: str) -> list[dict]:
+    """Issue 24's board (BOARD_IMAGES) extrapolated from a classic loop's images/s and each fused row's."""
     by_name = {row["measure"]: row for row in rows}
     board = []
-    for name in (classic, fused_name):
+    for name in (classic, *fused):
         speed = by_name[name]["images_per_s"]
         hours = BOARD_IMAGES / speed / 3600
         board.append(

@@ -38,7 +38,7 @@ def test_the_board_is_extrapolated_from_images_per_second():
         {"measure": "classic", "images_per_s": 1000.0},
         {"measure": "fused", "images_per_s": 4000.0},
     ]
-    classic, fused = _board_rows(rows, "fused", "classic")
+    classic, fused = _board_rows(rows, "classic", "fused")
     assert classic["gpu_hours"] == pytest.approx(BOARD_IMAGES / 1000 / 3600)
     assert fused["gpu_hours"] == pytest.approx(classic["gpu_hours"] / 4)
     assert fused["reference"] == classic["measure"] and fused["throughput_x"] == pytest.approx(4.0)

@@ -74,3 +74,29 @@ def test_cohort_members_equal_solo_runs_on_cuda_with_deterministic_kernels(tmp_p
         if fields:
             differing.append(f"{record['spec']['method']}: {', '.join(fields)}")
     assert not differing, "; ".join(differing)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_fused_members_on_cuda_end_near_their_unfused_runs(tiny_data, tmp_path, compile):
+    """kd at two temperatures, with VAM and without: fused (channel-grouped without VAM, by vmap with
+    it; compiled, the grouped model under CUDA graphs and the VAM members alone) vs unfused, one epoch.
+    TF32 convolutions make the CUDA tolerance looser than the CPU's (tests/training/test_fused.py)."""
+    from dataclasses import replace
+
+    from conftest import fresh_teacher
+    from test_fused import RECIPE, quiet, relative_difference, spec
+
+    from kdbench.training.engine import Cohort
+
+    plain = [
+        replace(spec("kd", temperature=t), recipe=replace(RECIPE, epochs=1), compile=compile) for t in (1, 4)
+    ]
+    specs = plain + [replace(s, wrappers={"vam": VAMConfig(groups=2)}) for s in plain]
+    teacher = fresh_teacher(tiny_data.info).to("cuda").eval()
+    options = dict(teacher=teacher, device=torch.device("cuda"), progress=quiet, progress_bar=False)
+    fused = Cohort(specs, tiny_data, out=tmp_path / "on", fuse=True, time_probe=False, **options).run()
+    alone = Cohort(specs, tiny_data, out=tmp_path / "off", time_probe=False, **options).run()
+    assert [t.fused_members for t in fused] == [2, 2] + ([0, 0] if compile else [2, 2])
+    for on, off in zip(fused, alone, strict=True):
+        assert on.error is None and off.error is None
+        assert relative_difference(on.result["final_state"], off.result["final_state"]) <= 2e-2, on.spec.label

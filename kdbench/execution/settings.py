@@ -232,9 +232,10 @@ _DECLARED = [
     Setting("compile", "torch.compile the student's and teacher's training forward", commands=(RUN,),
             action="store_true", annotation="bool", field_default=False),
     Setting("fuse", "train a cohort's members of one student architecture and wrapper set whose method fuses "
-            "(`kdbench list methods --verbose`) as one batched student, fp32, across seeds (default off); "
-            "each member's numbers equal its unfused run's up to fp32 reassociation, and its record names "
-            "its fused group", commands=(RUN,), parse=on_off, metavar="on|off", annotation="bool",
+            "(`kdbench list methods --verbose`) as one batched student, fp32, across seeds: channel-grouped "
+            "where the student allows, else by vmap; with --compile, one compiled grouped model (CUDA graphs "
+            "on CUDA) (default off); each member's numbers equal its unfused run's up to fp32 "
+            "reassociation, and its record names its fused group", commands=(RUN,), parse=on_off, metavar="on|off", annotation="bool",
             field_default=False),
     Setting("time_probe", "time each run's training step against its student baseline's, in turns, in the "
             "run's own process: the board's time / student (default on; off leaves it null and saves the "

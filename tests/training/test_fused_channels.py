@@ -13,7 +13,9 @@ from test_fused import (  # noqa: I001  (the sibling test module)
     gradients,
     quiet,
     relative_difference,
+    set_state,
     spec,
+    state_of,
 )
 
 from kdbench.core.spec import RunSpec
@@ -83,7 +85,8 @@ def test_wrappers_and_layers_without_a_grouped_form_are_refused(cifar_sized, tmp
 
 def test_compiled_members_fuse_as_one_compiled_grouped_model(tiny_data, tiny_teacher, tmp_path):
     """`--compile on` kd members: one compiled channel-grouped model (static shapes; CUDA graphs on
-    CUDA), whose first step's losses and gradients are each compiled member's own unfused ones."""
+    CUDA), whose steps' losses and gradients are each compiled member's own unfused ones, on a full
+    batch and then on a last, partial one (compiled again for its shape, not dropped)."""
     specs = [replace(spec("kd", temperature=t), compile=True) for t in (1.0, 4.0)]
     options = dict(teacher=tiny_teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
     trained = {}
@@ -97,14 +100,20 @@ def test_compiled_members_fuse_as_one_compiled_grouped_model(tiny_data, tiny_tea
     batch = next(fused.members[0].batches())
     (group,) = fused.fused_groups = fused.plan_fused([fused.members], (batch,))
     assert isinstance(group, ChannelGroup) and group.forward is not group.model  # compiled
-    losses = {}
-    for cohort in (fused, plain):
-        meters = {id(m): EpochMeter() for m in cohort.members}
-        teacher_out = cohort.teacher_forward(batch[0], cohort.members)
-        cohort.step_members(cohort.members, batch, teacher_out, meters, 1)
-        losses[id(cohort)] = [meters[id(m)].loss_sum for m in cohort.members]
-    for twin, member, on, off in zip(
-        fused.members, plain.members, losses[id(fused)], losses[id(plain)], strict=True
-    ):
-        assert abs(on - off) <= STEP_TOLERANCE * max(1.0, off)
-        assert relative_difference(gradients(twin, [group]), gradients(member, [])) <= STEP_TOLERANCE
+    partial = tuple(part[:20] for part in batch)
+    for images, labels, indices in (batch, partial):
+        for twin, member in zip(fused.members, plain.members, strict=True):
+            set_state(member, state_of(twin))  # each step from one state (test_fused.py's lockstep)
+        losses = {}
+        for cohort in (fused, plain):
+            meters = {id(m): EpochMeter() for m in cohort.members}
+            teacher_out = cohort.teacher_forward(images, cohort.members)
+            cohort.step_members(cohort.members, (images, labels, indices), teacher_out, meters, 1)
+            losses[id(cohort)] = [(meters[id(m)].loss_sum, meters[id(m)].images) for m in cohort.members]
+        for twin, member, on, off in zip(
+            fused.members, plain.members, losses[id(fused)], losses[id(plain)], strict=True
+        ):
+            assert on[1] == off[1] == len(labels)
+            assert abs(on[0] - off[0]) <= STEP_TOLERANCE * max(1.0, off[0])
+            assert relative_difference(gradients(twin, [group]), gradients(member, [])) <= STEP_TOLERANCE
+        group.write_back()

@@ -18,6 +18,8 @@ from kdbench.wrappers.vam import VAMConfig
 
 TINY = ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "1", "--teacher-epochs", "1"]
 TINY += ["--train-subset", "128", "--vam", "off", "--jobs", "1"]
+# no time probe: it would take three times these runs' two steps, and no test of TINY reads time / student
+TINY += ["--time-probe", "off"]
 
 
 def run_cli(capsys, *argv):

@@ -10,6 +10,7 @@ from kdbench.core import store
 
 TINY = ["--dataset", "synthetic", "--pairs", "resnet14:resnet8", "--epochs", "2", "--teacher-epochs", "1"]
 TINY += ["--train-subset", "128", "--vam", "off", "--jobs", "1", "--methods", "student,kd", "--format", "csv"]
+TINY += ["--time-probe", "off"]  # no test here reads time / student
 
 
 @pytest.fixture(scope="module")

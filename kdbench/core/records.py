@@ -284,6 +284,7 @@ RECORD_SCHEMA = _mapping(
             {"threads": _or_null(_number(low=1, whole=True)), "fused_members": _COUNT}
             # the runs of its fused group (kdbench/training/fused.py), which `kdbench rerun` trains again
             | {"fused_group": _list_of(_text("[0-9a-f]{12}", "a run id (12 lowercase hex digits)"))}
+            | {"fused_style": _one_of("channels", "vmap")}  # how the group fused (kdbench/training/fused.py)
         ),
         "created": _text(),
     }

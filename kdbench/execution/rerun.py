@@ -160,7 +160,7 @@ def rerun(
     worker.execute(unit)
     new = store.find_record(out, spec.run_id)
     result = RerunResult(original, new, _differences(original, new))
-    for key in ("threads", "torch", "device", "fused_group"):
+    for key in ("threads", "torch", "device", "fused_group", "fused_style"):
         if environment.get(key) != new["environment"].get(key):
             result.differences.append(
                 f"environment.{key}: {environment.get(key)} -> {new['environment'].get(key)} (numbers may differ)"

@@ -212,6 +212,7 @@ class Worker:
             run_environment = environment
             if self.settings.fuse:  # with its group's run ids, which `kdbench rerun` trains together again
                 fused = {"fused_members": trained.fused_members, "fused_group": list(trained.fused_group)}
+                fused |= {"fused_style": trained.fused_style} if trained.fused_style else {}
                 run_environment = {**environment, **fused}
             outcomes.append(
                 self.record(trained.spec, run_environment, error=trained.error)

@@ -70,6 +70,7 @@ class Trained:
     error: Exception | None = None
     fused_members: int = 0  # members of its fused group (kdbench/training/fused.py); 0: not fused
     fused_group: tuple[str, ...] = ()  # the run ids of that group, in its order
+    fused_style: str = ""  # how that group fused: "channels" or "vmap" (kdbench/training/fused.py)
 
 
 @contextmanager
@@ -114,7 +115,8 @@ class Cohort:
         # batch; `fuse_style` ("vmap", "channels") sets it for every key (`kdbench bench` compares them)
         self.fuse_style = fuse_style
         self.fuse_styles: dict[tuple, str] = {}
-        self.fused_with: dict[str, tuple[str, ...]] = {}  # run id -> the largest fused group it trained in
+        # run id -> the largest fused group it trained in: (its run ids, its style)
+        self.fused_with: dict[str, tuple[tuple[str, ...], str]] = {}
         self.progress = progress or to_stderr
         # a live bar for people at a terminal (None: when stderr is one); logs get per-epoch lines
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
@@ -155,7 +157,11 @@ class Cohort:
             run
             if isinstance(run, Trained)
             else Trained(
-                run.spec, run.result, run.error, run.fused_members, self.fused_with.get(run.spec.run_id, ())
+                run.spec,
+                run.result,
+                run.error,
+                run.fused_members,
+                *self.fused_with.get(run.spec.run_id, ((), "")),
             )
             for run in self.runs
         ]
@@ -241,7 +247,7 @@ class Cohort:
             for member in group.members:
                 if len(group.members) > member.fused_members:
                     member.fused_members = len(group.members)
-                    self.fused_with[member.spec.run_id] = group.run_ids
+                    self.fused_with[member.spec.run_id] = (group.run_ids, group.style)
         return groups
 
     @staticmethod

@@ -34,7 +34,9 @@ from kdbench.core.features import Features
 from kdbench.training.fused import Batch, FusedGroup
 from kdbench.training.member import Member
 
-FEATURE_TOLERANCE = 1e-4  # grouped vs own features on the first batch, relative to their largest value
+# grouped vs own features on the first batch, ||a - b|| / ||b|| per tensor: loose enough for TF32
+# convolutions on CUDA, far below what mixing the members' channels gives (ShuffleNets: 0.4 to 1.2)
+FEATURE_TOLERANCE = 1e-2
 
 
 class NotFusable(ValueError):
@@ -194,8 +196,7 @@ class ChannelGroup(FusedGroup):
             if [a.shape for a in mine] != [b.shape for b in own]:
                 return False
             for a, b in zip(mine, own, strict=True):
-                scale = max(1.0, float(b.abs().max()))
-                if float((a - b).abs().max()) > FEATURE_TOLERANCE * scale:
+                if float((a - b).norm()) > FEATURE_TOLERANCE * max(float(b.norm()), 1e-12):
                     return False
         return True
 

@@ -110,6 +110,7 @@ def assert_refused(capsys, out, path, *fragments, command=("report",)):
         ("kd", setter("teacher", "test_top1", value=math.nan), "teacher.test_top1"),
         ("kd", setter("environment", "threads", value="x"), "environment.threads"),
         ("kd", setter("environment", "threads", value=-3), "environment.threads"),
+        ("kd", setter("environment", "fused_style", value="<b>hfta</b>"), "environment.fused_style"),
         ("kd", setter("wall_seconds", value=10**400), "wall_seconds"),
         ("kd", setter("spec", "seed", value=10**400), "spec field seed"),
         ("kd", setter("status", value="finished"), "status"),

@@ -235,6 +235,11 @@ def test_a_sweep_with_fuse_on_records_its_fused_members_outside_the_spec(tmp_pat
         "dkd": 2,
         "fitnet": 0,
     }
+    assert {m: r["environment"].get("fused_style") for m, r in fused.items()} == {
+        "kd": "channels",  # resnet8: the channel-grouped model's features are the members' own
+        "dkd": "channels",
+        "fitnet": None,
+    }
     assert all("fused_members" not in r["environment"] for r in plain.values())
     assert {m: r["run_id"] for m, r in fused.items()} == {m: r["run_id"] for m, r in plain.items()}
 

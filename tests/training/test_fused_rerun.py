@@ -35,6 +35,7 @@ def test_a_fused_record_names_its_group_and_its_rerun_fuses_it_again_bit_for_bit
     again = {r["run_id"]: r for r in store.load_records(tmp_path / "a")}
     assert sorted(again) == group  # the group, trained together
     assert again[records["dkd"]["run_id"]]["environment"]["fused_group"] == group
+    assert again[records["dkd"]["run_id"]]["environment"]["fused_style"] == "channels"
     assert (
         main(
             ["rerun", str(store.record_path(out, records["fitnet"]["run_id"])), "--out", str(tmp_path / "b")]

@@ -18,6 +18,33 @@ for _folder in sorted(
 # tests/reporting/conftest.py, which would shadow this module where tests import its helpers as `conftest`
 from browser_pages import browser, open_page  # noqa: E402, F401
 
+# `pytest -n auto --dist loadfile` (.ci/run) hands each worker a whole file from a queue, by default sorted
+# by tests per file: the files of a few long trainings would come last, where one of them can keep one core
+# busy while the other has nothing left. These go first, the longest first (by a full run's --durations),
+# the others after them in collection order.
+FILES_THAT_TRAIN_LONGEST = (
+    "tests/execution/test_backends_cluster.py",
+    "tests/training/test_cohort.py",
+    "tests/cli/test_cli.py",
+    "tests/devtools/test_bench.py",
+    "tests/training/test_distributed.py",
+    "tests/execution/test_sweep.py",
+    "tests/core/test_trackers.py",
+    "tests/explain/test_explainer.py",
+    "tests/training/test_cost_probe.py",
+    "tests/reporting/test_plots.py",
+)
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's; absent under -p no:xdist
+        config.option.loadscopereorder = False  # the queue keeps the collection's order below
+
+
+def pytest_collection_modifyitems(items):
+    rank = {path: index for index, path in enumerate(FILES_THAT_TRAIN_LONGEST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
 
 @pytest.fixture(autouse=True)
 def _one_thread_and_seed():
@@ -52,7 +79,9 @@ def tiny_teacher(tiny_data):
 
 def make_trainer(data, out, method, device="cpu", teacher=None, **fields):
     """A Trainer of resnet8 (from a fresh resnet14 teacher, seed 1, when the method needs one):
-    1 epoch at batch 32 unless `fields` says otherwise (RunSpec fields; `recipe` replaces it)."""
+    1 epoch at batch 32 unless `fields` says otherwise (RunSpec fields; `recipe` replaces it). The cost
+    probe is off: its steps would outnumber these runs' own, and its tests
+    (tests/training/test_cost_probe.py) call it themselves."""
     from kdbench.core.spec import Recipe, RunSpec
     from kdbench.methods.base import method_class
     from kdbench.training.engine import Trainer
@@ -70,4 +99,12 @@ def make_trainer(data, out, method, device="cpu", teacher=None, **fields):
         **fields,
     )
     teacher = teacher.to(device) if cls.needs_teacher else None
-    return Trainer(spec, data, teacher=teacher, device=torch.device(device), out=out, progress=lambda _: None)
+    return Trainer(
+        spec,
+        data,
+        teacher=teacher,
+        device=torch.device(device),
+        out=out,
+        progress=lambda _: None,
+        time_probe=False,
+    )

@@ -172,3 +172,10 @@ def test_tests_mirror_the_tree():
     assert folders <= layers | {"methods"}, sorted(folders - layers - {"methods"})
     names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
     assert len(names) == len(set(names)), sorted({name for name in names if names.count(name) > 1})
+
+
+def test_the_files_the_suite_schedules_first_exist():
+    """tests/conftest.py's FILES_THAT_TRAIN_LONGEST name test files (a renamed one would just lose its place)."""
+    from conftest import FILES_THAT_TRAIN_LONGEST
+
+    assert [path for path in FILES_THAT_TRAIN_LONGEST if not (ROOT / path).is_file()] == []

@@ -46,6 +46,7 @@ from kdbench.methods.base import PairNotSupportedError
 from kdbench.training.evaluation import evaluate, teacher_outputs
 from kdbench.training.fused import Batch, FusedGroup
 from kdbench.training.fused_plan import (
+    built_key,
     choose_style,
     free_memory_bytes,
     group_key,
@@ -115,6 +116,8 @@ class Cohort:
         # batch; `fuse_style` ("vmap", "channels") sets it for every key (`kdbench bench` compares them)
         self.fuse_style = fuse_style
         self.fuse_styles: dict[tuple, str] = {}
+        # the last epoch's groups (fused_plan.py `built_key`): the next epoch reloads them in place
+        self.built_groups: dict[tuple, FusedGroup] = {}
         # run id -> the largest fused group it trained in: (its run ids, its style)
         self.fused_with: dict[str, tuple[tuple[str, ...], str]] = {}
         self.progress = progress or to_stderr
@@ -231,7 +234,7 @@ class Cohort:
             if key not in self.fuse_styles:
                 images = batches[self.stream_index(streams, part[0])][0]
                 self.fuse_styles[key] = self.fuse_style or choose_style(part, images)
-        groups = plan_groups(live, self.fuse_limits, self.fuse_styles)
+        groups = plan_groups(live, self.fuse_limits, self.fuse_styles, self.built_groups)
         unmeasured = [g for g in groups if group_key(g.members[0]) not in self.fuse_limits]
         if unmeasured:
             self.fused_groups = groups  # what the teacher forwards serve
@@ -241,8 +244,9 @@ class Cohort:
                 own = [batches[self.stream_index(streams, m)] for m in group.members]
                 limit = size_limit(group, own, [teacher_outs[id(m)] for m in group.members], budget)
                 self.fuse_limits[group_key(group.members[0])] = limit
-            # anew: the trial step moved the fused copies
-            groups = plan_groups(live, self.fuse_limits, self.fuse_styles)
+            # anew, or reloaded from the members: the trial step moved the fused copies
+            groups = plan_groups(live, self.fuse_limits, self.fuse_styles, {built_key(g): g for g in groups})
+        self.built_groups = {built_key(group): group for group in groups}
         for group in groups:
             for member in group.members:
                 if len(group.members) > member.fused_members:

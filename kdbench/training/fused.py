@@ -18,10 +18,11 @@ parameters, a parameter group for each of the members' groups (the student's; VA
 and no weight decay) with their momentum, dampening, weight decay, nesterov and current lr, is
 elementwise: each slice steps as the member's own optimizer would.
 
-A group lives for one epoch: built from the members' students and optimizer state after
-`begin_epoch` (so a fused member starts where its solo run starts, and resumes from its own
-checkpoint), written back before `close_epoch` (parameters, buffers, momentum), so evaluation,
-checkpoints, export and records read each member's own student as they do unfused. The fused
+Each epoch a group takes its members' students and optimizer state after `begin_epoch` (so a fused
+member starts where its solo run starts, and resumes from its own checkpoint): built at its first
+epoch, reloaded in place at the later ones (`reload`: the fused tensors keep their addresses), and
+written back before `close_epoch` (parameters, buffers, momentum), so evaluation, checkpoints, export
+and records read each member's own student as they do unfused. The fused
 mathematics is the solo one; the numbers differ by floating-point reassociation only
 (tests/training/test_fused.py measures the tolerance). Random draws inside a vmapped forward are
 refused (`randomness="error"`): a member's stream cannot be reproduced inside a batched forward.
@@ -95,23 +96,42 @@ class FusedGroup:
         self, members: list[Member], params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]
     ):
         self.members = members
-        # each member's lr this epoch included (its scheduler steps at its `close_epoch`); one recipe
-        # and one wrapper set per group, so a difference is a bug
-        settings = [_group_settings(m) for m in members]
-        if any(s != settings[0] for s in settings):
-            raise RuntimeError(f"fused members' optimizers differ: {settings}")
         self.fields = members[0].student_features
         self.params, self.buffers = params, buffers
-        group_of = _group_of_parameter(members[0])
+        self.optimizer = self._members_optimizer()
+
+    def _members_optimizer(self) -> torch.optim.SGD:
+        """One SGD over the fused parameters at the members' settings and momentum now."""
+        # each member's lr this epoch included (its scheduler steps at its `close_epoch`); one recipe
+        # and one wrapper set per group, so a difference is a bug
+        settings = [_group_settings(m) for m in self.members]
+        if any(s != settings[0] for s in settings):
+            raise RuntimeError(f"fused members' optimizers differ: {settings}")
+        group_of = _group_of_parameter(self.members[0])
         groups = [
             {"params": [self.params[n] for n in self.params if group_of[n] == g], **s}
             for g, s in enumerate(settings[0])
         ]
-        self.optimizer = torch.optim.SGD([g for g in groups if g["params"]])
+        optimizer = torch.optim.SGD([g for g in groups if g["params"]])
         for name, fused in self.params.items():
-            momenta = [m.optimizer.state.get(self._own(m, name), {}).get("momentum_buffer") for m in members]
+            momenta = [
+                m.optimizer.state.get(self._own(m, name), {}).get("momentum_buffer") for m in self.members
+            ]
             if any(b is not None for b in momenta):  # the members have stepped (a later epoch, a resume)
-                self.optimizer.state[fused]["momentum_buffer"] = torch.stack(momenta).view(fused.shape)
+                optimizer.state[fused]["momentum_buffer"] = torch.stack(momenta).view(fused.shape)
+        return optimizer
+
+    @torch.no_grad()
+    def reload(self) -> None:
+        """The group again for a new epoch: the members' state now (parameters, buffers; momentum and lr
+        in a new optimizer) copied into the fused tensors in place, so their addresses stay the same:
+        the compiled step's CUDA graphs read them there (a new address would record them anew)."""
+        for index, member in enumerate(self.members):
+            for name, own in member.student.named_parameters():
+                self.mine(self.params[name], own, index).copy_(own)
+            for name, own in member.student.named_buffers():
+                self.mine(self.buffers[name], own, index).copy_(own)
+        self.optimizer = self._members_optimizer()
 
     @staticmethod
     def _own(member: Member, name: str) -> nn.Parameter:

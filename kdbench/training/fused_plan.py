@@ -84,17 +84,33 @@ def choose_style(members: list[Member], images: torch.Tensor) -> str:
 
 
 def plan_groups(
-    members: list[Member], limits: dict[tuple, int] | None = None, styles: dict[tuple, str] | None = None
+    members: list[Member],
+    limits: dict[tuple, int] | None = None,
+    styles: dict[tuple, str] | None = None,
+    built: dict[tuple, FusedGroup] | None = None,
 ) -> list[FusedGroup]:
     """The fused groups of these members (`partition`), each in its key's style (`choose_style`; vmap
-    where none is given); compiled members (`--compile on`) whose style is not channels step alone."""
+    where none is given); compiled members (`--compile on`) whose style is not channels step alone.
+    A group in `built` (an earlier epoch's, by `built_key`) is reloaded from its members, not built anew."""
     styles, groups = styles or {}, []
     for part in partition(members, limits):
-        if styles.get(group_key(part[0])) == "channels":
-            groups.append(ChannelGroup(part))
-        elif not part[0].spec.compile:  # compiled members fuse as one compiled grouped model only
-            groups.append(VmapGroup(part))
+        style = styles.get(group_key(part[0]), "vmap")
+        if (
+            style == "vmap" and part[0].spec.compile
+        ):  # compiled members fuse as one compiled grouped model only
+            continue
+        group = (built or {}).get((tuple(m.spec.run_id for m in part), style))
+        if group is not None:
+            group.reload()
+        else:
+            group = ChannelGroup(part) if style == "channels" else VmapGroup(part)
+        groups.append(group)
     return groups
+
+
+def built_key(group: FusedGroup) -> tuple:
+    """What `plan_groups` finds an earlier epoch's group by: its members' run ids and its style."""
+    return group.run_ids, group.style
 
 
 def cut(members: list[Member], largest: int | None) -> list[list[Member]]:

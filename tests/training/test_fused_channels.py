@@ -117,3 +117,24 @@ def test_compiled_members_fuse_as_one_compiled_grouped_model(tiny_data, tiny_tea
             assert abs(on[0] - off[0]) <= STEP_TOLERANCE * max(1.0, off[0])
             assert relative_difference(gradients(twin, [group]), gradients(member, [])) <= STEP_TOLERANCE
         group.write_back()
+
+
+def test_a_group_trains_every_epoch_in_the_same_tensors(tiny_data, tiny_teacher, tmp_path):
+    """An epoch's group is the last epoch's, reloaded from its members in place: the fused parameters
+    keep their addresses (a compiled step's CUDA graphs read them there), and the new epoch's lr is the
+    members' (the lr decays between RECIPE's two epochs; test_fused.py's whole runs check the numbers)."""
+    specs = [spec("kd", temperature=t) for t in (1.0, 4.0)]
+    options = dict(teacher=tiny_teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
+    cohort = Cohort(specs, tiny_data, out=tmp_path, fuse=True, time_probe=False, **options)
+    for member in cohort.members:
+        cohort.prepare_member(member)
+    seen = []
+    for epoch in (1, 2):
+        for member, entry in cohort.train_streams(epoch, cohort.streams(epoch)):
+            cohort.finish_epoch(member, entry)
+        (group,) = cohort.built_groups.values()
+        lrs = [g["lr"] for g in group.optimizer.param_groups]
+        seen.append((group, {name: p.data_ptr() for name, p in group.params.items()}, lrs))
+    (first, addresses, lr_first), (second, addresses_again, lr_second) = seen
+    assert second is first and addresses_again == addresses
+    assert lr_second == [lr * RECIPE.lr_decay_rate for lr in lr_first]

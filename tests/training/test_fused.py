@@ -43,7 +43,9 @@ SPECS = [*(spec(m) for m in FUSING), spec("kd", temperature=2.0), spec("fitnet")
 
 
 def cohort(data, teacher, out, fuse):
-    options = dict(teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
+    options = dict(
+        teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False, time_probe=False
+    )
     return Cohort(SPECS, data, out=out, fuse=fuse, **options)
 
 

@@ -30,7 +30,9 @@ from kdbench.wrappers.vam import VAMConfig
 
 
 def options(teacher):
-    return dict(teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False)
+    return dict(
+        teacher=teacher, device=torch.device("cpu"), progress=quiet, progress_bar=False, time_probe=False
+    )
 
 
 def seeded(method, seed, **hp):

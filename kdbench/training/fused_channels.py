@@ -158,7 +158,7 @@ class ChannelGroup(FusedGroup):
             raise NotFusable(f"wrappers {[w.name for w in members[0].wrappers]} have no HFTA counterpart")
         self.model = hfta_model([m.student for m in members])
         super().__init__(members, dict(self.model.named_parameters()), dict(self.model.named_buffers()))
-        self.graphs = members[0].spec.compile and self.model_device.type == "cuda"
+        self.graphs = members[0].spec.compile and next(self.model.parameters()).device.type == "cuda"
         self.forward = self.model
         if members[0].spec.compile:
             # static shapes: the last, partial batch compiles once more (and is captured again on CUDA);
@@ -166,10 +166,6 @@ class ChannelGroup(FusedGroup):
             self.forward = torch.compile(
                 self.model, dynamic=False, mode="reduce-overhead" if self.graphs else None
             )
-
-    @property
-    def model_device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def outputs(self, batches: list[Batch]):
         images = stack_channels([batch[0] for batch in batches])
@@ -186,13 +182,15 @@ class ChannelGroup(FusedGroup):
     def matches_members(self, images: torch.Tensor) -> bool:
         """Whether the grouped model's features on `images` are each member's own, in training mode, on
         copies (no member's statistics move): else an operation mixes the members' channels."""
+        members = len(self.members)
         try:
-            fused = copy.deepcopy(self.model)(stack_channels([images] * len(self.members)), features=True)
+            fused = copy.deepcopy(self.model)(stack_channels([images] * members), features=True)
+            # a feature whose dimension 1 is not M blocks (an operation that reduced the channels)
+            parts = [_tensors(member_features(fused, members, index)) for index in range(members)]
         except RuntimeError:  # an operation that reads the channel count (a reshape to it, a shuffle)
             return False
-        for index, member in enumerate(self.members):
+        for member, mine in zip(self.members, parts, strict=True):
             own = _tensors(copy.deepcopy(member.student)(images, features=True))
-            mine = _tensors(member_features(fused, len(self.members), index))
             if [a.shape for a in mine] != [b.shape for b in own]:
                 return False
             for a, b in zip(mine, own, strict=True):

@@ -138,3 +138,25 @@ def test_a_group_trains_every_epoch_in_the_same_tensors(tiny_data, tiny_teacher,
     (first, addresses, lr_first), (second, addresses_again, lr_second) = seen
     assert second is first and addresses_again == addresses
     assert lr_second == [lr * RECIPE.lr_decay_rate for lr in lr_first]
+
+
+class _PooledLosesAChannel(torch.nn.Module):
+    """A grouped model whose pooled features are one channel short of M blocks."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, features=False):
+        out = self.model(images, features=True)
+        out.pooled = out.pooled[:, 1:]
+        return out if features else out.logits
+
+
+def test_a_feature_that_is_not_m_channel_blocks_sends_the_group_to_vmap(cifar_sized, tmp_path):
+    """The check says no (rather than failing the cohort) where a feature cannot be cut per member."""
+    members, images = started_members(cifar_sized, "resnet8", tmp_path)
+    group = ChannelGroup(members)
+    assert group.matches_members(images)
+    group.model = _PooledLosesAChannel(group.model)
+    assert not group.matches_members(images)
